@@ -1,0 +1,5 @@
+import sys
+
+from mixroute.cli import main
+
+sys.exit(main())

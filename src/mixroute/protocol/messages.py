@@ -1,0 +1,200 @@
+"""Typed wire messages, defined once. Encoded with msgpack (`encode` / `decode_*`).
+
+Versioning: every top-level message carries `v` (schema version). A receiver rejects a
+major version it does not know with a clear error instead of guessing at fields.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+WIRE_VERSION = 1
+
+FinishReason = Literal["stop", "length", "abort", "error", "content_filter"]
+WorkerType = Literal["prefill", "decode", "both"]
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 means no top-k cut."""
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+
+class KvTransferHandle(msgspec.Struct, frozen=True, kw_only=True):
+    """What a prefill worker returns so a decode worker can pull the prompt's KV blocks."""
+
+    source_address: str
+    """Request-plane address of the prefill worker holding the blocks."""
+    worker_id: int
+    transfer_id: str
+    block_ids: tuple[int, ...]
+    num_tokens: int
+    """Prompt tokens whose KV the blocks hold."""
+    block_hashes: tuple[int, ...] = ()
+    """Sequence hashes of the full blocks, so the importer can register them in its prefix cache."""
+    first_token_id: int | None = None
+    """The token sampled by the prefill step (the decode worker emits it first)."""
+
+
+class GenerateRequest(msgspec.Struct, kw_only=True):
+    v: int = WIRE_VERSION
+    request_id: str
+    token_ids: list[int]
+    sampling: SamplingParams = SamplingParams()
+    cache_salt: str | None = None
+    prefill_only: bool = False
+    """Disaggregated prefill: compute the prompt, sample one token, hold the blocks for export."""
+    kv_transfer: KvTransferHandle | None = None
+    """Disaggregated decode: import these blocks instead of computing the prompt."""
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens served from the prefix cache (or imported from a prefill worker)."""
+    imported_tokens: int = 0
+
+
+class GenerateFrame(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One frame of a generate response stream; the last one has `finish_reason` set."""
+
+    token_ids: list[int] = []
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    kv_transfer: KvTransferHandle | None = None
+    error: str | None = None
+
+
+class KvExportRequest(msgspec.Struct, kw_only=True):
+    """Decode worker -> prefill worker: send me the blocks behind this handle (then free them)."""
+
+    v: int = WIRE_VERSION
+    transfer_id: str
+
+
+# ---- KV events (engine block pool -> event plane -> frontend indexer) ----
+
+
+class StoredBlock(msgspec.Struct, frozen=True, array_like=True):
+    block_hash: int
+    """Sequence hash (includes the whole prefix)."""
+    tokens_hash: int
+    """Local hash of this block's tokens alone."""
+
+
+class KvStored(msgspec.Struct, tag="stored", kw_only=True):
+    parent_hash: int | None
+    """Sequence hash of the block before the first stored one, None at the root."""
+    blocks: list[StoredBlock]
+
+
+class KvRemoved(msgspec.Struct, tag="removed", kw_only=True):
+    block_hashes: list[int]
+    """Sequence hashes."""
+
+
+class KvCleared(msgspec.Struct, tag="cleared", kw_only=True):
+    pass
+
+
+KvEventData = KvStored | KvRemoved | KvCleared
+
+
+class KvEvent(msgspec.Struct, kw_only=True):
+    v: int = WIRE_VERSION
+    worker_id: int
+    event_id: int
+    """Monotonic per worker; a gap means the receiver missed events and must ask for a dump."""
+    data: KvEventData
+    tier: str = "gpu"
+
+
+class KvEventBatch(msgspec.Struct, kw_only=True):
+    worker_id: int
+    events: list[KvEvent]
+
+
+class LoadMetrics(msgspec.Struct, kw_only=True):
+    v: int = WIRE_VERSION
+    worker_id: int
+    num_active_blocks: int
+    num_total_blocks: int
+    num_running: int
+    num_waiting: int
+    num_active_prefill_tokens: int = 0
+    last_event_id: int = -1
+    """Lets a subscriber spot a gap even when no KV event is in flight."""
+
+
+class InstanceInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The JSON value stored under an instance key in discovery."""
+
+    instance_id: int
+    namespace: str
+    component: str
+    endpoint: str
+    address: str
+    """Request-plane address, e.g. tcp://127.0.0.1:5555."""
+    model: str = ""
+    worker_type: WorkerType = "both"
+    block_size: int = 16
+    http_address: str | None = None
+    extra: dict[str, str] = {}
+
+
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _msgpack_encoder.encode(msg)
+
+
+def decoder(kind: type) -> msgspec.msgpack.Decoder:
+    """A reusable decoder for one message type (raises msgspec.ValidationError on bad input)."""
+    return msgspec.msgpack.Decoder(kind)
+
+
+def encode_json(msg: msgspec.Struct) -> bytes:
+    return msgspec.json.encode(msg)
+
+
+def decode_json(data: bytes, kind: type):  # type: ignore[no-untyped-def]
+    return msgspec.json.decode(data, type=kind)
+
+
+# ---- KV transfer payload (prefill worker -> decode worker, over the request plane) ----
+
+
+class KvExportHeader(msgspec.Struct, kw_only=True):
+    """First frame of a KV export stream; one `KvLayerChunk` per layer follows."""
+
+    v: int = WIRE_VERSION
+    transfer_id: str
+    token_ids: list[int]
+    """The prompt tokens whose KV is exported (the decode worker checks they match its request)."""
+    num_tokens: int
+    block_size: int
+    num_blocks: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str
+    """torch dtype name, e.g. "float32", "bfloat16"."""
+    block_hashes: list[int] = []
+    first_token_id: int | None = None
+
+
+class KvLayerChunk(msgspec.Struct, kw_only=True):
+    layer: int
+    data: bytes
+    """K and V of this layer's exported blocks, contiguous, shape
+    [2, num_blocks, block_size, num_kv_heads, head_dim] in `dtype`."""
