@@ -1,0 +1,101 @@
+"""The router's HTTP app: the proxy route plus models, classification, health and metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from mixroute.errors import ApiError, BadRequestError, NotFoundError
+from mixroute.router.core import RouterCore
+from mixroute.router.proxy import Proxy
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code)
+
+
+async def _text_field(request: Request) -> str:
+    try:
+        body: Any = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequestError("request body is not valid JSON") from None
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequestError("`text` is required and must be a non-empty string", param="text")
+    return text
+
+
+def build_app(core: RouterCore, proxy: Proxy) -> FastAPI:
+    app = FastAPI(title="mixroute semantic router", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, _: Exception) -> JSONResponse:
+        return _error(NotFoundError(f"no route {request.method} {request.url.path}"))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await proxy.chat_completions(await request.body(), request.headers)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        config = core.config
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "mixroute-router"}
+                for name in config.auto_model_names]
+        data += [{"id": name, "object": "model", "created": 0, "owned_by": "upstream"} for name in config.models]
+        return {"object": "list", "data": data}
+
+    @app.post("/api/v1/classify/intent")
+    async def classify_intent(request: Request) -> dict[str, Any]:
+        text = await _text_field(request)
+        category, confidence = await core.runner.classify_intent(text)
+        config = core.config
+        is_confident = confidence >= config.classifier.category_threshold
+        entry = config.category(category) if is_confident else None
+        scores = sorted(entry.model_scores, key=lambda s: -s.score) if entry else []
+        return {
+            "category": category, "confidence": confidence, "is_confident": is_confident,
+            "selected_model": scores[0].model if scores else config.default_model,
+        }
+
+    @app.post("/api/v1/classify/pii")
+    async def classify_pii(request: Request) -> dict[str, Any]:
+        text = await _text_field(request)
+        threshold = core.config.pii.threshold
+        entities = [e for e in await core.runner.detect_pii(text) if e.score >= threshold]  # type: ignore[attr-defined]
+        return {
+            "has_pii": bool(entities),
+            "types": sorted({e.entity_type for e in entities}),  # type: ignore[attr-defined]
+            "entities": [
+                {"type": e.entity_type, "start": e.start, "end": e.end, "score": round(float(e.score), 4)}  # type: ignore[attr-defined]
+                for e in entities
+            ],
+        }
+
+    @app.post("/api/v1/classify/security")
+    async def classify_security(request: Request) -> dict[str, Any]:
+        text = await _text_field(request)
+        probability = await core.runner.classify_jailbreak(text)
+        threshold = core.config.jailbreak.threshold
+        return {"is_jailbreak": probability >= threshold, "confidence": probability, "threshold": threshold,
+                "type": "jailbreak" if probability >= threshold else "benign"}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> dict[str, Any]:
+        return {"status": "ready", "config_version": core.source.version}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(core.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,59 @@
+"""`mixroute router`: parse flags, load config and signals, serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from mixroute.errors import ConfigError
+from mixroute.logs import setup_logging
+from mixroute.router.config import DEFAULT_CONFIG_PATH
+
+log = logging.getLogger("mixroute.router")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH),
+                        help="router YAML config (default: the packaged default_config.yaml)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address for HTTP and ext_proc")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port (proxy, API, metrics)")
+    parser.add_argument("--mode", choices=["proxy", "extproc", "both"], default="proxy",
+                        help="proxy: OpenAI proxy; extproc: Envoy ext_proc gRPC server; both")
+    parser.add_argument("--extproc-port", type=int, default=50051, help="ext_proc gRPC port")
+    parser.add_argument("--no-watch", action="store_true", help="do not reload the config when it changes")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from mixroute.router.reload import ConfigSource
+    from mixroute.router.server import RouterServer, ServerOptions, build_core
+    from mixroute.router.signals import load_signal_models
+
+    source = ConfigSource(args.config)
+    log.info("loading router signals (embedder, category, jailbreak, PII)")
+    models = await asyncio.to_thread(load_signal_models)
+    options = ServerOptions(host=args.host, port=args.port, mode=args.mode,
+                            extproc_port=args.extproc_port, watch_config=not args.no_watch)
+    server = RouterServer(build_core(source, models), options)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    serving = asyncio.create_task(server.wait())
+    await asyncio.wait([waiter, serving], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    await server.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, component="router")
+    try:
+        return asyncio.run(_serve(args))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2

@@ -1,0 +1,112 @@
+"""Standalone proxy front door: relays a forwarded request to its upstream over httpx.
+
+Streams are relayed chunk by chunk as they arrive (no buffering); a stream recorder
+assembles the answer on the side for the semantic cache. Upstream failures become an
+OpenAI-shaped 503. A client disconnect closes the upstream response, which cancels the
+generation upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+from mixroute.errors import UnavailableError
+from mixroute.logs import kv
+from mixroute.router import responses
+from mixroute.router.cache import StreamRecorder, answer_from_json
+from mixroute.router.core import Reply, RouterCore, Upstream
+
+log = logging.getLogger(__name__)
+
+# Not forwarded: hop-by-hop headers, and the ones httpx recomputes for the new body.
+_DROP_REQUEST = {
+    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
+    "upgrade", "proxy-authorization", "proxy-connection", "accept-encoding",
+}
+_KEEP_RESPONSE = {"content-type", "cache-control", "x-request-id"}
+
+
+def reply_response(reply: Reply) -> Response:
+    return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
+
+
+def _upstream_headers(client_headers: Mapping[str, str]) -> dict[str, str]:
+    headers = {k: v for k, v in client_headers.items() if k.lower() not in _DROP_REQUEST}
+    headers["accept-encoding"] = "identity"  # the recorder reads the bytes it relays
+    headers["content-type"] = "application/json"
+    return headers
+
+
+def _unavailable(endpoint: str, model: str, exc: Exception) -> Response:
+    error = UnavailableError(f"upstream {endpoint} for model {model!r} is unavailable ({type(exc).__name__})")
+    return Response(responses.error_json(error), status_code=503, media_type=responses.JSON_MEDIA_TYPE)
+
+
+class Proxy:
+    def __init__(self, core: RouterCore, client: httpx.AsyncClient) -> None:
+        self.core = core
+        self.client = client
+
+    async def chat_completions(self, raw: bytes, client_headers: Mapping[str, str]) -> Response:
+        lowered = {k.lower(): v for k, v in client_headers.items()}
+        outcome = await self.core.handle(raw, lowered)
+        if isinstance(outcome, Reply):
+            return reply_response(outcome)
+        return await self._forward(outcome, lowered)
+
+    async def _forward(self, upstream: Upstream, client_headers: Mapping[str, str]) -> Response:
+        route = upstream.forward.route
+        url = f"{upstream.forward.endpoint}/v1/chat/completions"
+        request = self.client.build_request(
+            "POST", url, content=upstream.body, headers=_upstream_headers(client_headers),
+            timeout=httpx.Timeout(self.core.config.upstream_timeout_s, connect=5.0),
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            self.core.metrics.upstream_errors.inc()
+            log.warning("upstream unavailable %s", kv(endpoint=upstream.forward.endpoint, model=route.model,
+                                                      error=type(exc).__name__))
+            return _unavailable(upstream.forward.endpoint, route.model, exc)
+        headers = {k: v for k, v in response.headers.items() if k.lower() in _KEEP_RESPONSE}
+        headers.update(upstream.headers)
+        is_sse = response.headers.get("content-type", "").startswith(responses.SSE_MEDIA_TYPE)
+        if not is_sse:
+            try:
+                body = await response.aread()
+            except httpx.HTTPError as exc:
+                self.core.metrics.upstream_errors.inc()
+                return _unavailable(upstream.forward.endpoint, route.model, exc)
+            finally:
+                await response.aclose()
+            if response.status_code == 200 and upstream.ticket is not None:
+                await self.core.remember(upstream.ticket, answer_from_json(body))
+            return Response(body, status_code=response.status_code, headers=headers)
+        return StreamingResponse(
+            self._relay(response, upstream), status_code=response.status_code, headers=headers,
+            background=BackgroundTask(response.aclose),
+        )
+
+    async def _relay(self, response: httpx.Response, upstream: Upstream) -> AsyncIterator[bytes]:
+        recorder = StreamRecorder() if upstream.ticket is not None and response.status_code == 200 else None
+        try:
+            async for chunk in response.aiter_raw():
+                if recorder is not None:
+                    recorder.feed(chunk)
+                yield chunk
+        except httpx.HTTPError as exc:
+            # Headers are already sent: end the stream with an error event the client can see.
+            self.core.metrics.upstream_errors.inc()
+            log.warning("upstream stream broke %s", kv(model=upstream.forward.route.model, error=type(exc).__name__))
+            error = UnavailableError(f"upstream stream broke ({type(exc).__name__})")
+            yield b"data: " + responses.error_json(error) + b"\n\ndata: [DONE]\n\n"
+            return
+        finally:
+            await response.aclose()
+        if recorder is not None and upstream.ticket is not None:
+            await self.core.remember(upstream.ticket, recorder.answer())

@@ -1,0 +1,63 @@
+"""The live config: loaded once, then swapped when the file changes (watchfiles).
+
+A reload that fails validation is logged and ignored: the router keeps serving with the
+last good config. Readers take `source.current` once per request, so a swap never
+changes a request midway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from mixroute.errors import ConfigError
+from mixroute.logs import kv
+from mixroute.router.config import RouterConfig, load_config
+from mixroute.router.metrics import RouterMetrics
+
+log = logging.getLogger(__name__)
+
+
+class ConfigSource:
+    def __init__(self, path: str | Path | None, config: RouterConfig | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        if config is None:
+            if self.path is None:
+                raise ConfigError("ConfigSource needs a path or a config")
+            config = load_config(self.path)
+        self.current: RouterConfig = config
+        self.version = 1
+
+    def reload(self, metrics: RouterMetrics | None = None) -> bool:
+        """Re-read the file; True if the new config is now live."""
+        assert self.path is not None
+        try:
+            config = load_config(self.path)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the previous config: %s", exc)
+            if metrics:
+                metrics.config_reloads.labels("rejected").inc()
+            return False
+        if config != self.current:
+            self.current = config
+            self.version += 1
+            log.info("config reloaded %s", kv(path=self.path, version=self.version))
+        if metrics:
+            metrics.config_reloads.labels("applied").inc()
+        return True
+
+    async def watch(self, metrics: RouterMetrics | None = None, stop: asyncio.Event | None = None) -> None:
+        """Reload on every change of the file until `stop` is set (or the task is cancelled).
+
+        Watches the directory, not the file, so editors that replace the file by rename
+        (and ConfigMap symlink swaps) are seen too.
+        """
+        if self.path is None:
+            return
+        from watchfiles import awatch
+
+        target = self.path.resolve()
+        async for changes in awatch(target.parent, stop_event=stop, debounce=200, step=50):
+            if any(Path(p).resolve() == target or Path(p).name == target.name for _, p in changes):
+                self.reload(metrics)

@@ -1,0 +1,83 @@
+"""The slice of an OpenAI chat-completions request the router reads, parsed once.
+
+The body is kept as a dict so fields the router does not know pass through untouched;
+only `model`, `messages`, `stream` and `user` are validated here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mixroute.errors import BadRequestError
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    body: dict[str, Any]
+    model: str
+    is_stream: bool
+    user: str | None
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body["messages"]
+
+    def texts(self, role: str | None = None) -> list[str]:
+        """Text of each message (optionally only one role), in order; empty ones dropped."""
+        out = []
+        for message in self.messages:
+            if role is not None and message.get("role") != role:
+                continue
+            text = message_text(message)
+            if text:
+                out.append(text)
+        return out
+
+    def last_user_text(self) -> str:
+        users = self.texts("user")
+        return users[-1] if users else ""
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"] for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Parse and check a chat-completions body; raises BadRequestError saying what is wrong."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequestError(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("`model` is required and must be a non-empty string", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError("`messages` is required and must be a non-empty array", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequestError(f"messages[{i}] must be an object with a string `role`", param="messages")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise BadRequestError(f"messages[{i}].content must be a string or an array of parts", param="messages")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequestError("`stream` must be a boolean", param="stream")
+    user = body.get("user")
+    return ChatRequest(body=body, model=model, is_stream=stream, user=user if isinstance(user, str) else None)

@@ -1,0 +1,93 @@
+"""Wires one router: config source, signals, cache, core, and the front doors it serves.
+
+`RouterServer.start()` binds the HTTP app (proxy + API) and/or the ext_proc gRPC server
+and the config watcher; `stop()` undoes it. Both `main.py` and the tests use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+import uvicorn
+
+from mixroute.router.api import build_app
+from mixroute.router.cache import SemanticCache
+from mixroute.router.core import RouterCore
+from mixroute.router.metrics import RouterMetrics
+from mixroute.router.proxy import Proxy
+from mixroute.router.reload import ConfigSource
+from mixroute.router.signals import SignalModels, SignalRunner
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["proxy", "extproc", "both"]
+
+
+@dataclass(slots=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    mode: Mode = "proxy"
+    extproc_port: int = 50051
+    watch_config: bool = True
+
+
+def build_core(source: ConfigSource, models: SignalModels, metrics: RouterMetrics | None = None) -> RouterCore:
+    cache = SemanticCache(source.current.cache)
+    return RouterCore(source, SignalRunner(models), metrics or RouterMetrics(), cache)
+
+
+class RouterServer:
+    def __init__(self, core: RouterCore, options: ServerOptions) -> None:
+        self.core = core
+        self.options = options
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+        self.app = build_app(core, Proxy(core, self.client))
+        self.port: int | None = None
+        self.extproc_port: int | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._grpc = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_watch = asyncio.Event()
+
+    async def start(self) -> None:
+        opts = self.options
+        if opts.mode in ("extproc", "both"):
+            from mixroute.router.extproc import start_extproc_server
+
+            self._grpc, self.extproc_port = await start_extproc_server(self.core, opts.host, opts.extproc_port)
+        # The HTTP app also serves /health, /metrics and /api/v1/classify in extproc mode.
+        config = uvicorn.Config(self.app, host=opts.host, port=opts.port, log_level="warning",
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._tasks.append(asyncio.create_task(self._uvicorn.serve(), name="router-http"))
+        while not self._uvicorn.started:
+            if self._tasks[0].done():
+                self._tasks[0].result()  # re-raise a bind failure
+                raise RuntimeError("router HTTP server exited during startup")
+            await asyncio.sleep(0.02)
+        self.port = self._uvicorn.servers[0].sockets[0].getsockname()[1]
+        if opts.watch_config and self.core.source.path is not None:
+            watch = self.core.source.watch(self.core.metrics, self._stop_watch)
+            self._tasks.append(asyncio.create_task(watch, name="router-config-watch"))
+        log.info("router listening on http://%s:%s mode=%s", opts.host, self.port, opts.mode)
+
+    async def wait(self) -> None:
+        await self._tasks[0]
+
+    async def stop(self) -> None:
+        self._stop_watch.set()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+        self.core.runner.close()
+        if self.core.cache is not None:
+            self.core.cache.close()

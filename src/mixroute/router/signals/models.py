@@ -1,0 +1,56 @@
+"""What the router needs from the ML signals (provided by `mixroute.router.classifiers`).
+
+These Protocols mirror the classifiers package's interface so the router's core can be
+unit-tested with fakes; `SignalModels` is the bundle the router holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class PiiEntityLike(Protocol):
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+class EmbedderLike(Protocol):
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+class CategoryClassifierLike(Protocol):
+    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[tuple[str, float]]: ...
+
+
+class JailbreakClassifierLike(Protocol):
+    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[float]: ...
+
+
+class PiiDetectorLike(Protocol):
+    def detect(self, text: str) -> list[Any]: ...
+
+
+@dataclass(slots=True, frozen=True)
+class SignalModels:
+    embedder: EmbedderLike
+    category: CategoryClassifierLike
+    jailbreak: JailbreakClassifierLike
+    pii: PiiDetectorLike
+
+
+def load_signal_models() -> SignalModels:
+    """Load the real classifiers once (seconds: MiniLM, heads, Presidio + spaCy)."""
+    from mixroute.router import classifiers
+
+    bundle = classifiers.load_default_signals()
+    return SignalModels(
+        embedder=bundle.embedder,
+        category=bundle.category,
+        jailbreak=bundle.jailbreak,
+        pii=bundle.pii,
+    )

@@ -1,0 +1,101 @@
+"""Fake signal models for unit tests (the real ones are exercised in tests/integration/router)."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from mixroute.router.signals import SignalModels
+
+DIM = 384
+
+
+class FakeEmbedder:
+    """Bag of hashed words: same words -> same unit vector; disjoint words -> orthogonal-ish."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                out[i, zlib.crc32(word.encode()) % DIM] += 1.0
+            norm = np.linalg.norm(out[i])
+            if norm:
+                out[i] /= norm
+        return out
+
+
+class FakeCategory:
+    RULES = {"integral": "math", "derivative": "math", "contract": "law", "cell": "biology", "vague": "other"}
+
+    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[tuple[str, float]]:
+        out = []
+        for text in texts:
+            hit = next((c for w, c in self.RULES.items() if w in text.lower()), None)
+            out.append((hit, 0.2 if hit == "other" else 0.9) if hit else ("other", 0.3))
+        return out
+
+
+class FakeJailbreak:
+    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[float]:
+        return [0.99 if "ignore previous instructions" in t.lower() else 0.01 for t in texts]
+
+
+@dataclass
+class FakeEntity:
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+class FakePii:
+    PATTERNS = {"US_SSN": r"\b\d{3}-\d{2}-\d{4}\b", "EMAIL_ADDRESS": r"\b\S+@\S+\.\w+\b"}
+
+    def detect(self, text: str) -> list[FakeEntity]:
+        return [FakeEntity(t, m.start(), m.end(), 0.85)
+                for t, p in self.PATTERNS.items() for m in re.finditer(p, text)]
+
+
+def fake_models() -> SignalModels:
+    return SignalModels(embedder=FakeEmbedder(), category=FakeCategory(), jailbreak=FakeJailbreak(), pii=FakePii())
+
+
+CONFIG_YAML = """
+default_model: small
+default_endpoint: http://127.0.0.1:9
+models:
+  small:
+    pii_policy: {allow_by_default: false, pii_types_allowed: [EMAIL_ADDRESS]}
+  big:
+    reasoning_family: qwen3
+    pii_policy: {allow_by_default: true}
+  effort:
+    endpoint: http://127.0.0.1:10
+    reasoning_family: gpt-oss
+    pii_policy: {allow_by_default: false}
+reasoning_families:
+  qwen3: {type: chat_template_kwargs, parameter: enable_thinking}
+  gpt-oss: {type: reasoning_effort, parameter: reasoning_effort}
+categories:
+  - name: math
+    system_prompt: "You are a math expert."
+    system_prompt_mode: replace
+    model_scores: [{model: big, score: 0.9, use_reasoning: true}, {model: small, score: 0.5}]
+  - name: law
+    system_prompt: "You are a lawyer."
+    system_prompt_mode: insert
+    reasoning_effort: high
+    model_scores: [{model: effort, score: 0.8, use_reasoning: true}]
+  - name: biology
+    system_prompt: "You are a biologist."
+    model_scores: [{model: effort, score: 0.8, use_reasoning: false}, {model: small, score: 0.2}]
+  - name: other
+    model_scores: [{model: small, score: 1.0}]
+keyword_rules:
+  - {name: think, keywords: [think, step by step], use_reasoning: true}
+  - {name: lawyer, keywords: [attorney], category: law}
+cache: {similarity_threshold: 0.9, ttl_seconds: 60, max_entries: 10}
+"""

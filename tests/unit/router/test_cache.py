@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from mixroute.router.cache import CachedAnswer, StreamRecorder, answer_from_json, cache_scope
+from mixroute.router.cache.memory import MemoryCacheStore
+from mixroute.router.config import CacheConfig
+from mixroute.router.request import parse_chat_request
+from mixroute.router.responses import completion_sse
+
+
+def _unit(*values):
+    v = np.array(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def _answer(text):
+    return CachedAnswer(content=text, model="m")
+
+
+def test_lookup_respects_threshold_scope_and_ttl():
+    store = MemoryCacheStore(max_entries=10)
+    store.store("a", _unit(1, 0, 0), _answer("one"), now=100.0, ttl=10.0)
+    hit = store.lookup("a", _unit(1, 0.1, 0), threshold=0.9, now=101.0)
+    assert hit is not None and hit.answer.content == "one" and hit.similarity > 0.99
+    assert store.lookup("a", _unit(0, 1, 0), threshold=0.9, now=101.0) is None
+    assert store.lookup("b", _unit(1, 0, 0), threshold=0.9, now=101.0) is None
+    assert store.lookup("a", _unit(1, 0, 0), threshold=0.9, now=110.5) is None
+
+
+def test_lru_eviction_keeps_recently_hit_entries():
+    store = MemoryCacheStore(max_entries=2, eviction="lru")
+    store.store("s", _unit(1, 0, 0), _answer("x"), now=0, ttl=100)
+    store.store("s", _unit(0, 1, 0), _answer("y"), now=0, ttl=100)
+    assert store.lookup("s", _unit(1, 0, 0), 0.9, now=1) is not None  # touch x
+    store.store("t", _unit(0, 0, 1), _answer("z"), now=2, ttl=100)
+    assert len(store) == 2
+    assert store.lookup("s", _unit(0, 1, 0), 0.9, now=3) is None  # y was least recently used
+    assert store.lookup("s", _unit(1, 0, 0), 0.9, now=3) is not None
+
+
+def test_fifo_eviction_and_expired_entries_go_first():
+    store = MemoryCacheStore(max_entries=2, eviction="fifo")
+    store.store("s", _unit(1, 0, 0), _answer("x"), now=0, ttl=100)
+    store.store("s", _unit(0, 1, 0), _answer("y"), now=0, ttl=1)
+    store.store("s", _unit(0, 0, 1), _answer("z"), now=5, ttl=100)  # y expired: dropped, x kept
+    assert store.lookup("s", _unit(1, 0, 0), 0.9, now=6) is not None
+    store.store("s", _unit(1, 1, 0), _answer("w"), now=7, ttl=100)  # full: x (oldest) goes
+    assert store.lookup("s", _unit(1, 0, 0), 0.99, now=8) is None
+    assert len(store) == 2
+
+
+def test_scope_separates_users_models_and_conversations():
+    config = CacheConfig()
+    def req(user=None, model="MoM", history=()):
+        msgs = [*history, {"role": "user", "content": "q"}]
+        body = {"model": model, "messages": msgs} | ({"user": user} if user else {})
+        return parse_chat_request(json.dumps(body).encode())
+    base = cache_scope(config, req(), {})
+    assert cache_scope(config, req(), {}) == base
+    assert cache_scope(config, req(), {"x-user-id": "alice"}) != base
+    assert cache_scope(config, req(user="alice"), {}) == cache_scope(config, req(), {"x-user-id": "alice"})
+    assert cache_scope(config, req(model="other"), {}) != base
+    assert cache_scope(config, req(history=[{"role": "system", "content": "s"}]), {}) != base
+
+
+def test_stream_recorder_reassembles_split_chunks():
+    sse = completion_sse("hello world", "m", "stop")
+    recorder = StreamRecorder()
+    for i in range(0, len(sse), 7):
+        recorder.feed(sse[i:i + 7])
+    assert recorder.answer() == CachedAnswer(content="hello world", model="m", finish_reason="stop")
+    broken = StreamRecorder()
+    broken.feed(sse[: len(sse) // 2])
+    assert broken.answer() is None  # no finish_reason seen: never cache a cut-off stream
+
+
+def test_answer_from_json_only_caches_plain_text():
+    ok = {"model": "m", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
+    assert answer_from_json(json.dumps(ok).encode()).content == "hi"
+    tool = {"model": "m", "choices": [{"message": {"content": None}, "finish_reason": "tool_calls"}]}
+    assert answer_from_json(json.dumps(tool).encode()) is None
+    assert answer_from_json(b"garbage") is None

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+
+from mixroute.errors import ConfigError
+from mixroute.router.config import DEFAULT_CONFIG_PATH, load_config, parse_config
+from tests.unit.router.fakes import CONFIG_YAML
+
+
+def test_default_config_is_valid_and_covers_the_mmlu_pro_categories():
+    config = load_config(DEFAULT_CONFIG_PATH)
+    names = {c.name for c in config.categories}
+    assert len(names) == 14 and {"computer science", "math", "other", "law"} <= names
+    assert config.models[config.default_model].pii_policy.violations(["US_SSN"]) == ["US_SSN"]
+    assert config.jailbreak.enabled and config.cache.backend == "memory"
+
+
+def test_fixture_config_parses():
+    config = parse_config(CONFIG_YAML)
+    assert config.endpoint_for("effort") == "http://127.0.0.1:10"
+    assert config.endpoint_for("small") == "http://127.0.0.1:9"
+    assert config.is_auto("MoM") and not config.is_auto("small")
+
+
+@pytest.mark.parametrize("mutation, expected", [
+    (("default_model: small", "default_model: nope"), "default_model: unknown model 'nope'"),
+    (("{model: big, score: 0.9", "{model: huge, score: 0.9"), "categories.0.model_scores.0.model"),
+    (("reasoning_family: qwen3", "reasoning_family: qwen9"), "models.big.reasoning_family"),
+    (("category: law", "category: lawz"), "keyword_rules.1.category"),
+    (("similarity_threshold: 0.9", "similarity_threshold: 1.9"), "cache.similarity_threshold"),
+    (("system_prompt_mode: insert", "system_prompt_mode: prepend"), "categories.1.system_prompt_mode"),
+    (("cache: {", "cache: {colour: red, "), "cache.colour: unknown field"),
+    (("default_endpoint: http://127.0.0.1:9", "default_endpoint: 127.0.0.1:9"), "must start with http://"),
+])
+def test_errors_name_the_field_and_the_fix(mutation, expected):
+    old, new = mutation
+    assert old in CONFIG_YAML
+    with pytest.raises(ConfigError) as info:
+        parse_config(CONFIG_YAML.replace(old, new, 1), "router.yaml")
+    assert expected in str(info.value)
+    assert "router.yaml" in str(info.value)
+
+
+def test_not_yaml_and_not_a_mapping():
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_config("models: [")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        parse_config("- a\n- b\n")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read router config"):
+        load_config(tmp_path / "absent.yaml")
