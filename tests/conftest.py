@@ -32,3 +32,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 has_cuda = _has_cuda()
             if not has_cuda:
                 item.add_marker(skip_gpu)
+
+
+# ---- real etcd / nats-server for runtime integration tests (runtime helper) ----
+
+
+@pytest.fixture(scope="session")
+def etcd_server():  # type: ignore[no-untyped-def]
+    """A real etcd on a free loopback port for the whole session; `.url` is etcd://..."""
+    import shutil
+
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd binary not found (apt-get install etcd-server, or run scripts/setup.sh)")
+    from mixroute.runtime.infra import EtcdProcess
+
+    server = EtcdProcess.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server():  # type: ignore[no-untyped-def]
+    """A real nats-server (monitoring on) on free loopback ports; `.url`, `.monitor_url`."""
+    import shutil
+
+    if shutil.which("nats-server") is None:
+        pytest.skip("nats-server binary not found (apt-get install nats-server, or run scripts/setup.sh)")
+    from mixroute.runtime.infra import NatsProcess
+
+    server = NatsProcess.start()
+    try:
+        yield server
+    finally:
+        server.stop()
