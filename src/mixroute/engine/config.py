@@ -1,0 +1,56 @@
+"""EngineConfig: everything that shapes one engine instance, validated at the edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str
+    """A Hugging Face model directory (config.json, *.safetensors, tokenizer files)."""
+    served_model_name: str | None = None
+    """Name clients use; defaults to the directory name."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: DType | None = None
+    """None: float32 on CPU, bfloat16 on CUDA."""
+    block_size: int = Field(default=16, ge=1, le=1024)
+    num_blocks: int | None = Field(default=None, ge=2)
+    """None: derived (CPU: a fixed KV budget; CUDA: from gpu_memory_utilization)."""
+    gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
+    cpu_kv_cache_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    """KV budget on CPU when num_blocks is None."""
+    max_num_seqs: int = Field(default=64, ge=1)
+    max_num_batched_tokens: int = Field(default=2048, ge=1)
+    max_model_len: int | None = Field(default=None, ge=2)
+    """None: the model's max_position_embeddings, capped at 8192."""
+    enable_prefix_caching: bool = True
+    worker_id: int = 0
+    kv_hold_timeout_s: float = Field(default=30.0, gt=0.0)
+    """How long a prefill-only request's blocks wait for export_kv/release_kv."""
+    seed: int = 0
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_dir_exists(cls, value: str) -> str:
+        path = Path(value).expanduser()
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"{value!r} is not a model directory (no config.json); "
+                "pass a Hugging Face directory or run `mixroute model prepare`"
+            )
+        return str(path)
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> EngineConfig:
+        if self.served_model_name is None:
+            self.served_model_name = Path(self.model_path).name
+        if self.dtype is None:
+            self.dtype = "float32" if self.device == "cpu" else "bfloat16"
+        return self

@@ -1,0 +1,313 @@
+"""LLMEngine: the synchronous engine. `step()` = schedule -> run -> postprocess.
+
+Not thread-safe: one thread owns it (AsyncEngine's engine thread, or a test/benchmark).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import torch
+
+from mixroute.engine.api import KvExport
+from mixroute.engine.config import EngineConfig
+from mixroute.engine.kv_cache.block_pool import BlockPool
+from mixroute.engine.kv_cache.kv_cache_manager import KvCacheManager, cdiv
+from mixroute.engine.kv_cache.kv_tensors import KvTensors, dtype_name
+from mixroute.engine.model.config import ModelConfig
+from mixroute.engine.model.loader import load_model
+from mixroute.engine.runner import ModelRunner
+from mixroute.engine.sampler import Sampler
+from mixroute.engine.scheduler import ScheduledBatch, Scheduler
+from mixroute.engine.sequence import Sequence
+from mixroute.errors import ConfigError, EngineError, RequestTooLongError
+from mixroute.protocol.hashing import hash_seed
+from mixroute.protocol.messages import (
+    FinishReason,
+    GenerateFrame,
+    GenerateRequest,
+    KvExportHeader,
+    KvTransferHandle,
+    LoadMetrics,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_DEFAULT_MODEL_LEN = 8192
+
+
+@dataclass(slots=True)
+class HeldKv:
+    seq: Sequence
+    deadline: float
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+        self.dtype: torch.dtype = getattr(torch, config.dtype or "float32")
+        self.model_config = ModelConfig.from_dir(config.model_path)
+        mc = self.model_config
+        self.max_model_len = config.max_model_len or min(mc.max_position_embeddings, MAX_DEFAULT_MODEL_LEN)
+        self.block_size = config.block_size
+        self.eos_token_ids = mc.eos_token_ids
+        self.model = load_model(config.model_path, self.device, self.dtype)
+        self.model.init_rope(self.max_model_len + 1, self.device, self.dtype)
+        self.num_blocks = config.num_blocks or self._derive_num_blocks()
+        self.kv_tensors = KvTensors(
+            mc.num_layers, self.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim, self.dtype, self.device
+        )
+        self.pool = BlockPool(self.num_blocks, enable_caching=config.enable_prefix_caching, worker_id=config.worker_id)
+        self.kv = KvCacheManager(self.pool, self.block_size)
+        self.scheduler = Scheduler(
+            self.kv, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens
+        )
+        self.runner = ModelRunner(self.model, self.kv_tensors, self.block_size, self.device)
+        self.sampler = Sampler(self.eos_token_ids, config.seed)
+        self.seqs: dict[str, Sequence] = {}
+        self.held: dict[str, HeldKv] = {}
+        log.info(
+            "engine ready model=%s blocks=%d block_size=%d max_model_len=%d dtype=%s device=%s",
+            config.served_model_name, self.num_blocks, self.block_size, self.max_model_len, config.dtype, config.device,
+        )
+
+    def _derive_num_blocks(self) -> int:
+        mc = self.model_config
+        per_block = KvTensors.bytes_per_block(mc.num_layers, self.block_size, mc.num_kv_heads, mc.head_dim, self.dtype)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - total * (1.0 - self.config.gpu_memory_utilization)
+            # Leave room for activations of a full token budget.
+            budget -= self.config.max_num_batched_tokens * mc.vocab_size * 4 * 2
+        else:
+            budget = self.config.cpu_kv_cache_bytes
+        num_blocks = int(budget // per_block)
+        # On CPU never allocate more than enough for max_num_seqs full-length sequences.
+        cap = self.config.max_num_seqs * cdiv(self.max_model_len, self.block_size) + 1
+        num_blocks = min(num_blocks, cap) if self.device.type == "cpu" else num_blocks
+        if num_blocks < 2:
+            raise ConfigError("not enough memory for the KV cache; lower max_num_batched_tokens or pass --num-blocks")
+        return num_blocks
+
+    # ---- requests ----
+
+    def add_request(self, request: GenerateRequest, imported: KvExport | None = None) -> Sequence:
+        prompt = list(request.token_ids)
+        params = request.sampling
+        self._validate(request, prompt)
+        seq = Sequence(
+            request_id=request.request_id,
+            token_ids=prompt,
+            num_prompt_tokens=len(prompt),
+            sampling=params,
+            hash_seed=hash_seed(request.cache_salt),
+            prefill_only=request.prefill_only,
+        )
+        if params.seed is not None:
+            seq.generator = torch.Generator(device="cpu")
+            seq.generator.manual_seed(params.seed)
+        if imported is not None:
+            self._validate_import(imported, prompt)
+            seq.imported = imported
+        self.seqs[seq.request_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def _validate(self, request: GenerateRequest, prompt: list[int]) -> None:
+        if request.request_id in self.seqs:
+            raise EngineError(f"request id {request.request_id!r} is already running")
+        if not prompt:
+            raise EngineError("the prompt is empty; send at least one token")
+        vocab = self.model_config.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise EngineError(f"prompt has token ids outside the vocabulary [0, {vocab})")
+        params = request.sampling
+        if params.max_tokens < 1:
+            raise EngineError("max_tokens must be at least 1")
+        if not 0.0 < params.top_p <= 1.0 or params.temperature < 0 or params.top_k < 0:
+            raise EngineError("sampling parameters out of range: need 0 < top_p <= 1, temperature >= 0, top_k >= 0")
+        total = len(prompt) + params.max_tokens
+        if total > self.max_model_len:
+            raise RequestTooLongError(
+                f"prompt has {len(prompt)} tokens and max_tokens is {params.max_tokens}: {total} exceeds the "
+                f"model's context of {self.max_model_len} tokens; shorten the prompt or lower max_tokens"
+            )
+        if cdiv(total, self.block_size) > self.num_blocks:
+            raise RequestTooLongError(
+                f"{total} tokens need {cdiv(total, self.block_size)} KV blocks but this engine has only "
+                f"{self.num_blocks}; shorten the request or start the worker with more --num-blocks"
+            )
+
+    def _validate_import(self, imported: KvExport, prompt: list[int]) -> None:
+        h = imported.header
+        mc = self.model_config
+        if list(h.token_ids) != prompt or h.num_tokens != len(prompt):
+            raise EngineError("imported KV does not belong to this prompt (token ids differ)")
+        expected = (self.block_size, mc.num_layers, mc.num_kv_heads, mc.head_dim, dtype_name(self.dtype))
+        got = (h.block_size, h.num_layers, h.num_kv_heads, h.head_dim, h.dtype)
+        if got != expected:
+            raise EngineError(f"imported KV layout {got} does not match this engine's {expected}")
+        if h.num_blocks != cdiv(h.num_tokens, self.block_size) or len(imported.layers) != mc.num_layers:
+            raise EngineError("imported KV has the wrong number of blocks or layers")
+        if h.first_token_id is None:
+            raise EngineError("imported KV carries no first token")
+
+    def abort(self, request_id: str) -> GenerateFrame | None:
+        seq = self.seqs.get(request_id)
+        if seq is None:
+            return None
+        return self._finish(seq, "abort")
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    # ---- the step ----
+
+    def step(self) -> list[tuple[str, GenerateFrame]]:
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        frames = self._apply_imports(batch)
+        logits, sampled = self.runner.run(batch)
+        new_tokens = self.sampler.sample(logits, sampled) if logits is not None else []
+        return frames + self._postprocess(batch, dict(zip(map(id, sampled), new_tokens, strict=True)))
+
+    def _apply_imports(self, batch: ScheduledBatch) -> list[tuple[str, GenerateFrame]]:
+        """Copy imported KV into the blocks the scheduler gave; emit the prefill worker's first token."""
+        frames = []
+        for seq in batch.imports:
+            imported = seq.imported
+            assert imported is not None
+            num_blocks = imported.header.num_blocks
+            self.kv_tensors.import_blocks(seq.block_ids[:num_blocks], imported.layers)
+            seq.num_computed_tokens = imported.header.num_tokens
+            seq.num_imported_tokens = seq.num_cached_tokens = imported.header.num_tokens
+            self.kv.commit(seq)
+            seq.imported = None
+            assert imported.header.first_token_id is not None
+            frames.append((seq.request_id, self._append_token(seq, imported.header.first_token_id)))
+        return frames
+
+    def _postprocess(self, batch: ScheduledBatch, new_tokens: dict[int, int]) -> list[tuple[str, GenerateFrame]]:
+        out: list[tuple[str, GenerateFrame]] = []
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed_tokens += num_new
+            self.kv.commit(seq)
+            token = new_tokens.get(id(seq))
+            if token is not None:
+                out.append((seq.request_id, self._append_token(seq, token)))
+        return out
+
+    def _append_token(self, seq: Sequence, token: int) -> GenerateFrame:
+        seq.token_ids.append(token)
+        reason = self._stop_reason(seq, token)
+        if reason is None and seq.prefill_only:
+            reason = "length"
+        if reason is None:
+            return GenerateFrame(token_ids=[token])
+        frame = self._finish(seq, reason)
+        frame.token_ids = [token]
+        return frame
+
+    def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        params = seq.sampling
+        if seq.num_output_tokens >= params.min_tokens:
+            if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+                return "stop"
+        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> GenerateFrame:
+        self.scheduler.remove(seq)
+        del self.seqs[seq.request_id]
+        seq.finish_reason = reason
+        usage = Usage(
+            prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=seq.num_output_tokens,
+            cached_tokens=max(seq.num_cached_tokens, 0),
+            imported_tokens=seq.num_imported_tokens,
+        )
+        frame = GenerateFrame(finish_reason=reason, usage=usage)
+        if seq.prefill_only and reason != "abort" and seq.num_computed_tokens >= seq.num_prompt_tokens:
+            frame.kv_transfer = self._hold(seq)
+        else:
+            self.kv.free(seq)
+        return frame
+
+    # ---- KV hold / export (disaggregated prefill) ----
+
+    def _hold(self, seq: Sequence) -> KvTransferHandle:
+        transfer_id = uuid.uuid4().hex
+        self.held[transfer_id] = HeldKv(seq, time.monotonic() + self.config.kv_hold_timeout_s)
+        num_blocks = cdiv(seq.num_prompt_tokens, self.block_size)
+        seq.update_hashes(self.block_size)
+        return KvTransferHandle(
+            source_address="",
+            worker_id=self.config.worker_id,
+            transfer_id=transfer_id,
+            block_ids=tuple(seq.block_ids[:num_blocks]),
+            num_tokens=seq.num_prompt_tokens,
+            block_hashes=tuple(seq.seq_hashes[: seq.num_prompt_tokens // self.block_size]),
+            first_token_id=seq.token_ids[seq.num_prompt_tokens],
+        )
+
+    def export_kv(self, transfer_id: str) -> KvExport:
+        held = self.held.pop(transfer_id)  # KeyError if unknown or expired
+        seq = held.seq
+        try:
+            num_blocks = cdiv(seq.num_prompt_tokens, self.block_size)
+            mc = self.model_config
+            header = KvExportHeader(
+                transfer_id=transfer_id,
+                token_ids=seq.token_ids[: seq.num_prompt_tokens],
+                num_tokens=seq.num_prompt_tokens,
+                block_size=self.block_size,
+                num_blocks=num_blocks,
+                num_layers=mc.num_layers,
+                num_kv_heads=mc.num_kv_heads,
+                head_dim=mc.head_dim,
+                dtype=dtype_name(self.dtype),
+                block_hashes=list(seq.seq_hashes[: seq.num_prompt_tokens // self.block_size]),
+                first_token_id=seq.token_ids[seq.num_prompt_tokens],
+            )
+            return KvExport(header=header, layers=self.kv_tensors.export_blocks(seq.block_ids[:num_blocks]))
+        finally:
+            self.kv.free(seq)
+
+    def release_kv(self, transfer_id: str) -> None:
+        held = self.held.pop(transfer_id, None)
+        if held is not None:
+            self.kv.free(held.seq)
+
+    def expire_held(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        expired = [t for t, h in self.held.items() if h.deadline <= now]
+        for transfer_id in expired:
+            log.warning("kv hold expired transfer_id=%s", transfer_id)
+            self.release_kv(transfer_id)
+        return len(expired)
+
+    def next_hold_deadline(self) -> float | None:
+        return min((h.deadline for h in self.held.values()), default=None)
+
+    # ---- observability ----
+
+    def load_metrics(self) -> LoadMetrics:
+        return LoadMetrics(
+            worker_id=self.config.worker_id,
+            num_active_blocks=self.pool.num_active,
+            num_total_blocks=self.num_blocks,
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            num_active_prefill_tokens=self.scheduler.num_pending_prefill_tokens(),
+            last_event_id=self.pool.last_event_id,
+        )
