@@ -1,0 +1,1 @@
+"""`mixroute up`: a whole local stack (router, frontend, workers) under one supervisor."""

@@ -1,0 +1,244 @@
+"""One local stack: start infrastructure and children, wait until ready, run until told
+to stop, stop everything. `run_stack` is the whole lifetime of `mixroute up`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from typing import TextIO
+
+import httpx
+
+from mixroute.errors import ConfigError
+from mixroute.protocol.names import ENDPOINT_GENERATE, instances_prefix
+from mixroute.up import plan
+from mixroute.up.banner import ready_banner
+from mixroute.up.envoy import find_envoy, write_envoy_config
+from mixroute.up.options import UpOptions
+from mixroute.up.ports import free_port, is_port_free
+from mixroute.up.readiness import (
+    Check,
+    Progress,
+    WaitResult,
+    http_ok,
+    model_listed,
+    wait_until_ready,
+)
+from mixroute.up.router_config import write_router_config
+from mixroute.up.supervisor import Child, ChildSpec, Supervisor
+
+_LOG_TAIL_LINES = 40
+
+
+class Stack:
+    def __init__(self, options: UpOptions, model: plan.ModelChoice, out: TextIO) -> None:
+        self.options = options
+        self.model = model
+        self.out = out
+        self.supervisor = Supervisor(options.log_dir)
+        self._infra: list[object] = []
+        self._router_http_port = options.router_port
+        self._extra_banner: list[str] = []
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # ---- startup ----
+
+    def check_ports(self) -> None:
+        wanted = {"--frontend-port": self.options.frontend_port}
+        if self.options.has_router:
+            wanted["--router-port"] = self.options.router_port
+        if self.options.has_envoy:
+            wanted["--extproc-port"] = self.options.extproc_port
+        for flag, port in wanted.items():
+            if not is_port_free(port, _bind_host(self.options.host)):
+                raise ConfigError(
+                    f"port {port} is already in use; stop what holds it or pass {flag} N"
+                )
+
+    def start_infra(self) -> None:
+        """Local etcd and nats-server (`--with-infra`); the children then use them."""
+        from mixroute.runtime.infra import EtcdProcess, NatsProcess
+
+        self.say("starting etcd and nats-server on loopback ...")
+        etcd = EtcdProcess.start()
+        self._infra.append(etcd)
+        nats = NatsProcess.start()
+        self._infra.append(nats)
+        self.options = dataclasses.replace(self.options, etcd_url=etcd.url, nats_url=nats.url)
+        self._extra_banner.append(f"{'nats monitoring':<38} {nats.monitor_url}")
+        self.say(f"  ok  etcd {etcd.url}, nats {nats.url} (monitoring {nats.monitor_url})")
+
+    def child_specs(self) -> list[ChildSpec]:
+        options = self.options
+        specs = plan.worker_specs(options, self.model) + [plan.frontend_spec(options)]
+        if not options.has_router:
+            return specs
+        config = write_router_config(
+            options.config, self.model.served_name, options.frontend_url, options.run_dir
+        )
+        if not options.has_envoy:
+            return specs + [plan.router_spec(options, config, options.router_port)]
+        self._router_http_port = options.router_http_port or free_port()
+        envoy_config = write_envoy_config(options, options.run_dir)
+        self._extra_banner.append(
+            f"{'router API (direct)':<38} http://127.0.0.1:{self._router_http_port}"
+        )
+        return specs + [
+            plan.router_spec(options, config, self._router_http_port),
+            plan.envoy_spec(find_envoy(), envoy_config),
+        ]
+
+    def start_children(self, specs: list[ChildSpec]) -> None:
+        for spec in specs:
+            child = self.supervisor.start(spec)
+            self.say(f"  started {child.name:<18} pid {child.pid:<7} log {child.log_path}")
+
+    def readiness_checks(self, client: httpx.AsyncClient, discovery: object) -> list[Check]:
+        options = self.options
+        checks = []
+        for group in plan.worker_groups(options):
+            prefix = instances_prefix(options.namespace, group.component, ENDPOINT_GENERATE)
+            checks.append(
+                Check(
+                    f"{group.count} {group.worker_type} worker(s) registered",
+                    _registered(discovery, prefix, group.count),
+                )
+            )
+        checks.append(Check("frontend /health", http_ok(client, f"{options.frontend_url}/health")))
+        checks.append(
+            Check(
+                f"frontend lists {self.model.served_name}",
+                model_listed(client, f"{options.frontend_url}/v1/models", self.model.served_name),
+            )
+        )
+        if options.has_router:
+            checks.append(
+                Check(
+                    "router /ready",
+                    http_ok(client, f"http://127.0.0.1:{self._router_http_port}/ready"),
+                )
+            )
+        if options.has_envoy:
+            checks.append(
+                Check("envoy", _envoy_ready(client, options.router_url, self.model.served_name))
+            )
+        return checks
+
+    # ---- shutdown ----
+
+    def stop(self) -> None:
+        def announce(children: list[Child]) -> None:
+            running = [c.name for c in children if c.is_running]
+            if running:
+                self.say(f"  stopping {', '.join(running)}")
+
+        killed = self.supervisor.stop(self.options.stop_timeout_s, on_stage=announce)
+        for child in killed:
+            self.say(
+                f"  {child.name} did not stop within {self.options.stop_timeout_s:.0f}s; killed it"
+            )
+        for server in reversed(self._infra):
+            server.stop()  # type: ignore[attr-defined]
+        self._infra.clear()
+
+    def report_exit(self, child: Child) -> None:
+        code = child.poll()
+        how = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
+        self.say(f"\nerror: {child.name} exited ({how}). Last lines of {child.log_path}:")
+        self.say(_indent(child.tail(_LOG_TAIL_LINES)))
+
+
+async def run_stack(options: UpOptions, model: plan.ModelChoice, out: TextIO) -> int:
+    stack = Stack(options, model, out)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        stack.check_ports()
+        options.run_dir.mkdir(parents=True, exist_ok=True)
+        options.log_dir.mkdir(parents=True, exist_ok=True)
+        if options.with_infra:
+            stack.start_infra()
+        specs = stack.child_specs()
+        stack.say(f"starting {len(specs)} processes (logs in {stack.options.log_dir}) ...")
+        stack.start_children(specs)
+        result, exited = await _wait_ready(stack, stop)
+        if result is WaitResult.READY:
+            stack.say(
+                ready_banner(stack.options, model, time.monotonic() - started, stack._extra_banner)
+            )
+            exited = await _wait_for_exit(stack.supervisor, stop)
+        if exited is not None:
+            stack.report_exit(exited)
+            return 1
+        if result is WaitResult.TIMED_OUT:
+            stack.say(
+                f"\nerror: not ready after {options.ready_timeout_s:.0f}s (--ready-timeout); logs in {options.log_dir}"
+            )
+            return 1
+        stack.say("\nstopping ...")
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        # A second Ctrl-C while stopping skips the rest of the grace period.
+        previous = signal.signal(signal.SIGINT, lambda *_: stack.supervisor.hurry())
+        try:
+            stack.stop()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        stack.say("stopped.")
+
+
+async def _wait_ready(stack: Stack, stop: asyncio.Event) -> tuple[WaitResult, Child | None]:
+    from mixroute.runtime.discovery import open_discovery
+
+    discovery = await open_discovery(stack.options.discovery_url)
+    try:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            checks = stack.readiness_checks(client, discovery)
+            stack.say("waiting for the model to load and every component to be ready ...")
+            return await wait_until_ready(
+                checks, stack.supervisor, stop, stack.options.ready_timeout_s, Progress(stack.out)
+            )
+    finally:
+        await discovery.close()
+
+
+async def _wait_for_exit(supervisor: Supervisor, stop: asyncio.Event) -> Child | None:
+    """Runs until a stop request (None) or a child's exit (that child)."""
+    while not stop.is_set():
+        exited = supervisor.first_exited()
+        if exited is not None:
+            return exited
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+    return None
+
+
+def _registered(discovery: object, prefix: str, count: int):  # type: ignore[no-untyped-def]
+    async def probe() -> bool:
+        keys = await discovery.get_prefix(prefix)  # type: ignore[attr-defined]
+        return len(keys) >= count
+
+    return probe
+
+
+def _envoy_ready(client: httpx.AsyncClient, url: str, model: str):  # type: ignore[no-untyped-def]
+    """Envoy is ready once a request through it reaches the frontend's model list."""
+    return model_listed(client, f"{url}/v1/models", model)
+
+
+def _bind_host(host: str) -> str:
+    return "0.0.0.0" if host in ("", "0.0.0.0") else host
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    | {line}" for line in text.splitlines()) or "    | (empty log)"

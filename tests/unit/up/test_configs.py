@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixroute.errors import ConfigError
+from mixroute.up.envoy import envoy_config, find_envoy, write_envoy_config
+from mixroute.up.options import add_arguments, options_from_args
+from mixroute.up.router_config import local_router_config
+
+
+def _options(*argv: str):  # type: ignore[no-untyped-def]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return options_from_args(parser.parse_args(list(argv)))
+
+
+SHIPPED = {
+    "auto_model_names": ["MoM", "auto"],
+    "default_model": "shipped-model",
+    "default_endpoint": "http://127.0.0.1:8000",
+    "models": {
+        "shipped-model": {
+            "endpoint": "http://127.0.0.1:8000",
+            "pii_policy": {"allow_by_default": False},
+        },
+        "other-model": {"reasoning_family": "qwen3"},
+    },
+    "categories": [
+        {
+            "name": "math",
+            "model_scores": [
+                {"model": "other-model", "score": 0.9},
+                {"model": "shipped-model", "score": 0.5},
+            ],
+        },
+        {"name": "other", "system_prompt": "be brief"},
+    ],
+    "cache": {"backend": "milvus", "milvus": {"uri": "./router-cache.db"}},
+}
+
+
+def test_local_router_config_serves_only_the_served_model(tmp_path: Path) -> None:
+    out = local_router_config(SHIPPED, "my-model", "http://127.0.0.1:9001", tmp_path)
+    assert out["default_model"] == "my-model"
+    assert out["default_endpoint"] == "http://127.0.0.1:9001"
+    # The default model's policy (PII blocking) is kept, its fixed endpoint dropped.
+    assert out["models"] == {"my-model": {"pii_policy": {"allow_by_default": False}}}
+    assert out["categories"][0]["model_scores"] == [{"model": "my-model", "score": 0.9}]
+    assert out["categories"][1] == {"name": "other", "system_prompt": "be brief"}
+    assert out["cache"]["milvus"]["uri"] == str(tmp_path / "router-cache.db")
+    assert out["auto_model_names"] == ["MoM", "auto"]
+    assert SHIPPED["default_model"] == "shipped-model"  # input untouched
+
+
+def test_shipped_router_config_is_valid_once_filled(tmp_path: Path) -> None:
+    router_config = pytest.importorskip("mixroute.router.config")
+    if not router_config.DEFAULT_CONFIG_PATH.is_file():
+        pytest.skip("the router's default_config.yaml has not landed")
+    from mixroute.up.router_config import write_router_config
+
+    path = write_router_config(None, "my-model", "http://127.0.0.1:9001", tmp_path)
+    config = router_config.load_config(path)
+    assert config.default_model == "my-model"
+    assert list(config.models) == ["my-model"]
+    assert config.endpoint_for("my-model") == "http://127.0.0.1:9001"
+    assert all(s.model == "my-model" for c in config.categories for s in c.model_scores)
+
+
+def test_envoy_config_points_at_router_and_frontend() -> None:
+    options = _options(
+        "--envoy", "--router-port", "18080", "--frontend-port", "18000", "--extproc-port", "18051"
+    )
+    config = envoy_config(options, admin_port=18901)
+    listener = config["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 18080}
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+
+    def port(name: str) -> int:
+        return clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+            "address"
+        ]["socket_address"]["port_value"]
+
+    assert port("frontend") == 18000
+    assert port("semantic_router") == 18051
+    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    assert filters[0]["name"] == "envoy.filters.http.ext_proc"
+    assert filters[0]["typed_config"]["processing_mode"]["request_body_mode"] == "BUFFERED"
+    assert filters[-1]["name"] == "envoy.filters.http.router"
+    assert config["admin"]["address"]["socket_address"]["port_value"] == 18901
+
+
+def test_envoy_accepts_the_generated_config(tmp_path: Path) -> None:
+    try:
+        envoy = find_envoy()
+    except ConfigError as exc:
+        pytest.skip(f"envoy not installed: {exc}")
+    path = write_envoy_config(_options("--envoy", "--router-port", "18080"), tmp_path)
+    assert yaml.safe_load(path.read_text())["static_resources"]
+    result = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
