@@ -1,0 +1,132 @@
+"""NATS event plane via nats-py.
+
+Subjects are already dotted, so a subject prefix maps onto a NATS wildcard: `a.b.`
+subscribes `a.b.>`; a prefix that ends inside a token (`a.b` also matching `a.bc`)
+subscribes the enclosing `a.>` and filters here. Connections carry a name
+(`mixroute-<role>-<id>`) so the server's `/connz` shows who is connected. Order is kept
+per publisher (one connection, one TCP stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NatsClient
+
+from mixroute.errors import EventPlaneError
+from mixroute.logs import kv
+
+log = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT_S = 5
+_FLUSH_TIMEOUT_S = 5
+
+
+def nats_subject_for_prefix(prefix: str) -> tuple[str, bool]:
+    """(NATS subject to subscribe, whether received subjects must still be filtered)."""
+    if prefix == "":
+        return ">", False
+    if prefix.endswith("."):
+        return prefix + ">", False
+    head, dot, _ = prefix.rpartition(".")
+    return (head + ".>" if dot else ">"), True
+
+
+async def connect_nats(url: str, name: str) -> NatsClient:
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats connection error %s", kv(name=name, error=repr(exc)))
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                url,
+                name=name,
+                connect_timeout=_CONNECT_TIMEOUT_S,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                allow_reconnect=True,
+            ),
+            _CONNECT_TIMEOUT_S * 2,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise EventPlaneError(
+            f"cannot connect to NATS at {url} ({type(exc).__name__}: {exc}); is nats-server running?"
+        ) from exc
+
+
+class NatsEventPublisher:
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self._nc: NatsClient | None = None
+
+    async def start(self) -> None:
+        self._nc = await connect_nats(self.url, self.name)
+        log.info("nats event publisher up %s", kv(url=self.url, name=self.name))
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        if self._nc is None or self._nc.is_closed:
+            raise EventPlaneError("event publisher is closed")
+        try:
+            await self._nc.publish(subject, payload)
+        except nats.errors.Error as exc:
+            raise EventPlaneError(f"nats publish on {subject!r} failed: {exc}") from exc
+
+    async def flush(self) -> None:
+        """Waits until the server has everything published so far."""
+        if self._nc is not None:
+            try:
+                await self._nc.flush(_FLUSH_TIMEOUT_S)
+            except nats.errors.Error as exc:
+                raise EventPlaneError(f"nats flush failed: {exc}") from exc
+
+    async def close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is None or nc.is_closed:
+            return
+        try:
+            await nc.flush(_FLUSH_TIMEOUT_S)
+        except nats.errors.Error as exc:
+            log.warning("nats flush on close failed %s", kv(error=exc))
+        await nc.close()
+
+
+class NatsEventSubscriber:
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self._nc: NatsClient | None = None
+
+    async def start(self) -> None:
+        self._nc = await connect_nats(self.url, self.name)
+
+    async def subscribe(self, subject_prefix: str) -> AsyncIterator[tuple[str, bytes]]:
+        if self._nc is None or self._nc.is_closed:
+            raise EventPlaneError("event subscriber is closed")
+        subject, must_filter = nats_subject_for_prefix(subject_prefix)
+        try:
+            sub = await self._nc.subscribe(subject)
+            await self._nc.flush(_FLUSH_TIMEOUT_S)  # the server knows the interest on return
+        except nats.errors.Error as exc:
+            raise EventPlaneError(f"nats subscribe {subject!r} failed: {exc}") from exc
+        try:
+            async for msg in sub.messages:
+                if must_filter and not msg.subject.startswith(subject_prefix):
+                    continue
+                yield msg.subject, msg.data
+        finally:
+            if self._nc is not None and not self._nc.is_closed:
+                try:
+                    await sub.unsubscribe()
+                except nats.errors.Error:
+                    pass
+
+    async def close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            await nc.close()
