@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -204,7 +204,8 @@ class Runtime:
         self._closed = True
         for server in self._servers:
             await server.stop()
-        for closable in [*self._publishers, *self._subscribers]:
+        closables: list[EventPublisher | EventSubscriber] = [*self._publishers, *self._subscribers]
+        for closable in closables:
             try:
                 await closable.close()
             except Exception as exc:  # noqa: BLE001 - keep closing the rest
@@ -215,7 +216,7 @@ class Runtime:
         await self.request_client.close()
         await self.discovery.close()
 
-    async def __aenter__(self) -> Runtime:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
