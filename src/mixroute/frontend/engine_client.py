@@ -1,0 +1,100 @@
+"""The frontend's backend: choose a worker, stream the request over the request plane,
+keep the router's load accounting in step with the stream.
+
+A worker that dies before sending any token is retried once on another worker (the
+request is idempotent until output has been sent to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from mixroute.errors import PeerGoneError, UnavailableError
+from mixroute.frontend.backend import ModelEntry
+from mixroute.frontend.disagg import DisaggSettings, generate_disaggregated, wants_disagg
+from mixroute.frontend.metrics import ApiMetrics
+from mixroute.frontend.models import ModelPool, ModelRegistry
+from mixroute.frontend.preprocess import PreparedPrompt
+from mixroute.frontend.routing.selector import WorkerSelector
+from mixroute.logs import kv
+from mixroute.protocol.messages import GenerateFrame, GenerateRequest, InstanceInfo, decoder, encode
+from mixroute.protocol.names import ENDPOINT_GENERATE
+from mixroute.runtime.requests.base import RequestClient
+
+log = logging.getLogger(__name__)
+
+_frame_decoder = decoder(GenerateFrame)
+
+
+def decode_frame(payload: bytes) -> GenerateFrame:
+    return _frame_decoder.decode(payload)
+
+
+class RoutedBackend:
+    def __init__(self, registry: ModelRegistry, client: RequestClient, metrics: ApiMetrics, disagg: DisaggSettings) -> None:
+        self.registry = registry
+        self.client = client
+        self.metrics = metrics
+        self.disagg = disagg
+
+    def model_entries(self) -> list[ModelEntry]:
+        return self.registry.entries()
+
+    def model(self, name: str) -> ModelEntry:
+        return self.registry.pool(name).entry
+
+    def is_ready(self) -> bool:
+        return self.registry.ready.is_set()
+
+    async def generate(self, model: ModelEntry, request: GenerateRequest, prompt: PreparedPrompt) -> AsyncIterator[GenerateFrame]:
+        pool = self.registry.pool(model.name)
+        if wants_disagg(pool, len(prompt.token_ids), self.disagg):
+            frames = generate_disaggregated(self, pool, request, prompt)
+        else:
+            frames = self.generate_on(pool, pool.decode, pool.workers, request, prompt)
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            await frames.aclose()
+
+    async def generate_on(
+        self,
+        pool: ModelPool,
+        selector: WorkerSelector,
+        workers: dict[int, InstanceInfo],
+        request: GenerateRequest,
+        prompt: PreparedPrompt,
+    ) -> AsyncIterator[GenerateFrame]:
+        """Route `request` to one of `workers` with `selector` and stream its frames."""
+        excluded: set[int] = set()
+        for attempt in range(2):
+            candidates = [w for w in workers if w not in excluded]
+            if not candidates:
+                raise UnavailableError(f"no {selector.name} worker is available for {pool.entry.name}")
+            decision = selector.select(
+                request.request_id, candidates, prompt.local_hashes, prompt.seq_hashes, len(prompt.token_ids)
+            )
+            worker_id = decision.worker_id
+            self.metrics.router_decisions.labels(pool.entry.name, selector.name, f"{worker_id:x}").inc()
+            self.metrics.router_overlap_blocks.labels(pool.entry.name, selector.name).observe(decision.overlap_blocks)
+            info = workers[worker_id]
+            got_output = False
+            stream = self.client.stream(info.address, ENDPOINT_GENERATE, encode(request))
+            try:
+                async for payload in stream:
+                    frame = decode_frame(payload)
+                    if not got_output and (frame.token_ids or frame.finish_reason is not None):
+                        got_output = True
+                        selector.first_token(request.request_id)
+                    yield frame
+                return
+            except PeerGoneError as exc:
+                if got_output or attempt == 1:
+                    raise
+                log.warning("worker gone before output; retrying %s", kv(request_id=request.request_id, worker_id=f"{worker_id:x}", error=exc))
+                excluded.add(worker_id)
+            finally:
+                selector.finish(request.request_id)
+                await stream.aclose()  # type: ignore[attr-defined]

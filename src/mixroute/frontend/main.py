@@ -1,0 +1,121 @@
+"""`mixroute frontend`: the OpenAI API in front of the workers found in discovery, with
+KV-aware (or round-robin / random) routing and disaggregated prefill when prefill
+workers exist."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+
+import msgspec
+
+from mixroute.errors import ConfigError, MixrouteError
+from mixroute.frontend.app import create_app
+from mixroute.frontend.disagg import DisaggSettings
+from mixroute.frontend.engine_client import RoutedBackend
+from mixroute.frontend.metrics import ApiMetrics
+from mixroute.frontend.models import ModelRegistry, RouterSettings
+from mixroute.frontend.preprocess import tokenizer_executor
+from mixroute.frontend.routing.feed import KvEventFeed
+from mixroute.frontend.routing.selector import ROUTER_MODES
+from mixroute.logs import kv, setup_logging
+from mixroute.protocol.names import kv_router_key
+
+log = logging.getLogger("mixroute.frontend")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--router-mode", choices=ROUTER_MODES, default="kv")
+    parser.add_argument("--kv-temperature", type=float, default=0.0, help="softmax temperature over costs (0: lowest wins)")
+    parser.add_argument("--approx-ttl", type=float, default=120.0, help="seconds a decision is remembered when a worker sends no KV events")
+    parser.add_argument("--disagg-min-prompt-tokens", type=int, default=64, help="shorter prompts run aggregated")
+    parser.add_argument("--no-disagg", action="store_true", help="never use prefill workers")
+    parser.add_argument("--router-id", default=None, help="id under v1/kv_routers/{namespace}/ (default: random)")
+    parser.add_argument("--namespace", default="dynamo")
+    parser.add_argument("--discovery", default=None, help="file:///RUN_DIR (default) or etcd://HOST:PORT")
+    parser.add_argument("--events", default="zmq", help="zmq (default) or nats://HOST:PORT")
+    parser.add_argument("--log-level", default=None)
+
+
+class _RouterRecord(msgspec.Struct, kw_only=True):
+    router_id: str
+    mode: str
+    temperature: float
+    disagg_min_prompt_tokens: int
+    http_address: str
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mixroute.runtime.discovery import open_discovery
+    from mixroute.runtime.events import open_event_subscriber
+    from mixroute.runtime.requests import open_request_client
+
+    if args.kv_temperature < 0:
+        raise ConfigError("--kv-temperature must be >= 0")
+    router_id = args.router_id or f"{secrets.randbits(48):x}"
+    discovery = await open_discovery(args.discovery)
+    subscriber = await open_event_subscriber(
+        args.events, discovery=discovery, namespace=args.namespace, name=f"mixroute-frontend-{router_id}"
+    )
+    client = open_request_client()
+    settings = RouterSettings(args.router_mode, args.kv_temperature, args.approx_ttl)
+    registry: ModelRegistry
+    feed = KvEventFeed(args.namespace, subscriber, client, lambda w: registry.worker(w))
+    registry = ModelRegistry(args.namespace, settings, tokenizer_executor(), on_worker_added=feed.worker_added)
+    metrics = ApiMetrics()
+    metrics.add_load_source(registry.load_samples)
+    disagg = DisaggSettings(args.disagg_min_prompt_tokens, not args.no_disagg)
+    backend = RoutedBackend(registry, client, metrics, disagg)
+    app = create_app(backend, metrics)
+    tasks = [
+        asyncio.create_task(registry.run(discovery), name="discovery-watch"),
+        asyncio.create_task(feed.run(), name="kv-event-feed"),
+    ]
+    config = uvicorn.Config(app, host=args.host, port=args.http_port, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    record = _RouterRecord(
+        router_id=router_id,
+        mode=args.router_mode,
+        temperature=args.kv_temperature,
+        disagg_min_prompt_tokens=args.disagg_min_prompt_tokens,
+        http_address=f"http://{args.host}:{args.http_port}",
+    )
+    await discovery.put(kv_router_key(args.namespace, router_id), msgspec.json.encode(record))
+    log.info("frontend listening %s", kv(address=record.http_address, mode=args.router_mode, router_id=router_id))
+    try:
+        serve = asyncio.create_task(server.serve(), name="http")
+        done, _ = await asyncio.wait([serve, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not serve:
+                task.result()  # a background task died: surface its error
+        return 0
+    finally:
+        server.should_exit = True
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5.0)
+        await client.close()
+        await subscriber.close()
+        await discovery.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, component="frontend")
+    try:
+        return asyncio.run(_serve(args))
+    except MixrouteError as exc:
+        log.error("frontend failed %s", kv(error=exc))
+        return 2

@@ -1,0 +1,168 @@
+"""Turning an OpenAI request into tokens: the model's chat template, tokenizing, block hashes.
+
+The tokenizer comes from the model's local directory (never a hub) and is loaded, like
+every template render and encode, off the event loop thread: a long prompt takes
+milliseconds to tokenize and would stall every other request's stream.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixroute.errors import BadRequestError, ConfigError
+from mixroute.protocol.hashing import BlockHash, SequenceHash, hash_prompt
+from mixroute.protocol.messages import SamplingParams
+
+
+def tokenizer_executor() -> Executor:
+    """A small pool for tokenizer work; threads, because `tokenizers` releases the GIL."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+
+
+@dataclass(slots=True)
+class PreparedPrompt:
+    token_ids: list[int]
+    local_hashes: list[BlockHash] = field(default_factory=list)
+    seq_hashes: list[SequenceHash] = field(default_factory=list)
+
+
+class ModelTokenizer:
+    """A model's tokenizer (the raw `tokenizers` object, for speed) and chat template.
+
+    Loaded from `tokenizer.json` + `tokenizer_config.json` / `chat_template.jinja` without
+    importing transformers (seconds of startup); the template is rendered with jinja2 in a
+    sandbox, as transformers does."""
+
+    def __init__(
+        self,
+        fast_tokenizer: Any,
+        path: str,
+        *,
+        chat_template: str | None,
+        special: dict[str, str | None],
+        executor: Executor | None = None,
+    ) -> None:
+        self.path = path
+        self.fast = fast_tokenizer
+        self._executor = executor
+        self._special = special
+        eos = special.get("eos_token")
+        eos_id = fast_tokenizer.token_to_id(eos) if eos else None
+        self.eos_token_ids: tuple[int, ...] = () if eos_id is None else (int(eos_id),)
+        self.has_chat_template = bool(chat_template)
+        self._template = _compile_template(chat_template) if chat_template else None
+
+    @classmethod
+    def load_sync(cls, path: str) -> ModelTokenizer:
+        from tokenizers import Tokenizer
+
+        directory = Path(path)
+        if not (directory / "tokenizer.json").is_file():
+            raise ConfigError(f"no tokenizer.json in {path!r}; pass a local model directory with a fast tokenizer")
+        config: dict[str, Any] = {}
+        if (directory / "tokenizer_config.json").is_file():
+            config = json.loads((directory / "tokenizer_config.json").read_text())
+        template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: take the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        if (directory / "chat_template.jinja").is_file():
+            template = (directory / "chat_template.jinja").read_text()
+        special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        return cls(Tokenizer.from_file(str(directory / "tokenizer.json")), path, chat_template=template, special=special)
+
+    @classmethod
+    async def load(cls, path: str, executor: Executor | None = None) -> ModelTokenizer:
+        tokenizer = await asyncio.get_running_loop().run_in_executor(executor, cls.load_sync, path)
+        tokenizer._executor = executor
+        return tokenizer
+
+    # ---- synchronous (run in the executor) ----
+
+    def encode_sync(self, text: str) -> list[int]:
+        return self.fast.encode(text, add_special_tokens=False).ids  # type: ignore[no-any-return]
+
+    def render_chat_sync(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        if not self.has_chat_template:
+            raise BadRequestError(
+                f"the model at {self.path} has no chat template; use /v1/completions", param="messages"
+            )
+        assert self._template is not None
+        import jinja2
+
+        try:
+            text = self._template.render(
+                messages=messages, tools=tools, add_generation_prompt=True, **self._special
+            )
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
+            raise BadRequestError(f"cannot apply the chat template: {exc}", param="messages") from exc
+        return self.encode_sync(text)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.fast.decode(list(token_ids), skip_special_tokens=True)  # type: ignore[no-any-return]
+
+    # ---- async wrappers ----
+
+    async def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.render_chat_sync, messages, tools)
+
+    async def encode(self, text: str) -> list[int]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.encode_sync, text)
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):  # AddedToken serialized form
+        return str(value.get("content")) if value.get("content") is not None else None
+    return None if value is None else str(value)
+
+
+def _compile_template(source: str) -> Any:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+    return env.from_string(source)
+
+
+def prepare_prompt(token_ids: list[int], block_size: int, cache_salt: str | None = None) -> PreparedPrompt:
+    """Block hashes of the prompt's full blocks (what the router matches against KV events)."""
+    # array -> numpy avoids numpy's slow per-element conversion of a Python list.
+    as_array = np.frombuffer(array.array("I", token_ids), dtype=np.uint32) if token_ids else np.zeros(0, np.uint32)
+    local, seq = hash_prompt(as_array, block_size, cache_salt)
+    return PreparedPrompt(token_ids, local, seq)
+
+
+def sampling_params(
+    *,
+    max_tokens: int,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    seed: int | None,
+    stop_token_ids: Sequence[int],
+    ignore_eos: bool,
+    min_tokens: int,
+) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        top_k=top_k or 0,
+        seed=seed,
+        stop_token_ids=tuple(stop_token_ids),
+        ignore_eos=ignore_eos,
+        min_tokens=min_tokens,
+    )

@@ -1,0 +1,206 @@
+"""Choosing a worker for a request: KV-aware cost, round-robin or random.
+
+KV mode, per DESIGN.md:
+
+    prefill_blocks(w) = (active prefill tokens(w) + prompt tokens - overlap(w) * block_size) / block_size
+    decode_blocks(w)  = active blocks(w) + blocks this request adds (prompt blocks not cached)
+    cost(w)           = prefill_blocks(w) + decode_blocks(w)
+
+The lowest cost wins (ties broken at random); with a temperature > 0 the choice is
+sampled from softmax(-cost / temperature) over costs normalised to [0, 1], which spreads
+load at the price of some cache hits.
+
+Approximate mode: a worker whose KV events have never arrived is scored from this
+frontend's own past decisions (the prompt blocks it sent there), each forgotten after a
+TTL, because without events nothing would tell us when the worker evicts them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from mixroute.frontend.routing.indexer import KvIndexer
+from mixroute.frontend.routing.load import LoadTracker
+from mixroute.logs import kv
+
+log = logging.getLogger(__name__)
+
+RouterMode = Literal["kv", "round-robin", "random"]
+ROUTER_MODES: tuple[str, ...] = ("kv", "round-robin", "random")
+
+
+@dataclass(slots=True, frozen=True)
+class Decision:
+    worker_id: int
+    overlap_blocks: int
+    """Leading prompt blocks the chosen worker already holds (as far as the router knows)."""
+    num_prompt_blocks: int
+    cost: float
+
+
+class ApproxTracker:
+    """Own decisions as a stand-in for KV events, each expiring after `ttl_s`."""
+
+    def __init__(self, ttl_s: float = 120.0) -> None:
+        self.ttl_s = ttl_s
+        self.index = KvIndexer()
+        self._expiry: dict[tuple[int, int], float] = {}
+        self._heap: list[tuple[float, int, list[int]]] = []
+
+    def record(self, worker_id: int, local_hashes: Sequence[int], seq_hashes: Sequence[int], now: float) -> None:
+        if not seq_hashes:
+            return
+        self.expire(now)
+        expire_at = now + self.ttl_s
+        self.index.store_blocks(worker_id, local_hashes, seq_hashes)
+        for h in seq_hashes:
+            self._expiry[(worker_id, h)] = expire_at
+        heapq.heappush(self._heap, (expire_at, worker_id, list(seq_hashes)))
+
+    def expire(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, worker_id, hashes = heapq.heappop(heap)
+            gone = [h for h in hashes if self._expiry.get((worker_id, h), math.inf) <= now]
+            for h in gone:
+                del self._expiry[(worker_id, h)]
+            self.index.remove_blocks(worker_id, gone)
+
+    def forget_worker(self, worker_id: int) -> None:
+        self.index.remove_worker(worker_id)
+        for key in [k for k in self._expiry if k[0] == worker_id]:
+            del self._expiry[key]
+
+
+class WorkerSelector:
+    """Picks a worker among candidates. Owned by the event loop thread (see indexer)."""
+
+    def __init__(
+        self,
+        mode: RouterMode = "kv",
+        *,
+        block_size: int = 16,
+        temperature: float = 0.0,
+        approx_ttl_s: float = 120.0,
+        rng: random.Random | None = None,
+        name: str = "backend",
+    ) -> None:
+        if mode not in ROUTER_MODES:
+            raise ValueError(f"unknown router mode {mode!r}; use one of {', '.join(ROUTER_MODES)}")
+        self.mode = mode
+        self.block_size = block_size
+        self.temperature = temperature
+        self.name = name
+        self.indexer = KvIndexer()
+        self.loads = LoadTracker()
+        self.approx = ApproxTracker(approx_ttl_s)
+        self.live_workers: set[int] = set()
+        """Workers whose KV events have arrived over the event plane (no approximation)."""
+        self._rng = rng or random.Random()
+        self._rr_next = 0
+
+    # ---- membership ----
+
+    def add_worker(self, worker_id: int) -> None:
+        self.indexer.add_worker(worker_id)
+        self.loads.get(worker_id)
+
+    def remove_worker(self, worker_id: int) -> None:
+        self.indexer.remove_worker(worker_id)
+        self.loads.remove_worker(worker_id)
+        self.approx.forget_worker(worker_id)
+        self.live_workers.discard(worker_id)
+
+    def mark_live(self, worker_id: int) -> None:
+        if worker_id not in self.live_workers:
+            self.live_workers.add(worker_id)
+            self.approx.forget_worker(worker_id)
+
+    # ---- decisions ----
+
+    def overlaps(self, worker_ids: Sequence[int], local_hashes: Sequence[int]) -> dict[int, int]:
+        scores = self.indexer.find_matches(local_hashes)
+        if len(self.live_workers) < len(worker_ids):
+            self.approx.expire(time.monotonic())
+            for w, n in self.approx.index.find_matches(local_hashes).items():
+                if w not in self.live_workers and n > scores.get(w, 0):
+                    scores[w] = n
+        return scores
+
+    def select(
+        self,
+        request_id: str,
+        worker_ids: Sequence[int],
+        local_hashes: Sequence[int],
+        seq_hashes: Sequence[int],
+        num_prompt_tokens: int,
+    ) -> Decision:
+        """Choose a worker and account the request to it (release with `finish`)."""
+        if not worker_ids:
+            raise LookupError("no workers to choose from")
+        bs = self.block_size
+        num_prompt_blocks = -(-num_prompt_tokens // bs)
+        if self.mode == "round-robin":
+            ordered = sorted(worker_ids)
+            worker_id = ordered[self._rr_next % len(ordered)]
+            self._rr_next += 1
+            overlap = self.overlaps([worker_id], local_hashes).get(worker_id, 0) if local_hashes else 0
+            cost = 0.0
+        elif self.mode == "random":
+            worker_id = self._rng.choice(list(worker_ids))
+            overlap = self.overlaps([worker_id], local_hashes).get(worker_id, 0) if local_hashes else 0
+            cost = 0.0
+        else:
+            scores = self.overlaps(worker_ids, local_hashes) if local_hashes else {}
+            worker_id, cost = self._lowest_cost(worker_ids, scores, num_prompt_tokens, num_prompt_blocks)
+            overlap = scores.get(worker_id, 0)
+        self.loads.add_request(
+            request_id,
+            worker_id,
+            prefill_tokens=max(num_prompt_tokens - overlap * bs, 0),
+            num_blocks=num_prompt_blocks - overlap,
+        )
+        if worker_id not in self.live_workers:
+            self.approx.record(worker_id, local_hashes, seq_hashes, time.monotonic())
+        log.info(
+            "routed %s cached blocks: %d %s",
+            kv(pool=self.name, request_id=request_id, worker_id=f"{worker_id:x}"),
+            overlap,
+            kv(prompt_blocks=num_prompt_blocks, cost=f"{cost:.2f}", mode=self.mode),
+        )
+        return Decision(worker_id, overlap, num_prompt_blocks, cost)
+
+    def _lowest_cost(
+        self, worker_ids: Sequence[int], scores: dict[int, int], num_prompt_tokens: int, num_prompt_blocks: int
+    ) -> tuple[int, float]:
+        bs = self.block_size
+        costs: list[float] = []
+        for w in worker_ids:
+            load = self.loads.get(w)
+            overlap = scores.get(w, 0)
+            prefill_blocks = (load.prefill_tokens + num_prompt_tokens - overlap * bs) / bs
+            decode_blocks = load.active_blocks + num_prompt_blocks - overlap
+            costs.append(prefill_blocks + decode_blocks)
+        if self.temperature > 0 and len(costs) > 1:
+            lo, hi = min(costs), max(costs)
+            span = (hi - lo) or 1.0
+            weights = [math.exp(-((c - lo) / span) / self.temperature) for c in costs]
+            i = self._rng.choices(range(len(costs)), weights=weights)[0]
+            return worker_ids[i], costs[i]
+        best = min(costs)
+        ties = [i for i, c in enumerate(costs) if c == best]
+        i = ties[0] if len(ties) == 1 else self._rng.choice(ties)
+        return worker_ids[i], best
+
+    def first_token(self, request_id: str) -> None:
+        self.loads.mark_prefill_done(request_id)
+
+    def finish(self, request_id: str) -> None:
+        self.loads.finish_request(request_id)

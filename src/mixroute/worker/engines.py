@@ -1,0 +1,58 @@
+"""Engine registry: `--engine torch|mocker`, each imported only when chosen (torch is heavy,
+the mocker needs none of it)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from mixroute.engine.api import Engine
+from mixroute.errors import ConfigError
+
+
+def _torch_engine(args: argparse.Namespace, worker_id: int) -> Engine:
+    from pydantic import ValidationError
+
+    from mixroute.engine.async_engine import AsyncEngine
+    from mixroute.engine.config import EngineConfig
+
+    try:
+        config = EngineConfig(
+            model_path=args.model,
+            served_model_name=args.served_model_name,
+            device=args.device,
+            dtype=args.dtype,
+            block_size=args.block_size,
+            num_blocks=args.num_blocks,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_num_seqs=args.max_num_seqs or 64,
+            max_num_batched_tokens=args.max_num_batched_tokens or 2048,
+            max_model_len=args.max_model_len,
+            enable_prefix_caching=not args.no_prefix_caching,
+            worker_id=worker_id,
+            seed=args.seed,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}") from exc
+    return AsyncEngine.from_config(config)
+
+
+def _mocker_engine(args: argparse.Namespace, worker_id: int) -> Engine:
+    from mixroute.mocker.config import mocker_config_from_args
+    from mixroute.mocker.engine import MockerEngine
+
+    return MockerEngine.from_config(mocker_config_from_args(args), worker_id)  # type: ignore[return-value]
+
+
+ENGINES: dict[str, Callable[[argparse.Namespace, int], Engine]] = {
+    "torch": _torch_engine,
+    "mocker": _mocker_engine,
+}
+
+
+def build_engine(args: argparse.Namespace, worker_id: int) -> Engine:
+    factory = ENGINES.get(args.engine)
+    if factory is None:
+        raise ConfigError(f"unknown --engine {args.engine!r}; use one of {', '.join(ENGINES)}")
+    return factory(args, worker_id)

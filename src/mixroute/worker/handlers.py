@@ -1,0 +1,150 @@
+"""The worker's request-plane endpoints.
+
+- `generate`: one `GenerateRequest` in, `GenerateFrame`s out. A request carrying a
+  `kv_transfer` handle first pulls the prompt's KV from the prefill worker that holds it
+  (`kv_export` there), then decodes without computing the prompt. A `prefill_only`
+  request's final frame carries a handle naming this worker's address.
+- `kv_export`: a `KvExportRequest` in; a `KvExportHeader` then one `KvLayerChunk` per layer out.
+- `kv_dump`: one `KvEventBatch` out (a `cleared` event then `stored` events): what a
+  router that missed events needs to rebuild its view of this worker.
+
+Cancelling a stream (client gone) closes the engine's iterator, which aborts the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter
+
+from mixroute.engine.api import Engine, KvExport
+from mixroute.errors import EngineError, RequestPlaneError
+from mixroute.logs import kv
+from mixroute.protocol.messages import (
+    GenerateFrame,
+    GenerateRequest,
+    KvEventBatch,
+    KvExportHeader,
+    KvExportRequest,
+    KvLayerChunk,
+    KvTransferHandle,
+    decoder,
+    encode,
+)
+from mixroute.runtime.requests.base import RequestClient
+
+log = logging.getLogger(__name__)
+
+KV_EXPORT_ENDPOINT = "kv_export"
+KV_DUMP_ENDPOINT = "kv_dump"
+
+
+class WorkerCounters:
+    """Prompt-token accounting: computed here, served from the prefix cache, or imported."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = "mixroute_worker"
+        self.requests = Counter(f"{p}_generate_requests", "generate requests by kind", ["kind"], registry=registry)
+        self.prompt_tokens = Counter(f"{p}_prompt_tokens", "prompt tokens of finished requests", registry=registry)
+        self.computed_prompt_tokens = Counter(
+            f"{p}_computed_prompt_tokens", "prompt tokens this worker ran through the model", registry=registry
+        )
+        self.cached_prompt_tokens = Counter(
+            f"{p}_cached_prompt_tokens", "prompt tokens served from this worker's prefix cache", registry=registry
+        )
+        self.imported_prompt_tokens = Counter(
+            f"{p}_imported_prompt_tokens", "prompt tokens whose KV was imported from a prefill worker", registry=registry
+        )
+        self.generated_tokens = Counter(f"{p}_generated_tokens", "tokens generated", registry=registry)
+        self.kv_exports = Counter(f"{p}_kv_exports", "KV exports served to decode workers", registry=registry)
+        self.kv_dumps = Counter(f"{p}_kv_dumps", "KV event dumps served to routers", registry=registry)
+
+
+class WorkerHandlers:
+    def __init__(self, engine: Engine, client: RequestClient, counters: WorkerCounters, worker_id: int) -> None:
+        self.engine = engine
+        self.client = client
+        self.counters = counters
+        self.worker_id = worker_id
+        self.address = ""
+        """This worker's request-plane address, put in the KV handles it returns."""
+        self._request = decoder(GenerateRequest)
+        self._export_request = decoder(KvExportRequest)
+        self._header = decoder(KvExportHeader)
+        self._chunk = decoder(KvLayerChunk)
+
+    async def generate(self, payload: bytes) -> AsyncIterator[bytes]:
+        request = self._request.decode(payload)
+        async for frame in self.generate_frames(request):
+            yield encode(frame)
+
+    async def generate_frames(self, request: GenerateRequest) -> AsyncIterator[GenerateFrame]:
+        """Shared by the request-plane endpoint and the worker's own HTTP API."""
+        imported: KvExport | None = None
+        kind = "prefill" if request.prefill_only else "both"
+        if request.kv_transfer is not None:
+            kind = "decode"
+            imported = await self.pull_kv(request.kv_transfer)
+        self.counters.requests.labels(kind).inc()
+        frames = self.engine.generate(request, imported)
+        try:
+            async for frame in frames:
+                if frame.kv_transfer is not None:
+                    frame.kv_transfer = msgspec.structs.replace(
+                        frame.kv_transfer, source_address=self.address, worker_id=self.worker_id
+                    )
+                if frame.usage is not None:
+                    self._count(frame)
+                yield frame
+        finally:
+            await frames.aclose()  # type: ignore[attr-defined]
+
+    def _count(self, frame: GenerateFrame) -> None:
+        u = frame.usage
+        assert u is not None
+        c = self.counters
+        c.prompt_tokens.inc(u.prompt_tokens)
+        c.cached_prompt_tokens.inc(u.cached_tokens)
+        c.imported_prompt_tokens.inc(u.imported_tokens)
+        c.computed_prompt_tokens.inc(max(u.prompt_tokens - u.cached_tokens - u.imported_tokens, 0))
+        c.generated_tokens.inc(u.completion_tokens)
+
+    async def pull_kv(self, handle: KvTransferHandle) -> KvExport:
+        """Fetch a finished prefill's blocks from the prefill worker that holds them."""
+        stream = self.client.stream(handle.source_address, KV_EXPORT_ENDPOINT, encode(KvExportRequest(transfer_id=handle.transfer_id)))
+        export: KvExport | None = None
+        try:
+            async for payload in stream:
+                if export is None:
+                    export = KvExport(self._header.decode(payload))
+                else:
+                    chunk = self._chunk.decode(payload)
+                    if chunk.layer != len(export.layers):
+                        raise EngineError(f"KV export out of order: layer {chunk.layer}, expected {len(export.layers)}")
+                    export.layers.append(chunk.data)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        if export is None or len(export.layers) != export.header.num_layers:
+            got = 0 if export is None else len(export.layers)
+            raise RequestPlaneError(f"incomplete KV export from {handle.source_address}: {got} layers")
+        log.debug("kv imported %s", kv(transfer_id=handle.transfer_id, num_tokens=export.header.num_tokens))
+        return export
+
+    async def kv_export(self, payload: bytes) -> AsyncIterator[bytes]:
+        request = self._export_request.decode(payload)
+        try:
+            export = await self.engine.export_kv(request.transfer_id)
+        except KeyError:
+            raise EngineError(
+                f"no held KV for transfer {request.transfer_id!r} (expired or already exported)"
+            ) from None
+        self.counters.kv_exports.inc()
+        yield encode(export.header)
+        for layer, data in enumerate(export.layers):
+            yield encode(KvLayerChunk(layer=layer, data=data))
+
+    async def kv_dump(self, payload: bytes) -> AsyncIterator[bytes]:
+        self.counters.kv_dumps.inc()
+        yield encode(KvEventBatch(worker_id=self.worker_id, events=self.engine.kv_events_dump()))

@@ -1,0 +1,167 @@
+"""One served engine: request-plane server, event publishing, discovery record, and the
+optional HTTP API. Started in dependency order and registered last, so a router never
+sees a worker that cannot answer yet; stopped in reverse (deregistered first)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from mixroute.engine.api import Engine
+from mixroute.errors import MixrouteError
+from mixroute.logs import kv
+from mixroute.protocol.messages import InstanceInfo, WorkerType, encode_json
+from mixroute.protocol.names import COMPONENT_BACKEND, COMPONENT_PREFILL, ENDPOINT_GENERATE, instance_key
+from mixroute.runtime.discovery import open_discovery
+from mixroute.runtime.discovery.base import Discovery
+from mixroute.runtime.events import open_event_publisher
+from mixroute.runtime.events.base import EventPublisher
+from mixroute.runtime.requests import open_request_client, start_request_server
+from mixroute.runtime.requests.base import RequestClient, RequestServer
+from mixroute.worker.engines import build_engine
+from mixroute.worker.handlers import KV_DUMP_ENDPOINT, KV_EXPORT_ENDPOINT, WorkerCounters, WorkerHandlers
+from mixroute.worker.publisher import WorkerPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerSettings:
+    worker_type: WorkerType
+    namespace: str
+    discovery_url: str | None
+    events_url: str
+    host: str
+    port: int
+    advertise_host: str | None
+    http_port: int | None
+    model_path: str
+
+    @property
+    def component(self) -> str:
+        return COMPONENT_PREFILL if self.worker_type == "prefill" else COMPONENT_BACKEND
+
+
+class WorkerInstance:
+    def __init__(self, args: argparse.Namespace, settings: WorkerSettings, worker_id: int) -> None:
+        self.args = args
+        self.settings = settings
+        self.worker_id = worker_id
+        self.engine: Engine | None = None
+        self.discovery: Discovery | None = None
+        self.events: EventPublisher | None = None
+        self.client: RequestClient | None = None
+        self.server: RequestServer | None = None
+        self.publisher: WorkerPublisher | None = None
+        self._http: object | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._key: str | None = None
+
+    async def start(self, port: int) -> None:
+        s = self.settings
+        started = time.monotonic()
+        self.engine = engine = await asyncio.to_thread(build_engine, self.args, self.worker_id)
+        self.discovery = await open_discovery(s.discovery_url)
+        name = f"mixroute-worker-{s.worker_type}-{self.worker_id:x}"
+        self.events = await open_event_publisher(
+            s.events_url, discovery=self.discovery, namespace=s.namespace, host=s.host, advertise_host=s.advertise_host, name=name
+        )
+        self.client = open_request_client()
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry()
+        handlers = WorkerHandlers(engine, self.client, WorkerCounters(registry), self.worker_id)
+        self.server = await start_request_server(
+            s.host,
+            port,
+            advertise_host=s.advertise_host,
+            endpoints={
+                ENDPOINT_GENERATE: handlers.generate,
+                KV_EXPORT_ENDPOINT: handlers.kv_export,
+                KV_DUMP_ENDPOINT: handlers.kv_dump,
+            },
+        )
+        handlers.address = self.server.address
+        self.publisher = WorkerPublisher(engine, self.events, namespace=s.namespace, component=s.component, worker_id=self.worker_id)
+        self.publisher.start()
+        http_address = None
+        if s.http_port is not None:
+            http_address = await self._start_http(engine, handlers, registry)
+        info = InstanceInfo(
+            instance_id=self.worker_id,
+            namespace=s.namespace,
+            component=s.component,
+            endpoint=ENDPOINT_GENERATE,
+            address=self.server.address,
+            model=engine.model_name,
+            worker_type=s.worker_type,
+            block_size=engine.block_size,
+            http_address=http_address,
+            extra={"model_path": s.model_path, "max_model_len": str(engine.max_model_len), "engine": self.args.engine},
+        )
+        self._key = instance_key(s.namespace, s.component, ENDPOINT_GENERATE, self.worker_id)
+        await self.discovery.put(self._key, encode_json(info))
+        log.info(
+            "worker ready %s",
+            kv(
+                worker_id=f"{self.worker_id:x}",
+                component=s.component,
+                model=engine.model_name,
+                address=self.server.address,
+                http=http_address or "-",
+                startup_s=f"{time.monotonic() - started:.1f}",
+            ),
+        )
+
+    async def _start_http(self, engine: Engine, handlers: WorkerHandlers, registry: object) -> str:
+        import uvicorn
+
+        from mixroute.frontend.app import create_app
+        from mixroute.frontend.backend import ModelEntry
+        from mixroute.frontend.metrics import ApiMetrics
+        from mixroute.frontend.preprocess import ModelTokenizer
+        from mixroute.worker.local_backend import LocalBackend
+
+        s = self.settings
+        tokenizer = await ModelTokenizer.load(s.model_path)
+        entry = ModelEntry(engine.model_name, tokenizer, engine.block_size, engine.max_model_len, int(time.time()))
+        # Worker counters and the API's metrics share one /metrics page.
+        metrics = ApiMetrics(prefix="mixroute_worker_api", registry=registry)  # type: ignore[arg-type]
+        app = create_app(LocalBackend(entry, handlers), metrics)
+        config = uvicorn.Config(app, host=s.host, port=s.http_port or 0, log_level="warning", access_log=False, lifespan="off")
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http = server
+        self._http_task = asyncio.create_task(server.serve(), name="worker-http")
+        while not server.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise OSError(f"the HTTP server on {s.host}:{s.http_port} did not start")
+            await asyncio.sleep(0.02)
+        host = s.advertise_host or s.host
+        return f"http://{host}:{s.http_port}"
+
+    async def stop(self) -> None:
+        if self.discovery is not None and self._key is not None:
+            with contextlib.suppress(MixrouteError, OSError):
+                await self.discovery.delete(self._key)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True  # type: ignore[attr-defined]
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._http_task, 5.0)
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.server is not None:
+            await self.server.stop()
+        if self.client is not None:
+            await self.client.close()
+        if self.events is not None:
+            await self.events.close()
+        if self.discovery is not None:
+            await self.discovery.close()
+        if self.engine is not None:
+            await self.engine.close()

@@ -1,0 +1,105 @@
+"""`mixroute worker`: host one engine (or several mocker engines), serve it on the request
+plane, publish its KV events and load, register it in discovery; optionally serve the
+OpenAI API for this worker alone (`--http-port`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import signal
+
+from mixroute.errors import ConfigError, MixrouteError
+from mixroute.logs import kv, setup_logging
+from mixroute.worker.engines import ENGINES
+from mixroute.worker.instance import WorkerInstance, WorkerSettings
+
+log = logging.getLogger("mixroute.worker")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    m = parser.add_argument_group("model and engine")
+    m.add_argument("--model", required=False, default=None, help="model directory (config.json, weights, tokenizer)")
+    m.add_argument("--served-model-name", default=None, help="name clients use (default: the directory name)")
+    m.add_argument("--worker-type", choices=["prefill", "decode", "both"], default="both")
+    m.add_argument("--is-prefill-worker", action="store_true", help="same as --worker-type prefill")
+    m.add_argument("--engine", choices=sorted(ENGINES), default="torch")
+    m.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    m.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    m.add_argument("--block-size", type=int, default=16)
+    m.add_argument("--num-blocks", type=int, default=None)
+    m.add_argument("--max-num-seqs", type=int, default=None)
+    m.add_argument("--max-num-batched-tokens", type=int, default=None)
+    m.add_argument("--max-model-len", type=int, default=None)
+    m.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    m.add_argument("--enforce-eager", action="store_true", help="accepted for compatibility; the engine is eager")
+    m.add_argument("--tensor-parallel-size", type=int, default=1)
+    m.add_argument("--no-prefix-caching", action="store_true")
+    m.add_argument("--seed", type=int, default=0)
+    r = parser.add_argument_group("runtime")
+    r.add_argument("--namespace", default="dynamo")
+    r.add_argument("--discovery", default=None, help="file:///RUN_DIR (default) or etcd://HOST:PORT")
+    r.add_argument("--events", default="zmq", help="zmq (default) or nats://HOST:PORT")
+    r.add_argument("--host", default="127.0.0.1", help="address to bind (request plane, events, HTTP)")
+    r.add_argument("--port", type=int, default=0, help="request-plane port (0: random)")
+    r.add_argument("--advertise-host", default=None, help="address others use to reach this worker")
+    r.add_argument("--http-port", type=int, default=None, help="also serve the OpenAI API for this worker")
+    r.add_argument("--log-level", default=None)
+    try:
+        from mixroute.mocker.config import add_mocker_arguments
+    except ImportError:
+        parser.add_argument("--num-workers", type=int, default=1, help="engines in this process (mocker only)")
+    else:
+        add_mocker_arguments(parser)
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    worker_type = "prefill" if args.is_prefill_worker else args.worker_type
+    if args.model is None and args.engine != "mocker":
+        raise ConfigError("--model is required: a model directory (try `mixroute model prepare`)")
+    if args.tensor_parallel_size != 1:
+        raise ConfigError("--tensor-parallel-size other than 1 is not supported by the torch engine")
+    num_engines = getattr(args, "num_workers", 1) or 1
+    if num_engines > 1 and args.engine != "mocker":
+        raise ConfigError("--num-workers > 1 needs --engine mocker (one torch engine per process)")
+    if num_engines > 1 and args.http_port:
+        raise ConfigError("--http-port serves one engine; use it with --num-workers 1")
+    return WorkerSettings(
+        worker_type=worker_type,
+        namespace=args.namespace,
+        discovery_url=args.discovery,
+        events_url=args.events,
+        host=args.host,
+        port=args.port,
+        advertise_host=args.advertise_host,
+        http_port=args.http_port,
+        model_path=args.model or "",
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    num_engines = getattr(args, "num_workers", 1) or 1
+    instances = [WorkerInstance(args, settings, secrets.randbits(48)) for _ in range(num_engines)]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for instance in instances:
+            await instance.start(port=settings.port if num_engines == 1 else 0)
+        await stop.wait()
+    finally:
+        for instance in instances:
+            await asyncio.shield(instance.stop())
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, component="worker")
+    try:
+        return asyncio.run(_serve(args))
+    except MixrouteError as exc:
+        log.error("worker failed %s", kv(error=exc))
+        return 2
