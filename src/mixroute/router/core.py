@@ -97,7 +97,8 @@ class RouterCore:
             return self._block(decision, request, signals, start)
         ticket = None
         if self.cache is not None and config.cache.enabled and signals.embedding is not None:
-            scope = cache_scope(config.cache, request, headers)
+            route = decision.route
+            scope = cache_scope(config.cache, request, headers, f"{route.model}|{route.use_reasoning}")
             hit = await self.cache.lookup(config.cache, scope, signals.embedding)
             if hit is not None:
                 self.metrics.cache_hits.inc()

@@ -88,7 +88,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
     def __init__(self, core: RouterCore) -> None:
         self.core = core
 
-    async def Process(  # noqa: N802 - the gRPC method name
+    async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
         exchange = _Exchange()

@@ -17,7 +17,6 @@ from mixroute.errors import ConfigError
 from mixroute.router.cache.base import CachedAnswer, CacheHit
 
 
-
 class MilvusCacheStore:
     is_blocking = True
 

@@ -2,7 +2,7 @@
 
 A cache key is (scope, embedding of the last user turn). The scope combines the user or
 tenant (a request header, else the OpenAI `user` field, else "anonymous"), the model
-the client asked for, and a digest of the conversation before the last user turn, so an
+the client asked for, the routing outcome (selected model, reasoning on/off), and a digest of the conversation before the last user turn, so an
 answer never crosses users and never leaks into a different conversation.
 """
 
@@ -31,14 +31,18 @@ def make_store(config: CacheConfig) -> CacheStore:
     return MemoryCacheStore(config.max_entries, config.eviction)
 
 
-def cache_scope(config: CacheConfig, request: ChatRequest, headers: Mapping[str, str]) -> str:
+def cache_scope(
+    config: CacheConfig, request: ChatRequest, headers: Mapping[str, str], route: str = ""
+) -> str:
+    """`route` names the routing outcome (model, reasoning) so answers of different
+    models or reasoning modes are never shared."""
     tenant = None
     if config.scope.header:
         tenant = headers.get(config.scope.header.lower())
     if not tenant and config.scope.use_user_field:
         tenant = request.user
     context = [m for m in request.messages[:-1]] if request.messages else []
-    material = json.dumps([tenant or "anonymous", request.model, context], sort_keys=True, default=str)
+    material = json.dumps([tenant or "anonymous", request.model, route, context], sort_keys=True, default=str)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
