@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runtime_child import spawn_child
+from .runtime_child import spawn_child
 
 from mixroute.runtime.discovery import WatchEvent, open_discovery
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runtime_child import spawn_child
+from .runtime_child import spawn_child
 
 from mixroute.runtime.discovery import open_discovery
 from mixroute.runtime.events import open_event_subscriber

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from runtime_child import spawn_child
+from .runtime_child import spawn_child
 
 from mixroute.errors import PeerGoneError
 from mixroute.runtime.requests import TcpRequestClient
