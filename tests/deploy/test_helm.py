@@ -63,38 +63,62 @@ def kubernetes_validate() -> str:
 
 SCENARIOS: dict[str, list[str]] = {
     "default": [],
-    "aggregated": ["--set", "workers[0].workerType=both", "--set", "workers[0].model.path=/models/m"],
+    "aggregated": [
+        "--set",
+        "workers[0].workerType=both",
+        "--set",
+        "workers[0].model.path=/models/m",
+    ],
     "disaggregated": [
         "--set-json",
-        'workers=[{"workerType":"prefill","model":{"path":"/models/m"}},'
-        '{"workerType":"decode","model":{"path":"/models/m"}}]',
+        (
+            'workers=[{"workerType":"prefill","model":{"path":"/models/m"}},'
+            '{"workerType":"decode","model":{"path":"/models/m"}}]'
+        ),
     ],
     "custom-model": ["--set", "workers[0].model.path=Qwen/Qwen3-0.6B"],
     "gated-secret": ["--set", "huggingface.existingSecret=hf-token-secret"],
     "gpu-overrides": [
-        "--set", "frontend.gpuDevice=5",
-        "--set-json", 'workers=[{"model":{"path":"/m","tensorParallelSize":2},"gpuDevice":3}]',
+        "--set",
+        "frontend.gpuDevice=5",
+        "--set-json",
+        'workers=[{"model":{"path":"/m","tensorParallelSize":2},"gpuDevice":3}]',
     ],
-    "combined-worker": ["--set-json", 'workers=[{"workerType":"both","model":{"path":"/m"},"replicas":3}]'],
+    "combined-worker": [
+        "--set-json",
+        'workers=[{"workerType":"both","model":{"path":"/m"},"replicas":3}]',
+    ],
     "tuning": [
         "--set-json",
-        'workers=[{"model":{"path":"/m","enforceEager":true,"maxModelLen":4096,'
-        '"gpuMemoryUtilization":0.8,"maxNumSeqs":64}}]',
+        (
+            'workers=[{"model":{"path":"/m","enforceEager":true,"maxModelLen":4096,'
+            '"gpuMemoryUtilization":0.8,"maxNumSeqs":64}}]'
+        ),
     ],
     "node-selectors": [
-        "--set-json", 'workers=[{"model":{"path":"/m"},"nodeSelector":{"gpu-type":"h100"}}]',
-        "--set-json", 'frontend.nodeSelector={"pool":"cpu"}',
+        "--set-json",
+        'workers=[{"model":{"path":"/m"},"nodeSelector":{"gpu-type":"h100"}}]',
+        "--set-json",
+        'frontend.nodeSelector={"pool":"cpu"}',
     ],
     "resources": [
         "--set-json",
-        'workers=[{"model":{"path":"/m","tensorParallelSize":2},'
-        '"resources":{"limits":{"nvidia.com/gpu":2,"memory":"32Gi"},"requests":{"cpu":"4"}}}]',
+        (
+            'workers=[{"model":{"path":"/m","tensorParallelSize":2},'
+            '"resources":{"limits":{"nvidia.com/gpu":2,"memory":"32Gi"},"requests":{"cpu":"4"}}}]'
+        ),
     ],
     "router-round-robin": ["--set", "frontend.routerMode=round-robin"],
     "router-random": ["--set", "frontend.routerMode=random"],
     "external-infra": [
-        "--set", "etcd.enabled=false", "--set", "etcd.endpoint=etcd.infra.svc:2379",
-        "--set", "nats.enabled=false", "--set", "nats.url=nats://nats.infra.svc:4222",
+        "--set",
+        "etcd.enabled=false",
+        "--set",
+        "etcd.endpoint=etcd.infra.svc:2379",
+        "--set",
+        "nats.enabled=false",
+        "--set",
+        "nats.url=nats://nats.infra.svc:4222",
     ],
     "planner": ["--set", "planner.enabled=true"],
     "gateway": ["--set", "gateway.enabled=true"],
@@ -148,7 +172,9 @@ def container(deployment: Manifest) -> Manifest:
 
 
 def env(deployment: Manifest) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(deployment).get("env", [])}
+    return {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in container(deployment).get("env", [])
+    }
 
 
 def flag(args: list[str], name: str) -> str:
@@ -158,7 +184,10 @@ def flag(args: list[str], name: str) -> str:
 
 def workers(docs: list[Manifest]) -> Iterator[Manifest]:
     for doc in docs:
-        if doc["kind"] == "Deployment" and doc["metadata"]["labels"].get("app.kubernetes.io/component") == "worker":
+        if (
+            doc["kind"] == "Deployment"
+            and doc["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
+        ):
             yield doc
 
 
@@ -178,7 +207,10 @@ def validation_report(
         files[scenario].write_text(template_ok(helm, values))
     out = subprocess.run(
         [kubernetes_validate, "--strict", *map(str, files.values())],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     lines = (out.stdout + out.stderr).splitlines()
     report = {}
@@ -273,7 +305,10 @@ def test_gpu_device_overrides_and_tensor_parallel(helm: str) -> None:
 def test_tensor_parallel_mismatch_fails(helm: str) -> None:
     err = template_error(
         helm,
-        ["--set-json", 'workers=[{"model":{"path":"/m","tensorParallelSize":2},"resources":{"limits":{"nvidia.com/gpu":1}}}]'],
+        [
+            "--set-json",
+            'workers=[{"model":{"path":"/m","tensorParallelSize":2},"resources":{"limits":{"nvidia.com/gpu":1}}}]',
+        ],
     )
     assert "tensorParallelSize=2 needs 2 GPUs" in err
 
@@ -370,9 +405,13 @@ def test_router_configmap_is_mounted_and_points_at_frontend(helm: str) -> None:
 
 
 def test_router_config_is_accepted_by_the_router(helm: str) -> None:
-    router_config = pytest.importorskip("mixroute.router.config", reason="router config module not built yet")
+    router_config = pytest.importorskip(
+        "mixroute.router.config", reason="router config module not built yet"
+    )
     for scenario in ("default", "values-multi-model"):
-        text = find(render(helm, scenario), "ConfigMap", f"{FULLNAME}-router")["data"]["config.yaml"]
+        text = find(render(helm, scenario), "ConfigMap", f"{FULLNAME}-router")["data"][
+            "config.yaml"
+        ]
         data = yaml.safe_load(text)
         config = router_config.RouterConfig.model_validate(data)
         assert config.default_endpoint == f"http://{FULLNAME}-frontend:8000"
@@ -409,7 +448,9 @@ def test_planner_scales_the_worker_deployments(helm: str) -> None:
     assert set(scale_rule["resourceNames"]) == {f"{FULLNAME}-prefill", f"{FULLNAME}-decode"}
     binding = find(docs, "RoleBinding", f"{FULLNAME}-planner")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
+    ]
 
 
 def test_planner_defaults_to_the_aggregated_worker(helm: str) -> None:
@@ -421,12 +462,20 @@ def test_planner_defaults_to_the_aggregated_worker(helm: str) -> None:
 def test_multi_node_example(helm: str) -> None:
     docs = render(helm, "values-multi-node")
     prefill = find(docs, "Deployment", f"{FULLNAME}-prefill")
-    assert "CUDA_VISIBLE_DEVICES" not in env(prefill)  # pinDevices=false: the device plugin assigns GPUs
+    assert "CUDA_VISIBLE_DEVICES" not in env(
+        prefill
+    )  # pinDevices=false: the device plugin assigns GPUs
     assert container(prefill)["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert prefill["spec"]["replicas"] == 2
     assert prefill["spec"]["template"]["spec"]["nodeSelector"] == {"mixroute.io/pool": "prefill"}
     assert find(docs, "StatefulSet", f"{FULLNAME}-etcd")["spec"]["volumeClaimTemplates"]
-    assert flag(container(find(docs, "Deployment", f"{FULLNAME}-frontend"))["args"], "--disagg-min-prompt-tokens") == "512"
+    assert (
+        flag(
+            container(find(docs, "Deployment", f"{FULLNAME}-frontend"))["args"],
+            "--disagg-min-prompt-tokens",
+        )
+        == "512"
+    )
 
 
 def test_multi_model_example(helm: str) -> None:
@@ -460,7 +509,11 @@ def test_gateway_routes_through_the_router_extproc(helm: str) -> None:
     assert backend == {"name": frontend_svc["metadata"]["name"], "port": 8000}
 
     policy = find(docs, "EnvoyPatchPolicy", f"{FULLNAME}-extproc")
-    assert policy["spec"]["targetRef"] == {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": FULLNAME}
+    assert policy["spec"]["targetRef"] == {
+        "group": "gateway.networking.k8s.io",
+        "kind": "Gateway",
+        "name": FULLNAME,
+    }
     listener_patch, cluster_patch = policy["spec"]["jsonPatches"]
     assert listener_patch["name"] == f"{NAMESPACE}/{FULLNAME}/{listener['name']}"
     filt = listener_patch["operation"]["value"]
@@ -469,18 +522,24 @@ def test_gateway_routes_through_the_router_extproc(helm: str) -> None:
     assert filt["typed_config"]["processing_mode"]["request_body_mode"] == "BUFFERED"
     cluster = cluster_patch["operation"]["value"]
     assert cluster_patch["name"] == cluster["name"] == cluster_name
-    socket = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    socket = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"
+    ]
     router_svc = find(docs, "Service", f"{FULLNAME}-router")
     assert socket["address"] == f"{router_svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
     assert socket["port_value"] == 50051
     assert 50051 in {p["port"] for p in router_svc["spec"]["ports"]}
 
-    eg_values = yaml.safe_load((ROOT / "deploy" / "gateway" / "envoy-gateway-values.yaml").read_text())
+    eg_values = yaml.safe_load(
+        (ROOT / "deploy" / "gateway" / "envoy-gateway-values.yaml").read_text()
+    )
     assert eg_values["config"]["envoyGateway"]["extensionApis"]["enableEnvoyPatchPolicy"] is True
 
 
 def test_gateway_can_target_the_router_proxy(helm: str) -> None:
-    docs = _docs(template_ok(helm, ["--set", "gateway.enabled=true", "--set", "gateway.backend=router"]))
+    docs = _docs(
+        template_ok(helm, ["--set", "gateway.enabled=true", "--set", "gateway.backend=router"])
+    )
     (backend,) = find(docs, "HTTPRoute", FULLNAME)["spec"]["rules"][0]["backendRefs"]
     assert backend == {"name": f"{FULLNAME}-router", "port": 8080}
     assert not [d for d in docs if d["kind"] == "EnvoyPatchPolicy"]
@@ -490,11 +549,19 @@ def test_gateway_can_target_the_router_proxy(helm: str) -> None:
 
 def test_notes_have_port_forward_and_curl(helm: str) -> None:
     out = _run_helm(
-        helm, "install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE, "--set", "gateway.enabled=true"
+        helm,
+        "install",
+        RELEASE,
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        "gateway.enabled=true",
     )
     assert out.returncode == 0, out.stderr
     notes = out.stdout.split("NOTES:", 1)[1]
     assert f"port-forward svc/{FULLNAME}-router 8080:8080" in notes
     assert f"port-forward svc/{FULLNAME}-frontend 8000:8000" in notes
     assert "curl -s http://127.0.0.1:8000/v1/chat/completions" in notes
-    assert "smollm2-135m-instruct" in notes
+    assert '"model": "SmolLM2-135M-Instruct"' in notes

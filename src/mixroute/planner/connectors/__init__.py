@@ -1,0 +1,1 @@
+"""Connectors apply the planner's replica counts: local processes or Kubernetes."""

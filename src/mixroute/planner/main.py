@@ -1,0 +1,239 @@
+"""`mixroute planner`: watch worker load on the event plane, scale prefill and decode
+pools through a connector (local processes or Kubernetes Deployments)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shlex
+import signal
+from pathlib import Path
+
+from mixroute.errors import ConfigError, MixrouteError
+from mixroute.logs import kv, setup_logging
+from mixroute.planner.connectors.base import Connector
+from mixroute.planner.load import LoadTable, subject_prefix
+from mixroute.planner.planner import Planner
+from mixroute.planner.policy import PolicyConfig, Pool, ScalingPolicy
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    rt = parser.add_argument_group("runtime")
+    rt.add_argument(
+        "--namespace", default="dynamo", help="mixroute namespace of the workers (default dynamo)"
+    )
+    rt.add_argument(
+        "--discovery",
+        default=None,
+        help="file:///run-dir or etcd://HOST:PORT (default file://$MIXROUTE_RUN_DIR)",
+    )
+    rt.add_argument(
+        "--events",
+        default="zmq",
+        help="zmq (default) or nats://HOST:PORT: where workers publish load_metrics",
+    )
+
+    con = parser.add_argument_group("connector")
+    con.add_argument("--connector", choices=["local", "kubernetes"], default="local")
+    con.add_argument(
+        "--k8s-namespace",
+        default=None,
+        help="namespace of the worker Deployments (default: the pod's own)",
+    )
+    con.add_argument("--prefill-deployment", default=None, help="Deployment of the prefill pool")
+    con.add_argument(
+        "--decode-deployment", default=None, help="Deployment of the decode (or aggregated) pool"
+    )
+    con.add_argument(
+        "--k8s-api-url",
+        default=None,
+        help="API server URL (default: in-cluster); e.g. http://127.0.0.1:8001 via kubectl proxy",
+    )
+    con.add_argument(
+        "--k8s-token-file",
+        type=Path,
+        default=None,
+        help="bearer token file (default: the pod's service-account token)",
+    )
+    con.add_argument(
+        "--k8s-ca-file",
+        default=None,
+        help="CA bundle for the API server (default: the service-account ca.crt)",
+    )
+    con.add_argument(
+        "--prefill-worker-args",
+        default=None,
+        help="local: `mixroute worker` arguments of a prefill worker (quoted string)",
+    )
+    con.add_argument(
+        "--decode-worker-args",
+        default=None,
+        help="local: `mixroute worker` arguments of a decode worker (quoted string)",
+    )
+    con.add_argument(
+        "--worker-log-dir", type=Path, default=None, help="local: write each worker's output here"
+    )
+
+    pol = parser.add_argument_group("policy")
+    pol.add_argument("--min-replicas", type=int, default=1)
+    pol.add_argument("--max-replicas", type=int, default=4)
+    pol.add_argument("--interval-s", type=float, default=10.0, help="seconds between decisions")
+    pol.add_argument(
+        "--scale-up-threshold",
+        type=float,
+        default=0.8,
+        help="pressure (decode: KV utilisation) to grow above",
+    )
+    pol.add_argument(
+        "--scale-down-threshold",
+        type=float,
+        default=0.3,
+        help="pressure to shrink below (with an empty queue)",
+    )
+    pol.add_argument(
+        "--waiting-per-worker",
+        type=float,
+        default=2.0,
+        help="queued requests per worker that force a scale-up",
+    )
+    pol.add_argument(
+        "--prefill-tokens-per-worker",
+        type=int,
+        default=8192,
+        help="prompt tokens in flight one prefill worker absorbs",
+    )
+    pol.add_argument("--cooldown-up-s", type=float, default=30.0)
+    pol.add_argument("--cooldown-down-s", type=float, default=120.0)
+    pol.add_argument(
+        "--down-stable-s",
+        type=float,
+        default=60.0,
+        help="low load must last this long before a scale-down",
+    )
+    pol.add_argument("--max-step-up", type=int, default=2)
+    pol.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=15.0,
+        help="forget a worker that has not reported for this long",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="log decisions, change nothing")
+    parser.add_argument("--log-level", default=None)
+
+
+def policy_config(args: argparse.Namespace) -> PolicyConfig:
+    return PolicyConfig(
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        high=args.scale_up_threshold,
+        low=args.scale_down_threshold,
+        waiting_per_worker_high=args.waiting_per_worker,
+        prefill_tokens_per_worker=args.prefill_tokens_per_worker,
+        cooldown_up_s=args.cooldown_up_s,
+        cooldown_down_s=args.cooldown_down_s,
+        down_stable_s=args.down_stable_s,
+        max_step_up=args.max_step_up,
+    )
+
+
+def build_connector(args: argparse.Namespace) -> Connector:
+    if args.connector == "kubernetes":
+        from mixroute.planner.connectors.kubernetes import (
+            SERVICE_ACCOUNT_DIR,
+            ApiAccess,
+            KubernetesConnector,
+            in_cluster_namespace,
+        )
+
+        deployments: dict[Pool, str] = {}
+        if args.prefill_deployment:
+            deployments["prefill"] = args.prefill_deployment
+        if args.decode_deployment:
+            deployments["decode"] = args.decode_deployment
+        if args.k8s_api_url:
+            ca = args.k8s_ca_file or (
+                str(SERVICE_ACCOUNT_DIR / "ca.crt")
+                if args.k8s_api_url.startswith("https")
+                else False
+            )
+            access = ApiAccess(args.k8s_api_url, args.k8s_token_file, ca)
+        else:
+            access = ApiAccess.in_cluster()
+        namespace = args.k8s_namespace or in_cluster_namespace()
+        if not namespace:
+            raise ConfigError("--k8s-namespace is required outside a pod")
+        return KubernetesConnector(access, namespace, deployments)
+
+    from mixroute.planner.connectors.local import LocalConnector
+
+    worker_args: dict[Pool, list[str]] = {}
+    if args.prefill_worker_args is not None:
+        worker_args["prefill"] = shlex.split(args.prefill_worker_args)
+    if args.decode_worker_args is not None:
+        worker_args["decode"] = shlex.split(args.decode_worker_args)
+    if not worker_args:
+        raise ConfigError(
+            "--connector local needs --decode-worker-args and/or --prefill-worker-args"
+        )
+    runtime_args = ["--namespace", args.namespace, "--events", args.events]
+    if args.discovery:
+        runtime_args += ["--discovery", args.discovery]
+    return LocalConnector(worker_args, runtime_args, log_dir=args.worker_log_dir)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from mixroute.runtime.discovery import open_discovery
+    from mixroute.runtime.events import open_event_subscriber
+
+    config = policy_config(args)
+    connector = build_connector(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    discovery = await open_discovery(args.discovery)
+    subscriber = await open_event_subscriber(
+        args.events, discovery=discovery, namespace=args.namespace, name="planner"
+    )
+    loads = LoadTable(stale_after_s=args.stale_after_s)
+    consumer = asyncio.create_task(
+        loads.consume(subscriber.subscribe(subject_prefix(args.namespace)))
+    )
+    planner = Planner(ScalingPolicy(config), loads, connector, dry_run=args.dry_run)
+    log.info(
+        "planner up %s",
+        kv(
+            connector=args.connector,
+            pools=",".join(connector.pools()),
+            min=config.min_replicas,
+            max=config.max_replicas,
+        ),
+    )
+    try:
+        await planner.run(args.interval_s, stop)
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await asyncio.shield(_close(connector, subscriber, discovery))
+
+
+async def _close(connector: Connector, subscriber: object, discovery: object) -> None:
+    await connector.close()
+    await subscriber.close()  # type: ignore[attr-defined]
+    await discovery.close()  # type: ignore[attr-defined]
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, component="planner")
+    try:
+        asyncio.run(_serve(args))
+    except MixrouteError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
