@@ -173,30 +173,32 @@ class AsyncEngine:
             if self._closed:
                 self._shutdown(commands)
                 return
+            outputs: list[tuple[str, GenerateFrame]] = []
             with self._lock:
                 for command in commands:
                     command()
                 self.engine.expire_held()
                 if self.engine.has_work:
-                    self._step()
+                    outputs = self._step()
                 events = self.engine.pool.drain_events()
                 self._metrics = self.engine.load_metrics()
+            # Metrics and events first: whoever sees a frame also sees the state that made it.
             if events:
                 self._publish(events)
+            for request_id, frame in outputs:
+                self._deliver(request_id, frame)
 
     def _idle_timeout(self) -> float:
         deadline = self.engine.next_hold_deadline()
         return 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
 
-    def _step(self) -> None:
+    def _step(self) -> list[tuple[str, GenerateFrame]]:
         try:
-            outputs = self.engine.step()
+            return self.engine.step()
         except Exception as exc:  # a failed forward pass must not hang every caller
             log.exception("engine step failed; failing its requests")
             self._fail_all(f"engine step failed: {exc}")
-            return
-        for request_id, frame in outputs:
-            self._deliver(request_id, frame)
+            return []
 
     def _fail_all(self, message: str) -> None:
         for request_id in list(self.engine.seqs):
