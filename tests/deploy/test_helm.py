@@ -8,6 +8,9 @@ Needs the `helm` binary (scripts/fetch-tools.sh puts it in .tools/bin) and
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -72,8 +75,8 @@ SCENARIOS: dict[str, list[str]] = {
     "disaggregated": [
         "--set-json",
         (
-            'workers=[{"workerType":"prefill","model":{"path":"/models/m"}},'
-            '{"workerType":"decode","model":{"path":"/models/m"}}]'
+            'workers=[{"workerType":"prefill","model":{"path":"/models/m"},"connector":"nixl"},'
+            '{"workerType":"decode","model":{"path":"/models/m"},"connector":"nixl"}]'
         ),
     ],
     "custom-model": ["--set", "workers[0].model.path=Qwen/Qwen3-0.6B"],
@@ -289,6 +292,11 @@ def test_disaggregated_worker_types(helm: str) -> None:
     assert flag(container(prefill)["args"], "--worker-type") == "prefill"
     assert flag(container(decode)["args"], "--worker-type") == "decode"
     assert prefill["metadata"]["labels"]["mixroute.io/worker-type"] == "prefill"
+    # The guide's KV connector is kept as an annotation (mixroute has its own transport).
+    assert prefill["spec"]["template"]["metadata"]["annotations"] == {
+        "mixroute.io/kv-connector": "nixl"
+    }
+    assert "--connector" not in container(prefill)["args"]
     # Each Deployment selects only its own pods.
     assert prefill["spec"]["selector"] != decode["spec"]["selector"]
 
@@ -565,3 +573,46 @@ def test_notes_have_port_forward_and_curl(helm: str) -> None:
     assert f"port-forward svc/{FULLNAME}-frontend 8000:8000" in notes
     assert "curl -s http://127.0.0.1:8000/v1/chat/completions" in notes
     assert '"model": "SmolLM2-135M-Instruct"' in notes
+
+
+# ---- the chart calls the components with flags they accept ----
+
+COMPONENT_MAIN = {
+    "worker": "mixroute.worker.main",
+    "frontend": "mixroute.frontend.main",
+    "router": "mixroute.router.main",
+    "planner": "mixroute.planner.main",
+}
+
+
+def _parse_with_component(args: list[str]) -> argparse.Namespace:
+    module_name = COMPONENT_MAIN[args[0]]
+    if importlib.util.find_spec(module_name) is None:
+        pytest.skip(f"{module_name} not built yet")
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"mixroute {args[0]}")
+    module.add_arguments(parser)
+    try:
+        return parser.parse_args(args[1:])
+    except SystemExit:
+        pytest.fail(f"`mixroute {' '.join(args)}` is rejected by the {args[0]} CLI", pytrace=False)
+
+
+@pytest.mark.parametrize(
+    "scenario", ["default", "disaggregated", "tuning", "values-multi-node", "cpu-mocker"]
+)
+def test_container_args_parse_with_the_component_clis(helm: str, scenario: str) -> None:
+    docs = render(helm, scenario)
+    checked = set()
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        args = container(deployment)["args"]
+        parsed = _parse_with_component(args)
+        checked.add(args[0])
+        assert (
+            parsed.host == "0.0.0.0" if args[0] != "planner" else parsed.connector == "kubernetes"
+        )
+        if args[0] == "worker":
+            assert parsed.worker_type == flag(args, "--worker-type")
+            assert parsed.advertise_host == "$(POD_IP)"
+            assert parsed.discovery.startswith("etcd://") and parsed.events.startswith("nats://")
+    assert {"worker", "frontend", "router"} <= checked
