@@ -105,10 +105,12 @@ class WorkerHandlers:
         u = frame.usage
         assert u is not None
         c = self.counters
+        # `cached_tokens` counts imported tokens too (they are not computed here either).
+        not_computed = max(u.cached_tokens, u.imported_tokens)
         c.prompt_tokens.inc(u.prompt_tokens)
-        c.cached_prompt_tokens.inc(u.cached_tokens)
+        c.cached_prompt_tokens.inc(not_computed - u.imported_tokens)
         c.imported_prompt_tokens.inc(u.imported_tokens)
-        c.computed_prompt_tokens.inc(max(u.prompt_tokens - u.cached_tokens - u.imported_tokens, 0))
+        c.computed_prompt_tokens.inc(max(u.prompt_tokens - not_computed, 0))
         c.generated_tokens.inc(u.completion_tokens)
 
     async def pull_kv(self, handle: KvTransferHandle) -> KvExport:
