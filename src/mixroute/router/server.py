@@ -7,6 +7,7 @@ and the config watcher; `stop()` undoes it. Both `main.py` and the tests use it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -64,7 +65,8 @@ class RouterServer:
         config = uvicorn.Config(self.app, host=opts.host, port=opts.port, log_level="warning",
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=2)
         self._uvicorn = uvicorn.Server(config)
-        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # Signals belong to main.py (and tests run the server off the main thread).
+        self._uvicorn.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._tasks.append(asyncio.create_task(self._uvicorn.serve(), name="router-http"))
         while not self._uvicorn.started:
             if self._tasks[0].done():

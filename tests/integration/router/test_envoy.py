@@ -29,7 +29,7 @@ def envoy_binary() -> str | None:
     if candidate is None:
         return None
     try:
-        ok = subprocess.run([candidate, "--version"], capture_output=True, timeout=30).returncode == 0
+        ok = subprocess.run([candidate, "--version"], check=False, capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return None
     return candidate if ok else None
@@ -48,16 +48,18 @@ def envoy_and_router(start_router, upstream, tmp_path):
         upstream_host="127.0.0.1", upstream_port=upstream.port,
     )
     (tmp_path / "envoy.yaml").write_text(config)
+    log = (tmp_path / "envoy.log").open("wb")
     proc = subprocess.Popen(
         [binary, "-c", str(tmp_path / "envoy.yaml"), "--log-level", "warn", "--concurrency", "1",
          "--base-id", str(listen)],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "envoy.log", "wb"),
+        stdout=subprocess.DEVNULL, stderr=log,
     )
     try:
         wait_http(f"http://127.0.0.1:{admin}/ready", timeout=30, proc=proc)
         yield f"http://127.0.0.1:{listen}", router
     finally:
         stop_process(proc)
+        log.close()
 
 
 def _post(base: str, text: str, user: str, model: str = "MoM", history=(), **extra) -> httpx.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class FakeEmbedder:
 
 
 class FakeCategory:
-    RULES = {"integral": "math", "derivative": "math", "contract": "law", "cell": "biology", "vague": "other"}
+    RULES: ClassVar[dict[str, str]] = {"integral": "math", "derivative": "math", "contract": "law", "cell": "biology", "vague": "other"}
 
     def predict(self, texts: list[str], embeddings: np.ndarray) -> list[tuple[str, float]]:
         out = []
@@ -52,7 +53,7 @@ class FakeEntity:
 
 
 class FakePii:
-    PATTERNS = {"US_SSN": r"\b\d{3}-\d{2}-\d{4}\b", "EMAIL_ADDRESS": r"\b\S+@\S+\.\w+\b"}
+    PATTERNS: ClassVar[dict[str, str]] = {"US_SSN": r"\b\d{3}-\d{2}-\d{4}\b", "EMAIL_ADDRESS": r"\b\S+@\S+\.\w+\b"}
 
     def detect(self, text: str) -> list[FakeEntity]:
         return [FakeEntity(t, m.start(), m.end(), 0.85)

@@ -23,11 +23,12 @@ class MilvusCacheStore:
     def __init__(self, uri: str, collection: str, max_entries: int) -> None:
         try:
             from pymilvus import MilvusClient
+            from pymilvus.exceptions import MilvusException
         except ImportError as exc:  # pragma: no cover - dependency declared in pyproject
             raise ConfigError(f"cache.backend milvus needs pymilvus: {exc}") from None
         try:
             self._client = MilvusClient(uri=uri)
-        except Exception as exc:  # pymilvus raises many types; translate at the boundary
+        except (MilvusException, OSError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"cache.milvus.uri {uri!r}: cannot open Milvus: {exc}") from None
         self.collection = collection
         self.max_entries = max_entries

@@ -1,0 +1,49 @@
+"""`mixroute router` as a real process: flags, config errors, serving, clean shutdown."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.integration.router.conftest import free_port, router_config, wait_http
+from tests.integration.router.test_proxy import MATH
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mixroute", "router", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_invalid_config_exits_with_the_fix(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("default_model: ghost\nmodels:\n  real: {}\n")
+    proc = _cli("--config", str(path), "--port", str(free_port()))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "default_model: unknown model 'ghost'; add it under `models:`" in err
+
+
+def test_router_process_serves_and_stops_on_sigterm(tmp_path, upstream, signal_models):
+    del signal_models  # only to skip when the real signals are not installed
+    path = tmp_path / "router.yaml"
+    path.write_text(router_config(upstream.url))
+    port, extproc_port = free_port(), free_port()
+    proc = _cli("--config", str(path), "--port", str(port), "--mode", "both", "--extproc-port", str(extproc_port))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout=150, proc=proc)
+        body = {"model": "MoM", "messages": [{"role": "user", "content": MATH}]}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 200 and r.headers["x-vsr-selected-model"] == "qwen-big"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("router did not stop within 20 s of SIGTERM")
+    assert proc.returncode == 0, err
+    assert "decision=forward category=math" in err and "pii=none" in err
