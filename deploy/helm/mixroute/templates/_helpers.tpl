@@ -101,19 +101,38 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* The router's config: generated upstream + models, with router.config merged over it. */}}
+{{/* The router's config: the router's shipped defaults (files/router-defaults.yaml) with
+the frontend Service as upstream, the workers' served names as models and every category
+sent to the first worker's model (its best-scored entry kept); router.config merged over. */}}
 {{- define "mixroute.routerConfig" -}}
+{{- $base := .Files.Get "files/router-defaults.yaml" | fromYaml -}}
+{{- $baseModels := default dict $base.models -}}
+{{- $template := deepCopy (default dict (get $baseModels (default "" $base.default_model))) -}}
+{{- $_ := unset $template "endpoint" -}}
 {{- $models := dict -}}
 {{- $first := "" -}}
 {{- range $i, $w := .Values.workers -}}
 {{- $name := include "mixroute.servedModelName" (dict "worker" $w) -}}
 {{- if not $first }}{{ $first = $name }}{{ end -}}
-{{- $_ := set $models $name dict -}}
+{{- $_ := set $models $name (deepCopy $template) -}}
 {{- end -}}
-{{- $generated := dict
-    "default_endpoint" (printf "http://%s-frontend:%d" (include "mixroute.fullname" .) (int .Values.frontend.httpPort))
-    "default_model" $first
-    "models" $models -}}
-{{- $cfg := mergeOverwrite $generated (deepCopy (default dict .Values.router.config)) -}}
+{{- $categories := list -}}
+{{- range $c := (default list $base.categories) -}}
+{{- $c = deepCopy $c -}}
+{{- if $c.model_scores -}}
+{{- $best := first $c.model_scores -}}
+{{- range $s := $c.model_scores }}{{ if gt (float64 $s.score) (float64 $best.score) }}{{ $best = $s }}{{ end }}{{ end -}}
+{{- $best = deepCopy $best -}}
+{{- $_ := set $best "model" $first -}}
+{{- $_ := set $c "model_scores" (list $best) -}}
+{{- end -}}
+{{- $categories = append $categories $c -}}
+{{- end -}}
+{{- $cfg := deepCopy $base -}}
+{{- $_ := set $cfg "default_endpoint" (printf "http://%s-frontend:%d" (include "mixroute.fullname" .) (int .Values.frontend.httpPort)) -}}
+{{- $_ := set $cfg "default_model" $first -}}
+{{- $_ := set $cfg "models" $models -}}
+{{- $_ := set $cfg "categories" $categories -}}
+{{- $cfg = mergeOverwrite $cfg (deepCopy (default dict .Values.router.config)) -}}
 {{- toYaml $cfg -}}
 {{- end -}}
