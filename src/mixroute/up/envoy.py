@@ -3,8 +3,9 @@
 Envoy listens on the router port, asks the router over ext_proc (gRPC) about every
 request (headers and the buffered body: the router may block it, answer it, or rewrite
 it), then proxies to the frontend. The config is generated here rather than read from
-`deploy/envoy/` because an installed mixroute has no checkout to read from; it follows
-the same shape as the deployment file.
+`deploy/envoy/envoy.template.yaml` because an installed mixroute has no checkout to
+read from; it has the same filters and processing modes as that file (request body
+buffered for the router's decision, response body streamed so SSE is not held back).
 """
 
 from __future__ import annotations
@@ -75,14 +76,15 @@ def envoy_config(options: UpOptions, admin_port: int) -> dict[str, Any]:
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": "semantic_router"}, "timeout": "60s"},
+            "grpc_service": {"envoy_grpc": {"cluster_name": "semantic_router"}, "timeout": "30s"},
             "failure_mode_allow": False,
-            "message_timeout": "60s",
+            # The router's signals run on CPU; Envoy's 200 ms default would cut them off.
+            "message_timeout": "30s",
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
                 "response_header_mode": "SEND",
-                "response_body_mode": "NONE",
+                "response_body_mode": "STREAMED",
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
             },
@@ -93,6 +95,7 @@ def envoy_config(options: UpOptions, admin_port: int) -> dict[str, Any]:
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "mixroute",
+            "stream_idle_timeout": _UPSTREAM_TIMEOUT,
             "route_config": {
                 "name": "local",
                 "virtual_hosts": [

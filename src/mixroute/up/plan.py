@@ -88,7 +88,7 @@ def router_spec(options: UpOptions, config_path: Path, http_port: int) -> ChildS
     """The semantic router: a proxy on the router port, or (with Envoy in front) an
     ext_proc server plus its own HTTP port for health and its API."""
     mode = (
-        ["--mode", "both", "--extproc-port", str(options.extproc_port)]
+        ["--mode", "extproc", "--extproc-port", str(options.extproc_port)]
         if options.has_envoy
         else ["--mode", "proxy"]
     )

@@ -89,7 +89,8 @@ def test_envoy_config_points_at_router_and_frontend() -> None:
     assert port("semantic_router") == 18051
     filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
     assert filters[0]["name"] == "envoy.filters.http.ext_proc"
-    assert filters[0]["typed_config"]["processing_mode"]["request_body_mode"] == "BUFFERED"
+    mode = filters[0]["typed_config"]["processing_mode"]
+    assert (mode["request_body_mode"], mode["response_body_mode"]) == ("BUFFERED", "STREAMED")
     assert filters[-1]["name"] == "envoy.filters.http.router"
     assert config["admin"]["address"]["socket_address"]["port_value"] == 18901
 

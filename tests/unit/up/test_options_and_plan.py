@@ -92,7 +92,7 @@ def test_router_modes() -> None:
     behind_envoy = list(
         plan.router_spec(_options("--envoy", "--extproc-port", "9200"), Path("/c.yaml"), 9300).argv
     )
-    assert _flag(behind_envoy, "--mode") == "both"
+    assert _flag(behind_envoy, "--mode") == "extproc"
     assert _flag(behind_envoy, "--extproc-port") == "9200"
     assert _flag(behind_envoy, "--port") == "9300"
 
