@@ -30,6 +30,7 @@ async def _text_field(request: Request) -> str:
 
 def build_app(core: RouterCore, proxy: Proxy) -> FastAPI:
     app = FastAPI(title="mixroute semantic router", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.router_core = core
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

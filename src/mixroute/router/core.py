@@ -19,7 +19,14 @@ import numpy as np
 from mixroute.errors import ApiError
 from mixroute.logs import kv
 from mixroute.router import responses
-from mixroute.router.cache import CachedAnswer, SemanticCache, cache_scope
+from mixroute.router.cache import (
+    CachedAnswer,
+    ExactEntry,
+    SemanticCache,
+    cache_scope,
+    cache_tenant,
+    exact_key,
+)
 from mixroute.router.config import RouterConfig
 from mixroute.router.decision import Block, Forward, decide
 from mixroute.router.metrics import RouterMetrics
@@ -45,6 +52,8 @@ class CacheTicket:
     scope: str
     vector: np.ndarray
     config: RouterConfig
+    exact_key: str
+    headers: dict[str, str]
 
 
 @dataclass(slots=True)
@@ -91,12 +100,20 @@ class RouterCore:
         except ApiError as exc:
             return Reply(exc.status_code, responses.error_json(exc), responses.JSON_MEDIA_TYPE)
         start = time.perf_counter()
+        use_cache = self.cache is not None and config.cache.enabled
+        key = ""
+        if use_cache:
+            key = exact_key(request, cache_tenant(config.cache, request, headers), self.source.version)
+            repeat = self.cache.exact.get(key, time.time())  # type: ignore[union-attr]
+            if repeat is not None:
+                return self._exact_hit(repeat, request, start)
         signals = await self.classify(request, config)
         decision = decide(config, request, signals)
         if isinstance(decision, Block):
             return self._block(decision, request, signals, start)
         ticket = None
-        if self.cache is not None and config.cache.enabled and signals.embedding is not None:
+        if use_cache and signals.embedding is not None:
+            assert self.cache is not None
             route = decision.route
             scope = cache_scope(config.cache, request, headers, f"{route.model}|{route.use_reasoning}")
             hit = await self.cache.lookup(config.cache, scope, signals.embedding)
@@ -104,7 +121,7 @@ class RouterCore:
                 self.metrics.cache_hits.inc()
                 return self._cache_hit(decision, hit.answer, hit.similarity, request, signals, start)
             self.metrics.cache_misses.inc()
-            ticket = CacheTicket(scope, signals.embedding, config)
+            ticket = CacheTicket(scope, signals.embedding, config, key, decision.headers)
         self._record("forward", decision.route.category, decision.route.model, signals, start, decision)
         body = raw if decision.body is request.body else json.dumps(decision.body).encode()
         return Upstream(decision, body, request.is_stream, ticket)
@@ -113,6 +130,20 @@ class RouterCore:
         if answer is None or self.cache is None:
             return
         await self.cache.save(ticket.config.cache, ticket.scope, ticket.vector, answer)
+        expires_at = time.time() + ticket.config.cache.ttl_seconds
+        self.cache.exact.put(ticket.exact_key, ExactEntry(answer, ticket.headers, expires_at))
+
+    def _exact_hit(self, entry: ExactEntry, request: ChatRequest, start: float) -> Reply:
+        self.metrics.cache_hits.inc()
+        route_headers = entry.headers
+        category, model = route_headers["x-vsr-selected-category"], route_headers["x-vsr-selected-model"]
+        self.metrics.decisions.labels("cache_hit", category, model).inc()
+        ms = f"{(time.perf_counter() - start) * 1e3:.1f}"
+        log.info("route %s", kv(decision="cache_hit", tier="exact", category=category, model=model, ms=ms))
+        body, media_type = responses.completion(
+            entry.answer.content, entry.answer.model, entry.answer.finish_reason, request.is_stream
+        )
+        return Reply(200, body, media_type, {**route_headers, "x-vsr-cache-hit": "true"})
 
     def _block(self, block: Block, request: ChatRequest, signals: SignalResults, start: float) -> Reply:
         if block.kind == "pii":

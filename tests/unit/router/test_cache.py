@@ -83,3 +83,21 @@ def test_answer_from_json_only_caches_plain_text():
     tool = {"model": "m", "choices": [{"message": {"content": None}, "finish_reason": "tool_calls"}]}
     assert answer_from_json(json.dumps(tool).encode()) is None
     assert answer_from_json(b"garbage") is None
+
+
+def test_exact_tier_key_ignores_delivery_fields_and_expires():
+    from mixroute.router.cache.exact import ExactCache, ExactEntry, exact_key
+
+    def req(**extra):
+        body = {"model": "MoM", "messages": [{"role": "user", "content": "q"}], **extra}
+        return parse_chat_request(json.dumps(body).encode())
+    assert exact_key(req(), "t", 1) == exact_key(req(stream=True), "t", 1)
+    assert exact_key(req(), "t", 1) != exact_key(req(temperature=0.5), "t", 1)
+    assert exact_key(req(), "t", 1) != exact_key(req(), "u", 1)
+    assert exact_key(req(), "t", 1) != exact_key(req(), "t", 2)  # a reload invalidates
+    cache = ExactCache(max_entries=1)
+    cache.put("a", ExactEntry(_answer("x"), {}, expires_at=10))
+    assert cache.get("a", now=5).answer.content == "x" and cache.get("a", now=10) is None
+    cache.put("a", ExactEntry(_answer("x"), {}, expires_at=10))
+    cache.put("b", ExactEntry(_answer("y"), {}, expires_at=10))
+    assert cache.get("a", now=0) is None and len(cache) == 1

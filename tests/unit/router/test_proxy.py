@@ -114,3 +114,24 @@ async def test_api_endpoints(client):
     assert (await client.get("/health")).json() == {"status": "ok"}
     metrics = (await client.get("/metrics")).text
     assert "mixroute_router_classification_seconds" in metrics
+
+
+async def test_exact_repeat_skips_the_signals_but_not_across_users(client, upstream, monkeypatch):
+    first = await client.post("/v1/chat/completions", json=_chat("the integral of cos", user="ann"))
+    assert first.headers["x-vsr-selected-model"] == "big"
+
+    async def no_signals(*_args, **_kwargs):
+        raise AssertionError("signals ran for an exact repeat")
+
+    runner = _runner_of(client)
+    monkeypatch.setattr(runner, "run", no_signals)
+    again = await client.post("/v1/chat/completions", json=_chat("the integral of cos", user="ann", stream=True))
+    assert again.headers["x-vsr-cache-hit"] == "true" and again.headers["x-vsr-selected-model"] == "big"
+    assert "echo the integral of cos" in again.text and again.text.endswith("data: [DONE]\n\n")
+    with pytest.raises(AssertionError, match="signals ran"):
+        await client.post("/v1/chat/completions", json=_chat("the integral of cos", user="bob"))
+    assert len(upstream.received) == 1
+
+
+def _runner_of(client):
+    return client._transport.app.state.router_core.runner

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mixroute.router.cache.base import CachedAnswer, CacheHit, CacheStore
+from mixroute.router.cache.exact import ExactCache
 from mixroute.router.cache.memory import MemoryCacheStore
 from mixroute.router.config import CacheConfig
 from mixroute.router.request import ChatRequest
@@ -31,18 +32,23 @@ def make_store(config: CacheConfig) -> CacheStore:
     return MemoryCacheStore(config.max_entries, config.eviction)
 
 
-def cache_scope(
-    config: CacheConfig, request: ChatRequest, headers: Mapping[str, str], route: str = ""
-) -> str:
-    """`route` names the routing outcome (model, reasoning) so answers of different
-    models or reasoning modes are never shared."""
+def cache_tenant(config: CacheConfig, request: ChatRequest, headers: Mapping[str, str]) -> str:
     tenant = None
     if config.scope.header:
         tenant = headers.get(config.scope.header.lower())
     if not tenant and config.scope.use_user_field:
         tenant = request.user
-    context = [m for m in request.messages[:-1]] if request.messages else []
-    material = json.dumps([tenant or "anonymous", request.model, route, context], sort_keys=True, default=str)
+    return tenant or "anonymous"
+
+
+def cache_scope(
+    config: CacheConfig, request: ChatRequest, headers: Mapping[str, str], route: str = ""
+) -> str:
+    """`route` names the routing outcome (model, reasoning) so answers of different
+    models or reasoning modes are never shared."""
+    tenant = cache_tenant(config, request, headers)
+    context = list(request.messages[:-1])
+    material = json.dumps([tenant, request.model, route, context], sort_keys=True, default=str)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -50,6 +56,7 @@ class SemanticCache:
     def __init__(self, config: CacheConfig) -> None:
         self.store = make_store(config)
         self.backend = config.backend
+        self.exact = ExactCache(config.max_entries)
 
     async def lookup(self, config: CacheConfig, scope: str, vector: np.ndarray) -> CacheHit | None:
         args = (scope, vector, config.similarity_threshold, time.time())
