@@ -28,7 +28,6 @@ from typing import Literal
 
 from mixroute.frontend.routing.indexer import KvIndexer
 from mixroute.frontend.routing.load import LoadTracker
-from mixroute.logs import kv
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +168,11 @@ class WorkerSelector:
         )
         if worker_id not in self.live_workers:
             self.approx.record(worker_id, local_hashes, seq_hashes, time.monotonic())
-        log.info(
-            "routed %s cached blocks: %d %s",
-            kv(pool=self.name, request_id=request_id, worker_id=f"{worker_id:x}"),
-            overlap,
-            kv(prompt_blocks=num_prompt_blocks, cost=f"{cost:.2f}", mode=self.mode),
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "routed pool=%s request_id=%s worker_id=%x cached blocks: %d prompt_blocks=%d cost=%.2f mode=%s",
+                self.name, request_id, worker_id, overlap, num_prompt_blocks, cost, self.mode,
+            )  # fmt: skip
         return Decision(worker_id, overlap, num_prompt_blocks, cost)
 
     def _lowest_cost(
