@@ -5,6 +5,7 @@ Kept free of side effects so the exact commands can be tested and printed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,12 @@ STAGE_WORKERS = 1
 STAGE_FRONTEND = 2
 STAGE_EDGE = 3
 """Router and Envoy: stopped first so no new request arrives while the rest stops."""
+
+
+def offline_env() -> dict[str, str]:
+    """Children never reach a model hub: everything they load is local (a user who set
+    these variables keeps their values)."""
+    return {name: os.environ.get(name, "1") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,7 +74,12 @@ def worker_specs(options: UpOptions, model: ModelChoice) -> list[ChildSpec]:
                 *options.worker_args,
             )  # fmt: skip
             specs.append(
-                ChildSpec(f"worker-{group.worker_type}-{index}", argv, stage=STAGE_WORKERS)
+                ChildSpec(
+                    f"worker-{group.worker_type}-{index}",
+                    argv,
+                    env=offline_env(),
+                    stage=STAGE_WORKERS,
+                )
             )
     return specs
 
@@ -81,7 +93,7 @@ def frontend_spec(options: UpOptions) -> ChildSpec:
         *runtime_args(options),
         *options.frontend_args,
     )  # fmt: skip
-    return ChildSpec("frontend", argv, stage=STAGE_FRONTEND)
+    return ChildSpec("frontend", argv, env=offline_env(), stage=STAGE_FRONTEND)
 
 
 def router_spec(options: UpOptions, config_path: Path, http_port: int) -> ChildSpec:
@@ -100,7 +112,7 @@ def router_spec(options: UpOptions, config_path: Path, http_port: int) -> ChildS
         *mode,
         *options.router_args,
     )  # fmt: skip
-    return ChildSpec("router", argv, stage=STAGE_EDGE)
+    return ChildSpec("router", argv, env=offline_env(), stage=STAGE_EDGE)
 
 
 def envoy_spec(envoy_binary: str, config_path: Path) -> ChildSpec:

@@ -8,6 +8,7 @@ when a stop was requested, or at the deadline.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from mixroute.up.supervisor import Child, Supervisor
 
 Probe = Callable[[], Awaitable[bool]]
 
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+ [A-Z]+ (\[[\w-]+\] )?")
+"""The timestamp and level of `mixroute.logs` lines: noise in a one-line status."""
+
 _PROBE_TIMEOUT_S = 2.0
 
 
@@ -31,6 +35,8 @@ class Check:
     probe: Probe
     passed_after_s: float | None = None
     last_error: str = field(default="")
+    children: list[Child] = field(default_factory=list)
+    """Whose last log line to show while waiting (what a loading model is doing)."""
 
 
 class WaitResult(Enum):
@@ -79,8 +85,17 @@ class Progress:
         if now - self._last_report < self.every_s:
             return
         self._last_report = now
-        names = ", ".join(c.name + (f" [{c.last_error}]" if c.last_error else "") for c in pending)
+        names = ", ".join(c.name for c in pending)
         print(f"  ... {elapsed_s:.0f}s, waiting for: {names}", file=self.out, flush=True)
+        shown: set[str] = set()
+        for check in pending:
+            for child in check.children:
+                if child.name in shown:
+                    continue
+                shown.add(child.name)
+                last = _last_line(child)
+                if last:
+                    print(f"        {child.name}: {last}", file=self.out, flush=True)
 
 
 async def wait_until_ready(
@@ -126,3 +141,10 @@ async def _run_probe(check: Check) -> bool:
         return False
     check.last_error = ""
     return ok
+
+
+def _last_line(child: Child, width: int = 110) -> str:
+    # Progress bars redraw with carriage returns; the text after the last one is current.
+    line = child.tail(1).rsplit("\r", 1)[-1].strip()
+    line = _LOG_PREFIX.sub("", line)
+    return line if len(line) <= width else line[: width - 3] + "..."

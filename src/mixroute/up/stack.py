@@ -100,32 +100,45 @@ class Stack:
 
     def readiness_checks(self, client: httpx.AsyncClient, discovery: object) -> list[Check]:
         options = self.options
+        by_name = {c.name: c for c in self.supervisor.children}
         checks = []
         for group in plan.worker_groups(options):
             prefix = instances_prefix(options.namespace, group.component, ENDPOINT_GENERATE)
+            workers = [
+                c for name, c in by_name.items() if name.startswith(f"worker-{group.worker_type}-")
+            ]
             checks.append(
                 Check(
                     f"{group.count} {group.worker_type} worker(s) registered",
                     _registered(discovery, prefix, group.count),
+                    children=workers,
                 )
             )
-        checks.append(Check("frontend /health", http_ok(client, f"{options.frontend_url}/health")))
+        frontend = [by_name["frontend"]]
+        served = self.model.served_name
         checks.append(
             Check(
-                f"frontend lists {self.model.served_name}",
-                model_listed(client, f"{options.frontend_url}/v1/models", self.model.served_name),
+                "frontend /health",
+                http_ok(client, f"{options.frontend_url}/health"),
+                children=frontend,
+            )
+        )
+        checks.append(
+            Check(
+                f"frontend lists {served}",
+                model_listed(client, f"{options.frontend_url}/v1/models", served),
+                children=frontend,
             )
         )
         if options.has_router:
+            ready_url = f"http://127.0.0.1:{self._router_http_port}/ready"
             checks.append(
-                Check(
-                    "router /ready",
-                    http_ok(client, f"http://127.0.0.1:{self._router_http_port}/ready"),
-                )
+                Check("router /ready", http_ok(client, ready_url), children=[by_name["router"]])
             )
         if options.has_envoy:
+            through_envoy = model_listed(client, f"{options.router_url}/v1/models", served)
             checks.append(
-                Check("envoy", _envoy_ready(client, options.router_url, self.model.served_name))
+                Check("envoy -> router -> frontend", through_envoy, children=[by_name["envoy"]])
             )
         return checks
 
@@ -229,11 +242,6 @@ def _registered(discovery: object, prefix: str, count: int):  # type: ignore[no-
         return len(keys) >= count
 
     return probe
-
-
-def _envoy_ready(client: httpx.AsyncClient, url: str, model: str):  # type: ignore[no-untyped-def]
-    """Envoy is ready once a request through it reaches the frontend's model list."""
-    return model_listed(client, f"{url}/v1/models", model)
 
 
 def _bind_host(host: str) -> str:

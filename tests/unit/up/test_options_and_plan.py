@@ -97,6 +97,19 @@ def test_router_modes() -> None:
     assert _flag(behind_envoy, "--port") == "9300"
 
 
+def test_children_run_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    options = _options()
+    for spec in [
+        *plan.worker_specs(options, MODEL),
+        plan.frontend_spec(options),
+        plan.router_spec(options, Path("/c"), 1),
+    ]:
+        assert spec.env["HF_HUB_OFFLINE"] == "1"
+        assert spec.env["TRANSFORMERS_OFFLINE"] == "0"  # the user's own setting wins
+
+
 def test_stop_order_stages() -> None:
     options = _options()
     assert plan.router_spec(options, Path("/c"), 1).stage > plan.frontend_spec(options).stage
