@@ -226,3 +226,41 @@ async def test_malformed_frames_get_an_error_and_only_that_peer_is_dropped(
     # The well-behaved client is unaffected.
     assert await collect(client, server.address, "count", b"ok:3") == [b"ok:0", b"ok:1", b"ok:2"]
     assert client.num_connections() == 1
+
+
+async def test_dropping_an_unfinished_stream_cancels_the_handler(client: TcpRequestClient) -> None:
+    handler_cancelled = asyncio.Event()
+
+    async def forever(payload: bytes) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"tick"
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            handler_cancelled.set()
+            raise
+
+    async with TcpRequestServer() as srv:
+        srv.add_endpoint("forever", forever)
+        async for _ in client.stream(srv.address, "forever", b""):
+            break  # no aclose: the stream object is dropped here
+        await asyncio.wait_for(handler_cancelled.wait(), 2)
+
+
+def test_request_plane_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        async with TcpRequestServer() as srv:
+            srv.add_endpoint("count", count)
+            srv.add_endpoint("fail", fail_after_one)
+            client = TcpRequestClient()
+            results = await asyncio.gather(
+                *(collect(client, srv.address, "count", b"u:%d" % (i % 5 + 1)) for i in range(200))
+            )
+            assert all(r == [b"u:%d" % k for k in range(i % 5 + 1)] for i, r in enumerate(results))
+            with pytest.raises(RemoteHandlerError):
+                await collect(client, srv.address, "fail", b"")
+            await client.close()
+
+    uvloop.run(scenario())

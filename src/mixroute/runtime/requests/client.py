@@ -63,13 +63,13 @@ class ClientConnection(Connection):
     def __init__(self, address: str, *, ping_interval_s: float, dead_after_s: float) -> None:
         super().__init__(ping_interval_s=ping_interval_s, dead_after_s=dead_after_s)
         self.address = address
-        self.streams: dict[int, ResponseStream] = {}
+        self.streams: dict[int, StreamState] = {}
         self._next_sid = 1
 
-    def open_stream(self, stream: ResponseStream, endpoint: str, payload: bytes) -> int:
+    def open_stream(self, state: StreamState, endpoint: str, payload: bytes) -> int:
         sid = self._next_sid
         self._next_sid += 1
-        self.streams[sid] = stream
+        self.streams[sid] = state
         self.write(Request(sid, endpoint, payload))
         return sid
 
@@ -80,21 +80,21 @@ class ClientConnection(Connection):
     def frame_received(self, frame: Frame) -> None:
         kind = type(frame)
         if kind is Data:
-            stream = self.streams.get(frame.stream_id)  # type: ignore[union-attr]
-            if stream is not None:
-                stream._push(frame.payload)  # type: ignore[union-attr]
+            state = self.streams.get(frame.stream_id)  # type: ignore[union-attr]
+            if state is not None:
+                state.push(frame.payload)  # type: ignore[union-attr]
         elif kind is End:
-            stream = self.streams.pop(frame.stream_id, None)  # type: ignore[union-attr]
-            if stream is not None:
-                stream._finish(None)
+            state = self.streams.pop(frame.stream_id, None)  # type: ignore[union-attr]
+            if state is not None:
+                state.finish(None)
         elif kind is Error:
             assert isinstance(frame, Error)
             if frame.stream_id == 0:
                 self.abort(_remote_error(self.address, frame))
                 return
-            stream = self.streams.pop(frame.stream_id, None)
-            if stream is not None:
-                stream._finish(_remote_error(self.address, frame))
+            state = self.streams.pop(frame.stream_id, None)
+            if state is not None:
+                state.finish(_remote_error(self.address, frame))
         else:
             self.protocol_error(f"unexpected {kind.__name__} frame from a server")
 
@@ -105,26 +105,41 @@ class ClientConnection(Connection):
                 "request plane connection lost %s",
                 kv(address=self.address, streams=len(streams), error=error),
             )
-        for stream in streams.values():
-            stream._finish(error)
+        for state in streams.values():
+            state.finish(error)
+
+
+class StreamState:
+    """What the connection delivers to one stream. Kept apart from `ResponseStream` so the
+    connection does not keep a dropped stream alive: dropping it runs `__del__`, which
+    cancels the remote handler."""
+
+    __slots__ = ("done", "error", "items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: collections.deque[bytes] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.done = False
+        self.error: Exception | None = None
+
+    def push(self, item: bytes) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def finish(self, error: Exception | None) -> None:
+        self.done = True
+        self.error = error
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class ResponseStream:
     """Async iterator over one request's response payloads."""
 
-    __slots__ = (
-        "__weakref__",
-        "_client",
-        "_conn",
-        "_done",
-        "_error",
-        "_items",
-        "_payload",
-        "_sid",
-        "_waiter",
-        "address",
-        "endpoint",
-    )
+    __slots__ = ("_client", "_conn", "_payload", "_sid", "_state", "address", "endpoint")
 
     def __init__(
         self, client: TcpRequestClient, address: str, endpoint: str, payload: bytes
@@ -135,71 +150,64 @@ class ResponseStream:
         self._payload: bytes | None = payload
         self._conn: ClientConnection | None = None
         self._sid = 0
-        self._items: collections.deque[bytes] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._done = False
-        self._error: Exception | None = None
+        self._state = StreamState()
 
     def __aiter__(self) -> ResponseStream:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._conn is None and not self._done:
-            await self._open()
+        state = self._state
+        if self._conn is None and not state.done:
+            conn = self._client._connections.get(self.address)
+            if conn is not None and not conn.is_closed:
+                self._open_on(conn)  # the common case: no await before the request goes out
+            else:
+                await self._open()
         while True:
-            if self._items:
-                return self._items.popleft()
-            if self._done:
-                if self._error is not None:
-                    raise self._error
+            if state.items:
+                return state.items.popleft()
+            if state.done:
+                if state.error is not None:
+                    raise state.error
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
+            state.waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                await state.waiter
             except asyncio.CancelledError:
                 self._cancel_remote()
                 raise
             finally:
-                self._waiter = None
+                state.waiter = None
 
     async def _open(self) -> None:
         try:
             conn = await self._client._connection(self.address)
         except asyncio.CancelledError:
-            self._done = True
+            self._state.done = True
             raise
         except RequestPlaneError as exc:
-            self._done, self._error = True, exc
+            self._state.finish(exc)
             raise
+        self._open_on(conn)
+
+    def _open_on(self, conn: ClientConnection) -> None:
         payload, self._payload = self._payload, None
         assert payload is not None
         self._conn = conn
-        self._sid = conn.open_stream(self, self.endpoint, payload)
-
-    def _push(self, item: bytes) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _finish(self, error: Exception | None) -> None:
-        self._done = True
-        self._error = error
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._sid = conn.open_stream(self._state, self.endpoint, payload)
 
     def _cancel_remote(self) -> None:
-        if not self._done:
-            self._done = True
-            self._error = None
+        state = self._state
+        if not state.done:
+            state.done = True
+            state.error = None
             if self._conn is not None:
                 self._conn.cancel_stream(self._sid)
 
     async def aclose(self) -> None:
         """Stops the stream; the server's handler is cancelled if it is still running."""
         self._cancel_remote()
-        self._items.clear()
+        self._state.items.clear()
 
     async def __aenter__(self) -> Self:
         return self
@@ -208,7 +216,7 @@ class ResponseStream:
         await self.aclose()
 
     def __del__(self) -> None:
-        if not self._done and self._conn is not None and not self._conn.is_closed:
+        if not self._state.done and self._conn is not None and not self._conn.is_closed:
             try:
                 self._cancel_remote()
             except RuntimeError:  # loop already closed at interpreter exit
