@@ -14,6 +14,7 @@ import httpx
 
 from mixroute.errors import ConfigError
 from mixroute.protocol.names import ENDPOINT_GENERATE, instances_prefix
+from mixroute.runtime.discovery.base import Discovery
 from mixroute.up import plan
 from mixroute.up.banner import ready_banner
 from mixroute.up.envoy import find_envoy, write_envoy_config
@@ -21,6 +22,7 @@ from mixroute.up.options import UpOptions
 from mixroute.up.ports import free_port, is_port_free
 from mixroute.up.readiness import (
     Check,
+    Probe,
     Progress,
     WaitResult,
     http_ok,
@@ -41,7 +43,7 @@ class Stack:
         self.supervisor = Supervisor(options.log_dir)
         self._infra: list[object] = []
         self._router_http_port = options.router_port
-        self._extra_banner: list[str] = []
+        self.banner_lines: list[str] = []
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -70,7 +72,7 @@ class Stack:
         nats = NatsProcess.start()
         self._infra.append(nats)
         self.options = dataclasses.replace(self.options, etcd_url=etcd.url, nats_url=nats.url)
-        self._extra_banner.append(f"{'nats monitoring':<38} {nats.monitor_url}")
+        self.banner_lines.append(f"{'nats monitoring':<38} {nats.monitor_url}")
         self.say(f"  ok  etcd {etcd.url}, nats {nats.url} (monitoring {nats.monitor_url})")
 
     def child_specs(self) -> list[ChildSpec]:
@@ -85,7 +87,7 @@ class Stack:
             return specs + [plan.router_spec(options, config, options.router_port)]
         self._router_http_port = options.router_http_port or free_port()
         envoy_config = write_envoy_config(options, options.run_dir)
-        self._extra_banner.append(
+        self.banner_lines.append(
             f"{'router API (direct)':<38} http://127.0.0.1:{self._router_http_port}"
         )
         return specs + [
@@ -98,7 +100,7 @@ class Stack:
             child = self.supervisor.start(spec)
             self.say(f"  started {child.name:<18} pid {child.pid:<7} log {child.log_path}")
 
-    def readiness_checks(self, client: httpx.AsyncClient, discovery: object) -> list[Check]:
+    def readiness_checks(self, client: httpx.AsyncClient, discovery: Discovery) -> list[Check]:
         options = self.options
         by_name = {c.name: c for c in self.supervisor.children}
         checks = []
@@ -154,6 +156,7 @@ class Stack:
         for child in killed:
             self.say(
                 f"  {child.name} did not stop within {self.options.stop_timeout_s:.0f}s; killed it"
+                " (its discovery registration expires with its lease)"
             )
         for server in reversed(self._infra):
             server.stop()  # type: ignore[attr-defined]
@@ -180,20 +183,18 @@ async def run_stack(options: UpOptions, model: plan.ModelChoice, out: TextIO) ->
         if options.with_infra:
             stack.start_infra()
         specs = stack.child_specs()
-        stack.say(f"starting {len(specs)} processes (logs in {stack.options.log_dir}) ...")
-        stack.start_children(specs)
-        result, exited = await _wait_ready(stack, stop)
+        result, exited = await _start_and_wait(stack, specs, stop)
         if result is WaitResult.READY:
-            stack.say(
-                ready_banner(stack.options, model, time.monotonic() - started, stack._extra_banner)
-            )
+            elapsed = time.monotonic() - started
+            stack.say(ready_banner(stack.options, model, elapsed, stack.banner_lines))
             exited = await _wait_for_exit(stack.supervisor, stop)
         if exited is not None:
             stack.report_exit(exited)
             return 1
         if result is WaitResult.TIMED_OUT:
             stack.say(
-                f"\nerror: not ready after {options.ready_timeout_s:.0f}s (--ready-timeout); logs in {options.log_dir}"
+                f"\nerror: not ready after {options.ready_timeout_s:.0f}s (--ready-timeout); "
+                f"logs in {options.log_dir}"
             )
             return 1
         stack.say("\nstopping ...")
@@ -210,11 +211,16 @@ async def run_stack(options: UpOptions, model: plan.ModelChoice, out: TextIO) ->
         stack.say("stopped.")
 
 
-async def _wait_ready(stack: Stack, stop: asyncio.Event) -> tuple[WaitResult, Child | None]:
+async def _start_and_wait(
+    stack: Stack, specs: list[ChildSpec], stop: asyncio.Event
+) -> tuple[WaitResult, Child | None]:
     from mixroute.runtime.discovery import open_discovery
 
+    # Opened before any child starts: an unreachable etcd fails here, with nothing to undo.
     discovery = await open_discovery(stack.options.discovery_url)
     try:
+        stack.say(f"starting {len(specs)} processes (logs in {stack.options.log_dir}) ...")
+        stack.start_children(specs)
         async with httpx.AsyncClient(trust_env=False) as client:
             checks = stack.readiness_checks(client, discovery)
             stack.say("waiting for the model to load and every component to be ready ...")
@@ -236,9 +242,9 @@ async def _wait_for_exit(supervisor: Supervisor, stop: asyncio.Event) -> Child |
     return None
 
 
-def _registered(discovery: object, prefix: str, count: int):  # type: ignore[no-untyped-def]
+def _registered(discovery: Discovery, prefix: str, count: int) -> Probe:
     async def probe() -> bool:
-        keys = await discovery.get_prefix(prefix)  # type: ignore[attr-defined]
+        keys = await discovery.get_prefix(prefix)
         return len(keys) >= count
 
     return probe

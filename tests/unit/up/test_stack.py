@@ -173,3 +173,11 @@ def test_port_in_use_is_a_clear_error_before_anything_starts(tmp_path: Path) -> 
     assert proc.returncode != 0
     assert f"port {port} is already in use" in output
     assert "started" not in output
+
+
+def test_unreachable_etcd_fails_before_any_child_starts(tmp_path: Path) -> None:
+    proc, _ = _start(tmp_path, "--no-router", "--etcd", f"127.0.0.1:{free_port()}")
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, output
+    assert "cannot reach etcd" in output
+    assert "started" not in output
