@@ -472,6 +472,7 @@ def test_planner_scales_the_worker_deployments(helm: str) -> None:
     assert flag(args, "--prefill-deployment") == f"{FULLNAME}-prefill"
     assert flag(args, "--decode-deployment") == f"{FULLNAME}-decode"
     assert flag(args, "--max-replicas") == "8"
+    assert flag(args, "--model") == "Qwen/Qwen3-8B"  # counts only the scaled workers' model
     find(docs, "Deployment", f"{FULLNAME}-prefill")
     find(docs, "Deployment", f"{FULLNAME}-decode")
 
@@ -492,6 +493,17 @@ def test_planner_defaults_to_the_aggregated_worker(helm: str) -> None:
     args = container(find(render(helm, "planner"), "Deployment", f"{FULLNAME}-planner"))["args"]
     assert flag(args, "--decode-deployment") == f"{FULLNAME}-bothworker0"
     assert "--prefill-deployment" not in args
+    assert flag(args, "--model") == "SmolLM2-135M-Instruct"
+    err = template_error(
+        helm,
+        [
+            "--set", "planner.enabled=true",
+            "--set-json",
+            ('workers=[{"workerType":"prefill","model":{"path":"/a"}},'
+            '{"workerType":"decode","model":{"path":"/b"}}]'),
+        ],
+    )  # fmt: skip
+    assert "serve different models (a, b)" in err
 
 
 def test_multi_node_example(helm: str) -> None:

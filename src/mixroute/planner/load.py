@@ -5,6 +5,10 @@ Workers publish `LoadMetrics` on `namespace.{ns}.component.{component}.load_metr
 One task (`consume`) owns the table; the planner loop reads `snapshot` on the same event
 loop, so no lock is needed. A worker that stops reporting for `stale_after_s` drops out,
 which is how a stopped or dead worker leaves the sums.
+
+With `model` set (one planner per model when several share a namespace), only workers
+whose discovery record (`InstanceInfo.model`, fed by `consume_instances`) names that
+model count; `LoadMetrics.worker_id` is the worker's instance id.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import msgspec
 
 from mixroute.planner.policy import Pool, PoolLoad
 from mixroute.protocol import names
-from mixroute.protocol.messages import LoadMetrics, decoder
+from mixroute.protocol.messages import InstanceInfo, LoadMetrics, decode_json, decoder
+from mixroute.runtime.discovery.base import WatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +41,15 @@ class _Report:
 
 class LoadTable:
     def __init__(
-        self, *, stale_after_s: float = 15.0, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        stale_after_s: float = 15.0,
+        model: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stale_after_s = stale_after_s
+        self._model = model
+        self._model_of: dict[int, str] = {}
         self._clock = clock
         self._reports: dict[Pool, dict[int, _Report]] = {"prefill": {}, "decode": {}}
         self._decoder = decoder(LoadMetrics)
@@ -63,7 +74,11 @@ class LoadTable:
         reports = self._reports[pool]
         for worker_id in [w for w, r in reports.items() if now - r.at > self._stale_after_s]:
             del reports[worker_id]
-        live = [r.metrics for r in reports.values()]
+        live = [
+            r.metrics
+            for w, r in reports.items()
+            if self._model is None or self._model_of.get(w) == self._model
+        ]
         return PoolLoad(
             num_workers=len(live),
             num_active_blocks=sum(m.num_active_blocks for m in live),
@@ -72,6 +87,26 @@ class LoadTable:
             num_waiting=sum(m.num_waiting for m in live),
             num_active_prefill_tokens=sum(m.num_active_prefill_tokens for m in live),
         )
+
+    def record_instance(self, event: WatchEvent) -> None:
+        """Track which model each worker serves, from a discovery watch of instance keys."""
+        try:
+            _, _, _, worker_id = names.parse_instance_key(event.key)
+        except ValueError:
+            return
+        if event.kind == "delete" or event.value is None:
+            self._model_of.pop(worker_id, None)
+            return
+        try:
+            info = decode_json(event.value, InstanceInfo)
+        except msgspec.DecodeError as exc:
+            log.warning("dropping malformed instance record key=%s error=%s", event.key, exc)
+            return
+        self._model_of[worker_id] = info.model
+
+    async def consume_instances(self, events: AsyncIterator[WatchEvent]) -> None:
+        async for event in events:
+            self.record_instance(event)
 
     async def consume(self, messages: AsyncIterator[tuple[str, bytes]]) -> None:
         """Feed the table from a subscription until it ends (run as one task)."""

@@ -17,6 +17,7 @@ from mixroute.planner.connectors.base import Connector
 from mixroute.planner.load import LoadTable, subject_prefix
 from mixroute.planner.planner import Planner
 from mixroute.planner.policy import PolicyConfig, Pool, ScalingPolicy
+from mixroute.protocol import names
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=15.0,
         help="forget a worker that has not reported for this long",
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="count only workers serving this model (served name); default: every worker",
+    )
     parser.add_argument("--dry-run", action="store_true", help="log decisions, change nothing")
     parser.add_argument("--log-level", default=None)
 
@@ -200,10 +206,13 @@ async def _serve(args: argparse.Namespace) -> None:
     subscriber = await open_event_subscriber(
         args.events, discovery=discovery, namespace=args.namespace, name="planner"
     )
-    loads = LoadTable(stale_after_s=args.stale_after_s)
-    consumer = asyncio.create_task(
-        loads.consume(subscriber.subscribe(subject_prefix(args.namespace)))
-    )
+    loads = LoadTable(stale_after_s=args.stale_after_s, model=args.model)
+    consumers = [
+        asyncio.create_task(loads.consume(subscriber.subscribe(subject_prefix(args.namespace))))
+    ]
+    if args.model is not None:
+        instances = discovery.watch_prefix(names.instances_prefix(args.namespace))
+        consumers.append(asyncio.create_task(loads.consume_instances(instances)))
     planner = Planner(ScalingPolicy(config), loads, connector, dry_run=args.dry_run)
     log.info(
         "planner up %s",
@@ -217,9 +226,11 @@ async def _serve(args: argparse.Namespace) -> None:
     try:
         await planner.run(args.interval_s, stop)
     finally:
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
+        for task in consumers:
+            task.cancel()
+        for task in consumers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await asyncio.shield(_close(connector, subscriber, discovery))
 
 

@@ -96,3 +96,37 @@ async def test_consume_feeds_the_table() -> None:
     await table.consume(stream())
     assert table.snapshot("decode").num_active_blocks == 25
     assert table.snapshot("prefill").num_active_prefill_tokens == 64
+
+
+def test_model_filter_counts_only_that_models_workers() -> None:
+    from mixroute.protocol.messages import InstanceInfo, encode_json
+    from mixroute.runtime.discovery.base import WatchEvent
+
+    def instance(worker_id: int, model: str) -> WatchEvent:
+        key = names.instance_key(
+            "dynamo", names.COMPONENT_BACKEND, names.ENDPOINT_GENERATE, worker_id
+        )
+        info = InstanceInfo(
+            instance_id=worker_id,
+            namespace="dynamo",
+            component=names.COMPONENT_BACKEND,
+            endpoint=names.ENDPOINT_GENERATE,
+            address="tcp://127.0.0.1:1",
+            model=model,
+        )
+        return WatchEvent("put", key, encode_json(info))
+
+    table = LoadTable(model="qwen")
+    table.record_instance(instance(1, "qwen"))
+    table.record_instance(instance(2, "llama"))
+    table.record_instance(WatchEvent("put", "v1/instances/not-an-instance", b"{}"))
+    for worker_id in (1, 2, 3):  # 3: not (yet) in discovery
+        table.record_payload(BACKEND, metrics(worker_id, active=10 * worker_id))
+    decode = table.snapshot("decode")
+    assert (decode.num_workers, decode.num_active_blocks) == (1, 10)
+
+    table.record_instance(instance(3, "qwen"))
+    assert table.snapshot("decode").num_active_blocks == 40
+    key_1 = names.instance_key("dynamo", names.COMPONENT_BACKEND, names.ENDPOINT_GENERATE, 1)
+    table.record_instance(WatchEvent("delete", key_1, None))
+    assert table.snapshot("decode").num_active_blocks == 30
