@@ -10,12 +10,14 @@ per publisher (one connection, one TCP stream).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from mixroute.errors import EventPlaneError
 from mixroute.logs import kv
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 5
 _FLUSH_TIMEOUT_S = 5
+_PENDING_MSGS = 1_000_000
 
 
 def nats_subject_for_prefix(prefix: str) -> tuple[str, bool]:
@@ -101,6 +104,7 @@ class NatsEventSubscriber:
         self.url = url
         self.name = name
         self._nc: NatsClient | None = None
+        self._waiters: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         self._nc = await connect_nats(self.url, self.name)
@@ -109,16 +113,38 @@ class NatsEventSubscriber:
         if self._nc is None or self._nc.is_closed:
             raise EventPlaneError("event subscriber is closed")
         subject, must_filter = nats_subject_for_prefix(subject_prefix)
+        # Messages arrive through a callback into our own deque: nats-py's `messages`
+        # iterator starts tasks per message, which caps it at a few thousand per second.
+        inbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        loop = asyncio.get_running_loop()
+        waiter: list[asyncio.Future[None] | None] = [None]
+
+        async def on_message(msg: Msg) -> None:
+            if must_filter and not msg.subject.startswith(subject_prefix):
+                return
+            inbox.append((msg.subject, msg.data))
+            fut = waiter[0]
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
         try:
-            sub = await self._nc.subscribe(subject)
+            sub = await self._nc.subscribe(subject, cb=on_message, pending_msgs_limit=_PENDING_MSGS)
             await self._nc.flush(_FLUSH_TIMEOUT_S)  # the server knows the interest on return
         except nats.errors.Error as exc:
             raise EventPlaneError(f"nats subscribe {subject!r} failed: {exc}") from exc
         try:
-            async for msg in sub.messages:
-                if must_filter and not msg.subject.startswith(subject_prefix):
-                    continue
-                yield msg.subject, msg.data
+            while True:
+                while inbox:
+                    yield inbox.popleft()
+                if self._nc is None or self._nc.is_closed:
+                    return
+                fut = waiter[0] = loop.create_future()
+                self._waiters.add(fut)
+                try:
+                    await fut
+                finally:
+                    self._waiters.discard(fut)
+                    waiter[0] = None
         finally:
             if self._nc is not None and not self._nc.is_closed:
                 try:
@@ -130,3 +156,6 @@ class NatsEventSubscriber:
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
             await nc.close()
+        for fut in list(self._waiters):  # wake iterators so they end
+            if not fut.done():
+                fut.set_result(None)
