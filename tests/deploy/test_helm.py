@@ -662,3 +662,24 @@ def test_container_args_parse_with_the_component_clis(helm: str, scenario: str) 
             assert parsed.advertise_host == "$(POD_IP)"
             assert parsed.discovery.startswith("etcd://") and parsed.events.startswith("nats://")
     assert {"worker", "frontend", "router"} <= checked
+
+
+def test_image_and_chart_agree_on_the_default_model_and_entrypoint() -> None:
+    """The chart's default model path is where the Dockerfile prepares SmolLM2, and the
+    chart's container args start with a subcommand because the entrypoint is `mixroute`."""
+    from mixroute.engine.model.smollm2 import MODEL_DIR_NAME
+
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert dockerfile.splitlines()[0].startswith("# syntax=")
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile
+    assert 'ENTRYPOINT ["mixroute"]' in dockerfile
+    assert "mixroute model prepare" in dockerfile
+    cache = next(
+        line.split("MIXROUTE_MODEL_CACHE=", 1)[1].split()[0]
+        for line in dockerfile.splitlines()
+        if "MIXROUTE_MODEL_CACHE=" in line
+    )
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["workers"][0]["model"]["path"] == f"{cache}/{MODEL_DIR_NAME}"
+    assert values["workerDefaults"]["requestPort"] == 9100
+    assert "9100" in dockerfile
