@@ -414,6 +414,27 @@ def test_bad_router_mode_is_rejected(helm: str) -> None:
     assert "routerMode" in err
 
 
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        (["--set-json", 'workers=[{"model":{"path":"/m"},"workerType":"encode"}]'], "workerType"),
+        (["--set-json", 'workers=[{"model":{"path":"/m"},"gpuDevices":1}]'], "gpuDevices"),
+        (
+            ["--set-json", 'workers=[{"model":{"path":"/m","tensorParalelSize":2}}]'],
+            "tensorParalelSize",
+        ),
+        (["--set-json", "workers=[]"], "workers"),
+        (["--set", "router.mode=sidecar"], "mode"),
+        (
+            ["--set", "planner.enabled=true", "--set", "planner.decodeWorker=nope"],
+            'no workers[] entry named "nope"',
+        ),
+    ],
+)
+def test_bad_values_fail_with_the_key_named(helm: str, values: list[str], needle: str) -> None:
+    assert needle in template_error(helm, values)
+
+
 def test_router_configmap_is_mounted_and_points_at_frontend(helm: str) -> None:
     docs = render(helm, "default")
     router = find(docs, "Deployment", f"{FULLNAME}-router")
