@@ -209,7 +209,9 @@ def report(args: argparse.Namespace, r: dict[str, float]) -> str:
 
 Command: `{command}` (event loop: {args.loop}; {args.round_trips} round trips,
 {args.streams} streams, {args.events} events of {len(EVENT_PAYLOAD)} bytes).
-Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.
+Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()};
+1-minute load average {r["load_before"]:.1f} before and {os.getloadavg()[0]:.1f} after the run
+(the machine is shared: a load above the CPU count inflates every figure above).
 """
 
 
@@ -237,7 +239,9 @@ def main() -> None:
     if args.role == "publisher":
         run_loop(lambda: child_publisher(args.events_url, args.discovery, args.count), args.loop)
         return
+    load_before = os.getloadavg()[0]
     results = run_loop(lambda: parent(args), args.loop)
+    results["load_before"] = load_before
     text = report(args, results)
     print(text)
     if args.write is not None:

@@ -43,6 +43,18 @@ async def connect_nats(url: str, name: str) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         log.warning("nats connection error %s", kv(name=name, error=repr(exc)))
 
+    # nats-py retries an unreachable server forever when reconnects are unlimited (which we
+    # want later on); probe once first so a wrong URL fails now, with a clear message.
+    host, _, port = url.removeprefix("nats://").rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host or "127.0.0.1", int(port)), _CONNECT_TIMEOUT_S
+        )
+        writer.close()
+    except (TimeoutError, OSError, ValueError) as exc:
+        raise EventPlaneError(
+            f"cannot connect to NATS at {url} ({type(exc).__name__}: {exc}); is nats-server running?"
+        ) from exc
     try:
         return await asyncio.wait_for(
             nats.connect(
