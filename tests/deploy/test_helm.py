@@ -481,6 +481,10 @@ def test_external_etcd_and_nats(helm: str) -> None:
     assert flag(args, "--events") == "nats://nats.infra.svc:4222"
     err = template_error(helm, ["--set", "etcd.enabled=false"])
     assert "etcd.endpoint" in err
+    # Brokerless ZeroMQ events (publishers found through etcd) instead of NATS.
+    zmq = _docs(template_ok(helm, ["--set", "nats.enabled=false", "--set", "nats.url=zmq"]))
+    assert flag(container(next(workers(zmq)))["args"], "--events") == "zmq"
+    assert not [d for d in zmq if d["metadata"]["name"] == f"{FULLNAME}-nats"]
 
 
 def test_planner_scales_the_worker_deployments(helm: str) -> None:
@@ -555,6 +559,15 @@ def test_multi_model_example(helm: str) -> None:
     for worker in workers(docs):
         assert env(worker)["HF_TOKEN"]["secretKeyRef"]["name"] == "hf-token-secret"
         assert container(worker)["volumeMounts"][0]["mountPath"] == "/models"
+    # The frontend reads each model's tokenizer from the worker's path: same volume, same path.
+    frontend = find(docs, "Deployment", f"{FULLNAME}-frontend")
+    assert container(frontend)["volumeMounts"] == [
+        {"mountPath": "/models", "name": "models", "readOnly": True}
+    ]
+    (volume,) = frontend["spec"]["template"]["spec"]["volumes"]
+    assert volume["hostPath"]["path"] == "/data/models"
+    default_frontend = find(render(helm, "default"), "Deployment", f"{FULLNAME}-frontend")
+    assert "volumes" not in default_frontend["spec"]["template"]["spec"]
 
 
 def test_cpu_workers_request_no_gpu(helm: str) -> None:

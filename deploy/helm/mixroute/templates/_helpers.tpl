@@ -46,10 +46,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "mixroute.eventsUrl" -}}
 {{- if .Values.nats.enabled -}}
 {{- printf "nats://%s-nats:4222" (include "mixroute.fullname" .) -}}
+{{- else if eq .Values.nats.url "zmq" -}}
+zmq
 {{- else if .Values.nats.url -}}
 {{- if contains "://" .Values.nats.url -}}{{ .Values.nats.url }}{{- else -}}nats://{{ .Values.nats.url }}{{- end -}}
 {{- else -}}
-{{- fail "nats.enabled=false needs nats.url, e.g. --set nats.url=nats://nats.infra.svc:4222" -}}
+{{- fail "nats.enabled=false needs nats.url, e.g. --set nats.url=nats://nats.infra.svc:4222 (or zmq)" -}}
 {{- end -}}
 {{- end -}}
 
