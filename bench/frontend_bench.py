@@ -21,7 +21,6 @@ import asyncio
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,13 +30,13 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
-import httpx  # noqa: E402
+import httpx
 
-from mixroute.frontend.preprocess import prepare_prompt  # noqa: E402
-from mixroute.frontend.routing.selector import WorkerSelector  # noqa: E402
-from mixroute.protocol.hashing import hash_prompt  # noqa: E402
-from mixroute.protocol.messages import KvEvent, KvStored, StoredBlock  # noqa: E402
-from mixroute.runtime.infra import free_port  # noqa: E402
+from mixroute.frontend.preprocess import prepare_prompt
+from mixroute.frontend.routing.selector import WorkerSelector
+from mixroute.protocol.hashing import hash_prompt
+from mixroute.protocol.messages import KvEvent, KvStored, StoredBlock
+from mixroute.runtime.infra import free_port
 
 PROMPT = "What is the capital of France? Paris is the capital of France."
 
@@ -209,8 +208,8 @@ def report(torch_run: dict[str, float], mocker_run: dict[str, float], choice: di
         "",
         f"Reproduce: `python3 bench/frontend_bench.py --requests {args.requests} --write bench/results/frontend.md`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"load average at the end {load[0]:.1f} (the CPUs are shared with other jobs; numbers are noisy).",
+        (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average at the end {load[0]:.1f} (the CPUs are shared with other jobs; numbers are noisy)."),
         "",
         "## Added latency and throughput, max_tokens=1, `/v1/completions`",
         "",

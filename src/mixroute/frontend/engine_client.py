@@ -57,7 +57,7 @@ class RoutedBackend:
             async for frame in frames:
                 yield frame
         finally:
-            await frames.aclose()
+            await frames.aclose()  # type: ignore[attr-defined]
 
     async def generate_on(
         self,

@@ -24,6 +24,8 @@ from mixroute.frontend.routing.feed import KvEventFeed
 from mixroute.frontend.routing.selector import ROUTER_MODES
 from mixroute.logs import kv, setup_logging
 from mixroute.protocol.names import kv_router_key
+from mixroute.runtime.loop import run_main
+from mixroute.runtime.options import add_runtime_arguments, open_runtime
 
 log = logging.getLogger("mixroute.frontend")
 
@@ -37,10 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disagg-min-prompt-tokens", type=int, default=64, help="shorter prompts run aggregated")
     parser.add_argument("--no-disagg", action="store_true", help="never use prefill workers")
     parser.add_argument("--router-id", default=None, help="id under v1/kv_routers/{namespace}/ (default: random)")
-    parser.add_argument("--namespace", default="dynamo")
-    parser.add_argument("--discovery", default=None, help="file:///RUN_DIR (default) or etcd://HOST:PORT")
-    parser.add_argument("--events", default="zmq", help="zmq (default) or nats://HOST:PORT")
     parser.add_argument("--log-level", default=None)
+    add_runtime_arguments(parser)
 
 
 class _RouterRecord(msgspec.Struct, kw_only=True):
@@ -54,22 +54,17 @@ class _RouterRecord(msgspec.Struct, kw_only=True):
 async def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mixroute.runtime.discovery import open_discovery
-    from mixroute.runtime.events import open_event_subscriber
-    from mixroute.runtime.requests import open_request_client
-
     if args.kv_temperature < 0:
         raise ConfigError("--kv-temperature must be >= 0")
     router_id = args.router_id or f"{secrets.randbits(48):x}"
-    discovery = await open_discovery(args.discovery)
-    subscriber = await open_event_subscriber(
-        args.events, discovery=discovery, namespace=args.namespace, name=f"mixroute-frontend-{router_id}"
-    )
-    client = open_request_client()
+    runtime = await open_runtime(args)
+    discovery = runtime.discovery
+    subscriber = await runtime.event_subscriber(name=f"mixroute-frontend-{router_id}")
+    client = runtime.request_client
     settings = RouterSettings(args.router_mode, args.kv_temperature, args.approx_ttl)
-    registry: ModelRegistry
-    feed = KvEventFeed(args.namespace, subscriber, client, lambda w: registry.worker(w))
-    registry = ModelRegistry(args.namespace, settings, tokenizer_executor(), on_worker_added=feed.worker_added)
+    registry = ModelRegistry(args.namespace, settings, tokenizer_executor())
+    feed = KvEventFeed(args.namespace, subscriber, client, registry.worker)
+    registry.on_worker_added = feed.worker_added
     metrics = ApiMetrics()
     metrics.add_load_source(registry.load_samples)
     disagg = DisaggSettings(args.disagg_min_prompt_tokens, not args.no_disagg)
@@ -81,7 +76,6 @@ async def _serve(args: argparse.Namespace) -> int:
     ]
     config = uvicorn.Config(app, host=args.host, port=args.http_port, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
@@ -107,15 +101,13 @@ async def _serve(args: argparse.Namespace) -> int:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5.0)
-        await client.close()
-        await subscriber.close()
-        await discovery.close()
+        await runtime.close()
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, component="frontend")
     try:
-        return asyncio.run(_serve(args))
+        return run_main(_serve(args))
     except MixrouteError as exc:
         log.error("frontend failed %s", kv(error=exc))
         return 2

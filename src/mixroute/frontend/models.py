@@ -27,7 +27,13 @@ from mixroute.frontend.preprocess import ModelTokenizer
 from mixroute.frontend.routing.selector import RouterMode, WorkerSelector
 from mixroute.logs import kv
 from mixroute.protocol.messages import InstanceInfo, decode_json
-from mixroute.protocol.names import COMPONENT_BACKEND, COMPONENT_PREFILL, ENDPOINT_GENERATE, instances_prefix, parse_instance_key
+from mixroute.protocol.names import (
+    COMPONENT_BACKEND,
+    COMPONENT_PREFILL,
+    ENDPOINT_GENERATE,
+    instances_prefix,
+    parse_instance_key,
+)
 from mixroute.runtime.discovery.base import Discovery
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,7 @@ class ModelRegistry:
         self._pools: dict[str, ModelPool] = {}
         self._tokenizers: dict[str, ModelTokenizer] = {}
         self._by_worker: dict[int, tuple[ModelPool, WorkerSelector, InstanceInfo]] = {}
-        self._on_worker_added = on_worker_added
+        self.on_worker_added = on_worker_added
         self.ready = asyncio.Event()
         """Set once the initial listing has been processed."""
 
@@ -140,8 +146,8 @@ class ModelRegistry:
         self._by_worker[worker_id] = (pool, selector, info)
         selector.add_worker(worker_id)
         log.info("worker added %s", kv(model=info.model, component=component, worker_id=f"{worker_id:x}", address=info.address))
-        if self._on_worker_added is not None:
-            self._on_worker_added(selector, worker_id)
+        if self.on_worker_added is not None:
+            self.on_worker_added(selector, worker_id)
 
     def _delete(self, key: str) -> None:
         try:

@@ -11,19 +11,28 @@ import logging
 import time
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
+
 from mixroute.engine.api import Engine
 from mixroute.errors import MixrouteError
 from mixroute.logs import kv
 from mixroute.protocol.messages import InstanceInfo, WorkerType, encode_json
-from mixroute.protocol.names import COMPONENT_BACKEND, COMPONENT_PREFILL, ENDPOINT_GENERATE, instance_key
-from mixroute.runtime.discovery import open_discovery
+from mixroute.protocol.names import (
+    COMPONENT_BACKEND,
+    COMPONENT_PREFILL,
+    ENDPOINT_GENERATE,
+    instance_key,
+)
 from mixroute.runtime.discovery.base import Discovery
-from mixroute.runtime.events import open_event_publisher
-from mixroute.runtime.events.base import EventPublisher
-from mixroute.runtime.requests import open_request_client, start_request_server
-from mixroute.runtime.requests.base import RequestClient, RequestServer
+from mixroute.runtime.options import Runtime
+from mixroute.runtime.requests.base import RequestServer
 from mixroute.worker.engines import build_engine
-from mixroute.worker.handlers import KV_DUMP_ENDPOINT, KV_EXPORT_ENDPOINT, WorkerCounters, WorkerHandlers
+from mixroute.worker.handlers import (
+    KV_DUMP_ENDPOINT,
+    KV_EXPORT_ENDPOINT,
+    WorkerCounters,
+    WorkerHandlers,
+)
 from mixroute.worker.publisher import WorkerPublisher
 
 log = logging.getLogger(__name__)
@@ -33,10 +42,7 @@ log = logging.getLogger(__name__)
 class WorkerSettings:
     worker_type: WorkerType
     namespace: str
-    discovery_url: str | None
-    events_url: str
     host: str
-    port: int
     advertise_host: str | None
     http_port: int | None
     model_path: str
@@ -53,40 +59,32 @@ class WorkerInstance:
         self.worker_id = worker_id
         self.engine: Engine | None = None
         self.discovery: Discovery | None = None
-        self.events: EventPublisher | None = None
-        self.client: RequestClient | None = None
         self.server: RequestServer | None = None
         self.publisher: WorkerPublisher | None = None
         self._http: object | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._key: str | None = None
 
-    async def start(self, port: int) -> None:
+    async def start(self, runtime: Runtime, port: int) -> None:
+        """Engine, request server, publishers, HTTP; the discovery record last. The runtime
+        is shared by the process's instances and closed by the caller."""
         s = self.settings
         started = time.monotonic()
         self.engine = engine = await asyncio.to_thread(build_engine, self.args, self.worker_id)
-        self.discovery = await open_discovery(s.discovery_url)
-        name = f"mixroute-worker-{s.worker_type}-{self.worker_id:x}"
-        self.events = await open_event_publisher(
-            s.events_url, discovery=self.discovery, namespace=s.namespace, host=s.host, advertise_host=s.advertise_host, name=name
-        )
-        self.client = open_request_client()
-        from prometheus_client import CollectorRegistry
-
+        self.discovery = runtime.discovery
+        events = await runtime.event_publisher(name=f"mixroute-worker-{s.worker_type}-{self.worker_id:x}")
         registry = CollectorRegistry()
-        handlers = WorkerHandlers(engine, self.client, WorkerCounters(registry), self.worker_id)
-        self.server = await start_request_server(
-            s.host,
-            port,
-            advertise_host=s.advertise_host,
-            endpoints={
+        handlers = WorkerHandlers(engine, runtime.request_client, WorkerCounters(registry), self.worker_id)
+        self.server = await runtime.start_request_server(
+            {
                 ENDPOINT_GENERATE: handlers.generate,
                 KV_EXPORT_ENDPOINT: handlers.kv_export,
                 KV_DUMP_ENDPOINT: handlers.kv_dump,
             },
+            port=port,
         )
         handlers.address = self.server.address
-        self.publisher = WorkerPublisher(engine, self.events, namespace=s.namespace, component=s.component, worker_id=self.worker_id)
+        self.publisher = WorkerPublisher(engine, events, namespace=s.namespace, component=s.component, worker_id=self.worker_id)
         self.publisher.start()
         http_address = None
         if s.http_port is not None:
@@ -117,7 +115,7 @@ class WorkerInstance:
             ),
         )
 
-    async def _start_http(self, engine: Engine, handlers: WorkerHandlers, registry: object) -> str:
+    async def _start_http(self, engine: Engine, handlers: WorkerHandlers, registry: CollectorRegistry) -> str:
         import uvicorn
 
         from mixroute.frontend.app import create_app
@@ -130,11 +128,10 @@ class WorkerInstance:
         tokenizer = await ModelTokenizer.load(s.model_path)
         entry = ModelEntry(engine.model_name, tokenizer, engine.block_size, engine.max_model_len, int(time.time()))
         # Worker counters and the API's metrics share one /metrics page.
-        metrics = ApiMetrics(prefix="mixroute_worker_api", registry=registry)  # type: ignore[arg-type]
+        metrics = ApiMetrics(prefix="mixroute_worker_api", registry=registry)
         app = create_app(LocalBackend(entry, handlers), metrics)
         config = uvicorn.Config(app, host=s.host, port=s.http_port or 0, log_level="warning", access_log=False, lifespan="off")
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._http = server
         self._http_task = asyncio.create_task(server.serve(), name="worker-http")
         while not server.started:
@@ -146,6 +143,7 @@ class WorkerInstance:
         return f"http://{host}:{s.http_port}"
 
     async def stop(self) -> None:
+        """Deregisters first so routers stop sending, then stops what `start` started."""
         if self.discovery is not None and self._key is not None:
             with contextlib.suppress(MixrouteError, OSError):
                 await self.discovery.delete(self._key)
@@ -157,11 +155,5 @@ class WorkerInstance:
             await self.publisher.stop()
         if self.server is not None:
             await self.server.stop()
-        if self.client is not None:
-            await self.client.close()
-        if self.events is not None:
-            await self.events.close()
-        if self.discovery is not None:
-            await self.discovery.close()
         if self.engine is not None:
             await self.engine.close()

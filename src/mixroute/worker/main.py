@@ -12,6 +12,9 @@ import signal
 
 from mixroute.errors import ConfigError, MixrouteError
 from mixroute.logs import kv, setup_logging
+from mixroute.protocol.messages import WorkerType
+from mixroute.runtime.loop import run_main
+from mixroute.runtime.options import add_runtime_arguments, open_runtime
 from mixroute.worker.engines import ENGINES
 from mixroute.worker.instance import WorkerInstance, WorkerSettings
 
@@ -37,15 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--tensor-parallel-size", type=int, default=1)
     m.add_argument("--no-prefix-caching", action="store_true")
     m.add_argument("--seed", type=int, default=0)
-    r = parser.add_argument_group("runtime")
-    r.add_argument("--namespace", default="dynamo")
-    r.add_argument("--discovery", default=None, help="file:///RUN_DIR (default) or etcd://HOST:PORT")
-    r.add_argument("--events", default="zmq", help="zmq (default) or nats://HOST:PORT")
-    r.add_argument("--host", default="127.0.0.1", help="address to bind (request plane, events, HTTP)")
+    r = parser.add_argument_group("serving")
     r.add_argument("--port", type=int, default=0, help="request-plane port (0: random)")
-    r.add_argument("--advertise-host", default=None, help="address others use to reach this worker")
     r.add_argument("--http-port", type=int, default=None, help="also serve the OpenAI API for this worker")
     r.add_argument("--log-level", default=None)
+    add_runtime_arguments(parser)
     try:
         from mixroute.mocker.config import add_mocker_arguments
     except ImportError:
@@ -55,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
-    worker_type = "prefill" if args.is_prefill_worker else args.worker_type
+    worker_type: WorkerType = "prefill" if args.is_prefill_worker else args.worker_type
     if args.model is None and args.engine != "mocker":
         raise ConfigError("--model is required: a model directory (try `mixroute model prepare`)")
     if args.tensor_parallel_size != 1:
@@ -68,10 +67,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(
         worker_type=worker_type,
         namespace=args.namespace,
-        discovery_url=args.discovery,
-        events_url=args.events,
         host=args.host,
-        port=args.port,
         advertise_host=args.advertise_host,
         http_port=args.http_port,
         model_path=args.model or "",
@@ -86,20 +82,22 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    runtime = await open_runtime(args)
     try:
         for instance in instances:
-            await instance.start(port=settings.port if num_engines == 1 else 0)
+            await instance.start(runtime, port=args.port if num_engines == 1 else 0)
         await stop.wait()
     finally:
         for instance in instances:
             await asyncio.shield(instance.stop())
+        await asyncio.shield(runtime.close())
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, component="worker")
     try:
-        return asyncio.run(_serve(args))
+        return run_main(_serve(args))
     except MixrouteError as exc:
         log.error("worker failed %s", kv(error=exc))
         return 2

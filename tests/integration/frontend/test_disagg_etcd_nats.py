@@ -14,7 +14,16 @@ from typing import Any
 import pytest
 
 from mixroute.runtime.infra import free_port
-from tests.integration.frontend.procs import Proc, decisions, http_get, http_post, metric, models_listed, start, wait_until
+from tests.integration.frontend.procs import (
+    Proc,
+    decisions,
+    http_get,
+    http_post,
+    metric,
+    models_listed,
+    start,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(400)
 

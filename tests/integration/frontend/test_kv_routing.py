@@ -3,6 +3,7 @@ discovery, ZeroMQ events, real processes, tiny random model)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from mixroute.runtime.infra import free_port
-from tests.integration.frontend.procs import Proc, decisions, http_get, http_post, models_listed, start, wait_until
+from tests.integration.frontend.procs import (
+    Proc,
+    decisions,
+    http_get,
+    http_post,
+    models_listed,
+    start,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -102,7 +111,7 @@ def test_round_robin_alternates(stack: Stack) -> None:
     routed = decisions(stack.rr)
     workers = [routed[i][0] for i in ids]
     assert len(set(workers)) == 2
-    assert all(a != b for a, b in zip(workers, workers[1:]))
+    assert all(a != b for a, b in itertools.pairwise(workers))
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,12 @@ from mixroute.protocol.messages import (
     encode,
 )
 from mixroute.runtime.requests import open_request_client, start_request_server
-from mixroute.worker.handlers import KV_DUMP_ENDPOINT, KV_EXPORT_ENDPOINT, WorkerCounters, WorkerHandlers
+from mixroute.worker.handlers import (
+    KV_DUMP_ENDPOINT,
+    KV_EXPORT_ENDPOINT,
+    WorkerCounters,
+    WorkerHandlers,
+)
 
 
 class FakeEngine:
@@ -86,7 +91,7 @@ async def _worker(engine: FakeEngine, worker_id: int):  # type: ignore[no-untype
 
 async def test_prefill_then_decode_pulls_kv_over_request_plane() -> None:
     prefill_engine, decode_engine = FakeEngine(), FakeEngine()
-    p_handlers, p_server, p_client, _ = await _worker(prefill_engine, 0xA)
+    _p_handlers, p_server, p_client, _ = await _worker(prefill_engine, 0xA)
     d_handlers, d_server, d_client, d_registry = await _worker(decode_engine, 0xB)
     frame_decoder = decoder(GenerateFrame)
     try:

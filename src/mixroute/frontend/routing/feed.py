@@ -8,6 +8,7 @@ the frontend's event loop, as do the route decisions that read it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
@@ -80,7 +81,12 @@ class KvEventFeed:
                 continue
             task = asyncio.create_task(self._fetch_dump(selector, worker_id), name=f"kv-dump-{worker_id:x}")
             self._dumps[worker_id] = task
-            task.add_done_callback(lambda _t, w=worker_id: self._dumps.pop(w, None))
+            task.add_done_callback(functools.partial(self._dump_done, worker_id))
+
+    def _dump_done(self, worker_id: int, task: asyncio.Task[None]) -> None:
+        self._dumps.pop(worker_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("kv dump task failed %s", kv(worker_id=f"{worker_id:x}", error=task.exception()))
 
     async def _fetch_dump(self, selector: WorkerSelector, worker_id: int) -> None:
         for attempt in range(3):

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class _Node:
-    __slots__ = ("tokens_hash", "parent", "children", "workers")
+    __slots__ = ("children", "parent", "tokens_hash", "workers")
 
     def __init__(self, tokens_hash: int, parent: _Node | None) -> None:
         self.tokens_hash = tokens_hash
@@ -41,7 +41,7 @@ class _Node:
 
 
 class _WorkerState:
-    __slots__ = ("blocks", "last_event_id", "is_synced", "pending")
+    __slots__ = ("blocks", "is_synced", "last_event_id", "pending")
 
     def __init__(self) -> None:
         self.blocks: dict[int, _Node] = {}
