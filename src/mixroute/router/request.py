@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mixroute.errors import BadRequestError
+from mixroute.errors import BadRequestError, PayloadTooLargeError
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -57,7 +57,7 @@ def message_text(message: dict[str, Any]) -> str:
 def parse_chat_request(raw: bytes) -> ChatRequest:
     """Parse and check a chat-completions body; raises BadRequestError saying what is wrong."""
     if len(raw) > MAX_BODY_BYTES:
-        raise BadRequestError(f"request body is larger than {MAX_BODY_BYTES} bytes")
+        raise PayloadTooLargeError(f"request body is larger than {MAX_BODY_BYTES} bytes")
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

