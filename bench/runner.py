@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workloads import Arrival, BenchRequest, LengthDist, Workload, prompt_text, shared_prefix
 
 WORKER_HEADER = "x-mixroute-worker-id"
+PEER_WORKER_HEADERS = ("x-smg-routed-worker-id",)
+"""Headers other routers use to name the chosen worker."""
 ROUTE_US_HEADER = "x-mixroute-route-us"
 
 
@@ -40,6 +42,8 @@ class RequestRecord:
     max_tokens: int
     start_s: float = 0.0
     """Seconds since the run started."""
+    start_unix: float = 0.0
+    """Wall clock at send (to line records up with server logs)."""
     ttft_s: float | None = None
     e2e_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
@@ -48,6 +52,8 @@ class RequestRecord:
     cached_tokens: int | None = None
     usage_prompt_tokens: int | None = None
     worker_id: str = ""
+    response_id: str = ""
+    """The server's completion id (lets a log line name the worker when no header does)."""
     route_us: float | None = None
     status: int = 0
     error: str = ""
@@ -123,11 +129,14 @@ class Client:
         rec = RequestRecord(req.request_id, req.group, req.turn, len(req.token_ids), req.max_tokens)
         start = time.perf_counter()
         rec.start_s = start - t0
+        rec.start_unix = time.time()
         last = start
         try:
             async with self.http.stream("POST", self.url, json=self.body(req)) as resp:
                 rec.status = resp.status_code
                 rec.worker_id = resp.headers.get(WORKER_HEADER, "")
+                for name in PEER_WORKER_HEADERS:
+                    rec.worker_id = rec.worker_id or resp.headers.get(name, "")
                 if ROUTE_US_HEADER in resp.headers:
                     rec.route_us = float(resp.headers[ROUTE_US_HEADER])
                 if resp.status_code != 200:
@@ -141,6 +150,8 @@ class Client:
                         break
                     chunk = json.loads(data)
                     now = time.perf_counter()
+                    if not rec.response_id and chunk.get("id"):
+                        rec.response_id = str(chunk["id"])
                     if "error" in chunk:
                         rec.error = json.dumps(chunk["error"])[:500]
                         break
