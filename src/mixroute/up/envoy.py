@@ -96,6 +96,27 @@ def envoy_config(options: UpOptions, admin_port: int) -> dict[str, Any]:
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "mixroute",
             "stream_idle_timeout": _UPSTREAM_TIMEOUT,
+            # Envoy's own failures (frontend down) in the OpenAI error shape; the router's
+            # answers carry no such flags and pass untouched.
+            "local_reply_config": {
+                "mappers": [
+                    {
+                        "filter": {
+                            "response_flag_filter": {"flags": ["UF", "UH", "URX", "UO", "UT", "NR"]}
+                        },
+                        "body_format_override": {
+                            "json_format": {
+                                "error": {
+                                    "message": "upstream unavailable: %LOCAL_REPLY_BODY%",
+                                    "type": "service_unavailable",
+                                    "param": None,
+                                    "code": "%RESPONSE_CODE%",
+                                }
+                            }
+                        },
+                    }
+                ]
+            },
             "route_config": {
                 "name": "local",
                 "virtual_hosts": [
