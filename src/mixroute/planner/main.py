@@ -117,6 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     pol.add_argument("--max-step-up", type=int, default=2)
     pol.add_argument(
+        "--startup-grace-s",
+        type=float,
+        default=180.0,
+        help="after a change, wait this long for new workers to report before deciding without them",
+    )
+    pol.add_argument(
         "--stale-after-s",
         type=float,
         default=15.0,
@@ -143,6 +149,7 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
         cooldown_down_s=args.cooldown_down_s,
         down_stable_s=args.down_stable_s,
         max_step_up=args.max_step_up,
+        startup_grace_s=args.startup_grace_s,
     )
 
 

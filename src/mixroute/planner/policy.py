@@ -61,6 +61,10 @@ class PolicyConfig:
     cooldown_down_s: float = 120.0
     down_stable_s: float = 60.0
     max_step_up: int = 2
+    startup_grace_s: float = 180.0
+    """After a change (and after the planner starts), hold while fewer workers report than
+    run (they are loading their model); past this, decide on the workers that do report
+    (one may be crash-looping)."""
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0:
@@ -95,6 +99,9 @@ class Decision:
 class _PoolState:
     last_change_at: float = -math.inf
     low_since: float | None = None
+    grace_from: float | None = None
+    """Start of the current startup grace: the first decision (the planner just started,
+    workers may be loading) or the last change."""
 
 
 @dataclass(slots=True)
@@ -123,8 +130,10 @@ class ScalingPolicy:
         pressure = self.pressure(pool, load)
         waiting_per_worker = load.num_waiting / max(load.num_workers, 1)
         signals = f"pressure={pressure:.2f} waiting_per_worker={waiting_per_worker:.1f}"
-        if load.num_workers < current:
-            # Workers still starting (or just died): their load is unknown, so hold.
+        if state.grace_from is None:
+            state.grace_from = now
+        if load.num_workers < current and now - state.grace_from < cfg.startup_grace_s:
+            # Workers still starting: their load is unknown, so hold.
             state.low_since = None
             return Decision(
                 pool, current, current, f"hold: {load.num_workers}/{current} workers reporting"
@@ -159,6 +168,6 @@ class ScalingPolicy:
 
     def _apply(self, pool: Pool, current: int, desired: int, now: float, reason: str) -> Decision:
         state = self._state[pool]
-        state.last_change_at = now
+        state.last_change_at = state.grace_from = now
         state.low_since = None
         return Decision(pool, current, desired, reason)

@@ -88,11 +88,16 @@ def test_queued_requests_block_scale_down() -> None:
         assert policy.decide("decode", 3, decode_load(3, 0.05, waiting=1), now=now).desired == 3
 
 
-def test_holds_while_workers_are_starting() -> None:
-    policy = ScalingPolicy(CFG)
+def test_holds_while_workers_are_starting_then_decides_without_the_missing_ones() -> None:
+    policy = ScalingPolicy(CFG)  # startup_grace_s 180 (default)
     d = policy.decide("decode", 3, decode_load(1, 1.0, waiting=20), now=0)
     assert d.desired == 3
     assert "1/3 workers reporting" in d.reason
+    assert policy.decide("decode", 3, decode_load(2, 1.0, waiting=20), now=179).desired == 3
+    # One worker never reports (crash-looping): after the grace the two that do decide.
+    assert policy.decide("decode", 3, decode_load(2, 1.0, waiting=20), now=181).desired == 4
+    # A change restarts the grace for the new worker.
+    assert policy.decide("decode", 4, decode_load(2, 1.0, waiting=20), now=250).desired == 4
 
 
 def test_prefill_pressure_is_tokens_in_flight_per_worker() -> None:
