@@ -138,3 +138,24 @@ sent to the first worker's model (its best-scored entry kept); router.config mer
 {{- $cfg = mergeOverwrite $cfg (deepCopy (default dict .Values.router.config)) -}}
 {{- toYaml $cfg -}}
 {{- end -}}
+
+{{/* The worker entries the planner scales, as JSON {"prefill", "decode", "names"}:
+planner.prefillWorker / .decodeWorker, else the first prefill entry and the first decode
+(else both) entry. */}}
+{{- define "mixroute.plannerTargets" -}}
+{{- $prefill := "" -}}
+{{- $decode := "" -}}
+{{- $both := "" -}}
+{{- $names := list -}}
+{{- range $i, $w := .Values.workers -}}
+{{- $type := include "mixroute.workerType" (dict "worker" $w) -}}
+{{- $name := include "mixroute.workerName" (dict "worker" $w "index" $i) -}}
+{{- $names = append $names $name -}}
+{{- if and (eq $type "prefill") (not $prefill) }}{{ $prefill = $name }}{{ end -}}
+{{- if and (eq $type "decode") (not $decode) }}{{ $decode = $name }}{{ end -}}
+{{- if and (eq $type "both") (not $both) }}{{ $both = $name }}{{ end -}}
+{{- end -}}
+{{- $prefill = default $prefill .Values.planner.prefillWorker -}}
+{{- $decode = default (default $both $decode) .Values.planner.decodeWorker -}}
+{{- dict "prefill" $prefill "decode" $decode "names" $names | toJson -}}
+{{- end -}}
