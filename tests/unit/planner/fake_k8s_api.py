@@ -12,6 +12,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 _PATH = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/([^/]+)/scale$")
 
@@ -22,6 +23,7 @@ class FakeKubeApi:
     replicas: dict[str, int]
     token: str = "token-1"
     requests: list[tuple[str, str, dict[str, object] | None]] = field(default_factory=list)
+    queries: list[dict[str, list[str]]] = field(default_factory=list)
     fail_with: int | None = None
     _server: ThreadingHTTPServer | None = None
 
@@ -47,12 +49,14 @@ class FakeKubeApi:
             def _handle(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
-                api.requests.append((method, self.path, body))
+                path, _, query = self.path.partition("?")
+                api.requests.append((method, path, body))
+                api.queries.append(parse_qs(query))
                 if self.headers.get("Authorization") != f"Bearer {api.token}":
                     return self._status(401, "Unauthorized")
                 if api.fail_with is not None:
                     return self._status(api.fail_with, "injected failure")
-                match = _PATH.match(self.path)
+                match = _PATH.match(path)
                 if (
                     not match
                     or match.group(1) != api.namespace

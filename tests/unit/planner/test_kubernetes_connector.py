@@ -50,6 +50,8 @@ async def test_reads_and_patches_the_scale_subresource(api: FakeKubeApi, token_f
         await conn.close()
     assert api.replicas == {"mr-prefill": 0, "mr-decode": 4}
     assert ("PATCH", SCALE.format("mr-decode"), {"spec": {"replicas": 4}}) in api.requests
+    patch_queries = [q for (m, _, _), q in zip(api.requests, api.queries) if m == "PATCH"]
+    assert patch_queries == [{"fieldManager": ["mixroute-planner"]}] * 2
 
 
 async def test_rotated_token_is_picked_up(api: FakeKubeApi, token_file: Path) -> None:

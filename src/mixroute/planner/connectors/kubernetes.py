@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MERGE_PATCH = "application/merge-patch+json"
+FIELD_MANAGER = "mixroute-planner"
+"""Names the planner as the owner of `spec.replicas` in managedFields."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -120,7 +122,10 @@ class KubernetesConnector:
         if patch is not None:
             headers["Content-Type"] = MERGE_PATCH
         try:
-            response = await self._client.request(method, path, headers=headers, json=patch)
+            params = {"fieldManager": FIELD_MANAGER} if patch is not None else None
+            response = await self._client.request(
+                method, path, headers=headers, json=patch, params=params
+            )
         except httpx.HTTPError as exc:
             raise ScaleError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
