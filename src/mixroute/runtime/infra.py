@@ -131,6 +131,8 @@ def _spawn(binary: str, args: list[str], work_dir: Path, name: str) -> subproces
 
 
 class EtcdProcess(_ServerProcess):
+    peer_port: int = 0
+
     @property
     def url(self) -> str:
         return f"etcd://{self.host}:{self.port}"
@@ -140,9 +142,17 @@ class EtcdProcess(_ServerProcess):
         return f"http://{self.host}:{self.port}"
 
     @classmethod
-    def start(cls, host: str = "127.0.0.1") -> EtcdProcess:
+    def start(
+        cls,
+        host: str = "127.0.0.1",
+        *,
+        client_port: int | None = None,
+        peer_port: int | None = None,
+    ) -> EtcdProcess:
+        """A fresh etcd (empty data dir); ports default to free ones."""
         work_dir = Path(tempfile.mkdtemp(prefix="mixroute-etcd-"))
-        client_port, peer_port = free_port(host), free_port(host)
+        client_port = client_port or free_port(host)
+        peer_port = peer_port or free_port(host)
         client_url, peer_url = f"http://{host}:{client_port}", f"http://{host}:{peer_port}"
         args = [
             "--name", "mixroute",
@@ -156,6 +166,7 @@ class EtcdProcess(_ServerProcess):
         ]  # fmt: skip
         process = _spawn("etcd", args, work_dir, "etcd")
         server = cls("etcd", process, work_dir, host, client_port, client_port)
+        server.peer_port = peer_port
         server._wait_ready(f"{client_url}/health", '"health":"true"')
         log.info("etcd ready %s", kv(url=server.url))
         return server

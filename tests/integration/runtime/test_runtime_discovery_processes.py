@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from .runtime_child import spawn_child
 
 from mixroute.runtime.discovery import WatchEvent, open_discovery
+
+from .runtime_child import spawn_child
 
 TTL_S = 2.0
 

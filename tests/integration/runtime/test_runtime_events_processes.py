@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from .runtime_child import spawn_child
 
 from mixroute.runtime.discovery import open_discovery
 from mixroute.runtime.events import open_event_subscriber
 from mixroute.runtime.infra import NatsProcess
+
+from .runtime_child import spawn_child
 
 NUM_EVENTS = 5000
 

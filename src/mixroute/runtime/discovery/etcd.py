@@ -24,6 +24,8 @@ from mixroute.runtime.discovery.base import DEFAULT_LEASE_TTL_S, WatchEvent
 log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 5
+_RETRY_MIN_S = 0.25
+_RETRY_MAX_S = 2.0
 
 
 class EtcdDiscovery:
@@ -91,25 +93,49 @@ class EtcdDiscovery:
         return {kv_.key.decode(): kv_.value for kv_ in result}, result.header.revision
 
     async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        """Snapshot, then watch from the snapshot's next revision. If the watch breaks (etcd
+        restarted, network blip), it re-reads the prefix, yields the difference from what
+        the caller last saw, and watches again: callers never have to re-subscribe."""
         self._check_open()
-        initial, revision = await self._get_prefix_with_revision(prefix)
-        for key, value in initial.items():
-            yield WatchEvent("put", key, value)
-        try:
-            watch = await self._client.watch_prefix(prefix.encode(), start_revision=revision + 1)
-        except aetcd.exceptions.ClientError as exc:
-            raise DiscoveryError(f"etcd watch {prefix!r} failed: {exc}") from exc
-        try:
-            async for event in watch:
-                key = event.kv.key.decode()
-                if event.kind == "PUT":
-                    yield WatchEvent("put", key, event.kv.value)
-                else:
-                    yield WatchEvent("delete", key, None)
-        except aetcd.exceptions.ClientError as exc:
-            raise DiscoveryError(f"etcd watch {prefix!r} ended: {exc}") from exc
-        finally:
-            await asyncio.shield(self._cancel_watch(watch))
+        seen: dict[str, bytes] = {}
+        retry_s = _RETRY_MIN_S
+        while not self._closed:
+            try:
+                snapshot, revision = await self._get_prefix_with_revision(prefix)
+            except DiscoveryError as exc:
+                log.warning(
+                    "etcd watch cannot read %s", kv(prefix=prefix, error=exc, retry_s=retry_s)
+                )
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, _RETRY_MAX_S)
+                continue
+            for key, value in snapshot.items():
+                if seen.get(key) != value:
+                    yield WatchEvent("put", key, value)
+            for key in [k for k in seen if k not in snapshot]:
+                yield WatchEvent("delete", key, None)
+            seen = snapshot
+            retry_s = _RETRY_MIN_S
+            watch = None
+            try:
+                watch = await self._client.watch_prefix(
+                    prefix.encode(), start_revision=revision + 1
+                )
+                async for event in watch:
+                    key = event.kv.key.decode()
+                    if event.kind == "PUT":
+                        seen[key] = event.kv.value
+                        yield WatchEvent("put", key, event.kv.value)
+                    else:
+                        seen.pop(key, None)
+                        yield WatchEvent("delete", key, None)
+            except aetcd.exceptions.ClientError as exc:
+                if not self._closed:
+                    log.warning("etcd watch broke; resyncing %s", kv(prefix=prefix, error=exc))
+                    await asyncio.sleep(retry_s)
+            finally:
+                if watch is not None:
+                    await asyncio.shield(self._cancel_watch(watch))
 
     async def _cancel_watch(self, watch: Any) -> None:
         try:
