@@ -82,7 +82,7 @@ class Progress:
 
     def waiting(self, pending: Sequence[Check], elapsed_s: float) -> None:
         now = time.monotonic()
-        if now - self._last_report < self.every_s:
+        if not pending or now - self._last_report < self.every_s:
             return
         self._last_report = now
         names = ", ".join(c.name for c in pending)
