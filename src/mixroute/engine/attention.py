@@ -3,7 +3,8 @@
 One path serves CPU and CUDA: write this step's K/V into their slots, then
 - prefill chunks: one SDPA call per sequence (causal; with an explicit mask when part of
   the context is already in the cache from an earlier chunk or a prefix-cache hit);
-- decode tokens: all sequences in one SDPA call over their gathered, padded blocks.
+- decode tokens: all sequences in one SDPA call over their gathered, padded blocks, or on
+  CUDA the Triton paged-decode kernel (triton_attention.py) that reads blocks in place.
 The metadata is built once per step by the runner and shared by every layer.
 """
 
@@ -32,10 +33,14 @@ class PrefillChunk:
 class DecodeBatch:
     token_index: torch.Tensor
     """[D] positions of the decode tokens in the step's flat token list."""
-    slots: torch.Tensor
-    """[D, L] cache slots of each sequence's context, padded."""
-    mask: torch.Tensor
-    """[D, 1, 1, L] bool, True for real context slots."""
+    slots: torch.Tensor | None = None
+    """[D, L] cache slots of each sequence's context, padded (SDPA path)."""
+    mask: torch.Tensor | None = None
+    """[D, 1, 1, L] bool, True for real context slots (SDPA path)."""
+    block_tables: torch.Tensor | None = None
+    """[D, max_blocks] int32 (Triton path)."""
+    lengths: torch.Tensor | None = None
+    """[D] int32 context lengths incl. the new token (Triton path)."""
 
 
 @dataclass(slots=True)
@@ -80,8 +85,15 @@ def paged_attention(
             enable_gqa=gqa,
         )
         out[chunk.start : end] = o[0].transpose(0, 1)
-    if meta.decode is not None:
+    if meta.decode is not None and meta.decode.block_tables is not None:
+        from mixroute.engine.triton_attention import paged_decode
+
         d = meta.decode
+        assert d.lengths is not None
+        out[d.token_index] = paged_decode(q[d.token_index], k_cache, v_cache, d.block_tables, d.lengths, scale)
+    elif meta.decode is not None:
+        d = meta.decode
+        assert d.slots is not None
         qd = q[d.token_index].unsqueeze(2)
         kd = k_flat[d.slots].transpose(1, 2)
         vd = v_flat[d.slots].transpose(1, 2)

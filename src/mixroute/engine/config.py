@@ -31,6 +31,8 @@ class EngineConfig(BaseModel):
     max_model_len: int | None = Field(default=None, ge=2)
     """None: the model's max_position_embeddings, capped at 8192."""
     enable_prefix_caching: bool = True
+    attention_backend: Literal["auto", "sdpa", "triton"] = "auto"
+    """Decode attention: auto = the Triton paged kernel on CUDA when available, else SDPA."""
     worker_id: int = 0
     kv_hold_timeout_s: float = Field(default=30.0, gt=0.0)
     """How long a prefill-only request's blocks wait for export_kv/release_kv."""

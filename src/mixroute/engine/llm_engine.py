@@ -69,7 +69,7 @@ class LLMEngine:
         self.scheduler = Scheduler(
             self.kv, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens
         )
-        self.runner = ModelRunner(self.model, self.kv_tensors, self.block_size, self.device)
+        self.runner = ModelRunner(self.model, self.kv_tensors, self.block_size, self.device, self._use_triton())
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.seqs: dict[str, Sequence] = {}
         self.held: dict[str, HeldKv] = {}
@@ -77,6 +77,20 @@ class LLMEngine:
             "engine ready model=%s blocks=%d block_size=%d max_model_len=%d dtype=%s device=%s",
             config.served_model_name, self.num_blocks, self.block_size, self.max_model_len, config.dtype, config.device,
         )
+
+    def _use_triton(self) -> bool:
+        from mixroute.engine import triton_attention
+
+        backend = self.config.attention_backend
+        if backend == "sdpa" or self.device.type != "cuda":
+            if backend == "triton":
+                raise ConfigError("attention_backend 'triton' needs device 'cuda'")
+            return False
+        probe = torch.empty(1, 1, self.model_config.head_dim, device=self.device)
+        usable = triton_attention.can_use(probe, self.block_size)
+        if backend == "triton" and not usable:
+            raise ConfigError("the Triton kernel needs triton installed and power-of-two head_dim/block_size >= 16")
+        return usable
 
     def _derive_num_blocks(self) -> int:
         mc = self.model_config

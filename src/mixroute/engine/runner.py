@@ -13,11 +13,14 @@ from mixroute.engine.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, kv: KvTensors, block_size: int, device: torch.device) -> None:
+    def __init__(
+        self, model: LlamaForCausalLM, kv: KvTensors, block_size: int, device: torch.device, use_triton: bool = False
+    ) -> None:
         self.model = model
         self.kv = kv
         self.block_size = block_size
         self.device = device
+        self.use_triton = use_triton
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Sequence]]:
@@ -88,8 +91,18 @@ class ModelRunner:
         max_len = max(lengths)
         max_blocks = -(-max_len // bs)
         table = [s.block_ids[:max_blocks] + [0] * (max_blocks - min(len(s.block_ids), max_blocks)) for s in seqs]
+        token_index = torch.tensor(index, dtype=torch.long, device=dev)
+        if self.use_triton:
+            return DecodeBatch(
+                token_index=token_index,
+                block_tables=torch.tensor(table, dtype=torch.int32, device=dev),
+                lengths=torch.tensor(lengths, dtype=torch.int32, device=dev),
+            )
         blocks = torch.tensor(table, dtype=torch.long, device=dev)
         slot_grid = (blocks.unsqueeze(2) * bs + torch.arange(bs, device=dev)).view(len(seqs), -1)[:, :max_len]
-        lens = torch.tensor(lengths, dtype=torch.long, device=dev)
-        mask = (torch.arange(max_len, device=dev).unsqueeze(0) < lens.unsqueeze(1)).view(len(seqs), 1, 1, max_len)
-        return DecodeBatch(token_index=torch.tensor(index, dtype=torch.long, device=dev), slots=slot_grid, mask=mask)
+        mask: torch.Tensor | None = None
+        if min(lengths) != max_len:
+            # Only padded rows need a mask; without one SDPA may pick a faster kernel.
+            lens = torch.tensor(lengths, dtype=torch.long, device=dev)
+            mask = (torch.arange(max_len, device=dev).unsqueeze(0) < lens.unsqueeze(1)).view(len(seqs), 1, 1, max_len)
+        return DecodeBatch(token_index=token_index, slots=slot_grid, mask=mask)

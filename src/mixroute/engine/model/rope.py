@@ -45,8 +45,10 @@ class RotaryEmbedding:
         self, head_dim: int, max_len: int, theta: float, scaling: dict[str, Any] | None,
         device: torch.device, dtype: torch.dtype,
     ) -> None:
-        inv_freq = inverse_frequencies(head_dim, theta, scaling)
-        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        # Computed on the target device, as the reference implementation does, so cos/sin
+        # round identically there.
+        inv_freq = inverse_frequencies(head_dim, theta, scaling).to(device)
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32, device=device), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = emb.cos().to(device=device, dtype=dtype)
         self.sin = emb.sin().to(device=device, dtype=dtype)
