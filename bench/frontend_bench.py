@@ -134,6 +134,97 @@ def measure_throughput(frontend_url: str, worker_url: str, body: dict[str, objec
     return out
 
 
+# ---- 1b: the same comparison in one process (no scheduler noise between processes) ----
+
+
+class EchoEngine:
+    """The `Engine` surface the handlers use, answering one token at once: no timers, no
+    compute, so the comparison below contains only HTTP, routing and request-plane work."""
+
+    model_name = "tiny"
+    block_size = 16
+    max_model_len = 2048
+    eos_token_ids = ()
+
+    async def generate(self, request, imported=None):  # type: ignore[no-untyped-def]
+        from mixroute.protocol.messages import GenerateFrame, Usage
+
+        n = len(request.token_ids)
+        yield GenerateFrame(token_ids=[request.token_ids[-1]], finish_reason="length", usage=Usage(prompt_tokens=n, completion_tokens=1))
+
+    def kv_events_dump(self):  # type: ignore[no-untyped-def]
+        return []
+
+
+async def _in_process(model_dir: Path, num_requests: int) -> dict[str, float]:
+    from prometheus_client import CollectorRegistry
+
+    from mixroute.frontend.app import create_app
+    from mixroute.frontend.backend import ModelEntry
+    from mixroute.frontend.disagg import DisaggSettings
+    from mixroute.frontend.engine_client import RoutedBackend
+    from mixroute.frontend.metrics import ApiMetrics
+    from mixroute.frontend.models import ModelRegistry, RouterSettings
+    from mixroute.frontend.preprocess import ModelTokenizer
+    from mixroute.protocol.messages import InstanceInfo, encode_json
+    from mixroute.protocol.names import instance_key
+    from mixroute.runtime.discovery import open_discovery
+    from mixroute.runtime.requests import TcpRequestClient, start_request_server
+    from mixroute.worker.handlers import WorkerCounters, WorkerHandlers
+    from mixroute.worker.local_backend import LocalBackend
+
+    engine = EchoEngine()
+    client = TcpRequestClient()
+    handlers = WorkerHandlers(engine, client, WorkerCounters(CollectorRegistry()), 0xB0)  # type: ignore[arg-type]
+    server = await start_request_server(endpoints={"generate": handlers.generate, "kv_dump": handlers.kv_dump})
+    tokenizer = await ModelTokenizer.load(str(model_dir))
+    entry = ModelEntry("tiny", tokenizer, engine.block_size, engine.max_model_len)
+    local_app = create_app(LocalBackend(entry, handlers), ApiMetrics())
+    discovery = await open_discovery(f"file://{tempfile.mkdtemp(prefix='frontend-bench-ip-')}")
+    info = InstanceInfo(
+        instance_id=0xB0, namespace="bench", component="backend", endpoint="generate", address=server.address,
+        model="tiny", extra={"model_path": str(model_dir), "max_model_len": str(engine.max_model_len)},
+    )  # fmt: skip
+    await discovery.put(instance_key("bench", "backend", "generate", 0xB0), encode_json(info))
+    registry = ModelRegistry("bench", RouterSettings())
+    watch = asyncio.create_task(registry.run(discovery))
+    while not registry.entries():
+        await asyncio.sleep(0.05)
+    metrics = ApiMetrics()
+    routed_app = create_app(RoutedBackend(registry, client, metrics, DisaggSettings()), metrics)
+    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 1, "temperature": 0}
+    times: dict[str, list[float]] = {"worker": [], "frontend": [], "worker_cpu": [], "frontend_cpu": []}
+    local = httpx.AsyncClient(transport=httpx.ASGITransport(app=local_app), base_url="http://w")
+    routed = httpx.AsyncClient(transport=httpx.ASGITransport(app=routed_app), base_url="http://f")
+    try:
+        for i in range(num_requests + 50):
+            order = [("worker", local), ("frontend", routed)]
+            for name, c in order if i % 2 == 0 else order[::-1]:
+                t, cpu = time.perf_counter(), time.process_time()
+                (await c.post("/v1/completions", json=body)).raise_for_status()
+                if i >= 50:
+                    times[name].append(time.perf_counter() - t)
+                    times[f"{name}_cpu"].append(time.process_time() - cpu)
+    finally:
+        watch.cancel()
+        await local.aclose()
+        await routed.aclose()
+        await server.stop()
+        await client.close()
+        await discovery.close()
+    out = {f"{n}_{q}": _pct(v, p) * 1e3 for n, v in times.items() for q, p in (("p50", 0.5), ("p99", 0.99))}
+    out["added_p50"] = out["frontend_p50"] - out["worker_p50"]
+    out["added_p99"] = out["frontend_p99"] - out["worker_p99"]
+    out["added_cpu_p50"] = out["frontend_cpu_p50"] - out["worker_cpu_p50"]
+    return out
+
+
+def measure_in_process(model_dir: Path, num_requests: int) -> dict[str, float]:
+    from mixroute.runtime.loop import run_main
+
+    return run_main(_in_process(model_dir, num_requests))
+
+
 # ---- 3: router choice ----
 
 
@@ -200,7 +291,13 @@ def _overhead_table(o: dict[str, float]) -> list[str]:
     ]
 
 
-def report(torch_run: dict[str, float], mocker_run: dict[str, float], choice: dict[str, float], args: argparse.Namespace) -> str:
+def report(
+    torch_run: dict[str, float],
+    mocker_run: dict[str, float],
+    in_process: dict[str, float],
+    choice: dict[str, float],
+    args: argparse.Namespace,
+) -> str:
     load = os.getloadavg()
     c = choice
     lines = [
@@ -229,6 +326,28 @@ def report(torch_run: dict[str, float], mocker_run: dict[str, float], choice: di
         "preprocessing and detokenizing; the frontend path adds routing and one request-plane hop.",
         "",
         *_overhead_table(mocker_run),
+        "### One process, one event loop (echo engine; ASGI calls, no sockets on the HTTP side)",
+        "",
+        "The worker's handlers and request server, the worker-local app and the routed app",
+        "(discovery, KV router, request plane over loopback TCP) share one uvloop loop, and the",
+        "engine is an in-bench stub answering one token at once (no timers, no compute), so",
+        "neither other processes' scheduling nor engine time enters the difference: this is",
+        "what the frontend path itself adds per request.",
+        "",
+        "| path | p50 | p99 |",
+        "| --- | ---: | ---: |",
+        f"| worker-local app | {in_process['worker_p50']:.3f} | {in_process['worker_p99']:.3f} |",
+        f"| routed app (router + request plane) | {in_process['frontend_p50']:.3f} | {in_process['frontend_p99']:.3f} |",
+        f"| **added** | **{in_process['added_p50']:.3f}** | {in_process['added_p99']:.3f} |",
+        "",
+        "CPU time of the process per request (`time.process_time`, immune to waiting for a CPU):",
+        "",
+        "| path | p50 | p99 |",
+        "| --- | ---: | ---: |",
+        f"| worker-local app | {in_process['worker_cpu_p50']:.3f} | {in_process['worker_cpu_p99']:.3f} |",
+        f"| routed app | {in_process['frontend_cpu_p50']:.3f} | {in_process['frontend_cpu_p99']:.3f} |",
+        f"| **added CPU** | **{in_process['added_cpu_p50']:.3f}** | |",
+        "",
         "## KV-router choice (16 workers, 1,000-token prompt)",
         "",
         f"Indexed blocks: {c['indexed_blocks']:.0f}. 3,000 decisions, times in microseconds.",
@@ -261,7 +380,9 @@ def main() -> None:
     print(torch_run, flush=True)
     mocker_run = measure_overhead(model_dir, args.requests, ["--engine", "mocker", "--speedup-ratio", "1000"])
     print(mocker_run, flush=True)
-    text = report(torch_run, mocker_run, choice, args)
+    in_process = measure_in_process(model_dir, args.requests)
+    print(in_process, flush=True)
+    text = report(torch_run, mocker_run, in_process, choice, args)
     print(text)
     if args.write is not None:
         args.write.write_text(text)
