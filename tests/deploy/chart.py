@@ -37,7 +37,12 @@ SCENARIOS: dict[str, list[str]] = {
         ),
     ],
     "custom-model": ["--set", "workers[0].model.path=Qwen/Qwen3-0.6B"],
-    "gated-secret": ["--set", "huggingface.existingSecret=hf-token-secret"],
+    "gated-secret": [
+        "--set",
+        "huggingface.existingSecret=hf-token-secret",
+        "--set-json",
+        'workerDefaults.initContainers=[{"name":"fetch","image":"busybox","command":["true"]}]',
+    ],
     "gpu-overrides": [
         "--set",
         "frontend.gpuDevice=5",

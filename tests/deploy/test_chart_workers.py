@@ -105,6 +105,8 @@ def test_gated_model_secret_becomes_hf_token(helm: str) -> None:
     (worker,) = workers(docs)
     ref = {"secretKeyRef": {"name": "hf-token-secret", "key": "HF_TOKEN"}}
     assert env(worker)["HF_TOKEN"] == ref
+    (init,) = worker["spec"]["template"]["spec"]["initContainers"]
+    assert init["name"] == "fetch"
     assert "HF_TOKEN" not in env(next(workers(render(helm, "default"))))
 
 
