@@ -264,3 +264,15 @@ def test_request_plane_on_uvloop() -> None:
             await client.close()
 
     uvloop.run(scenario())
+
+
+async def test_large_payloads_both_ways(client: TcpRequestClient) -> None:
+    async def mirror(payload: bytes) -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield payload[::-1]
+
+    big = bytes(range(256)) * (16 * 1024)  # 4 MiB
+    async with TcpRequestServer() as srv:
+        srv.add_endpoint("mirror", mirror)
+        frames = await collect(client, srv.address, "mirror", big)
+    assert len(frames) == 3 and all(f == big[::-1] for f in frames)

@@ -87,6 +87,8 @@ class FileDiscovery:
         self._closed = False
         # Per-file parse cache: name -> ((mtime_ns, size, ino), record).
         self._record_cache: dict[str, tuple[tuple[int, int, int], _KeyRecord]] = {}
+        self._lease_cache: dict[int, _LeaseRecord] = {}
+        """A lease's TTL never changes, so its file is read once; liveness is its mtime."""
 
     def __repr__(self) -> str:
         return f"FileDiscovery({str(self.run_dir)!r})"
@@ -196,15 +198,19 @@ class FileDiscovery:
         path = self._leases_dir / f"{lease_id:x}"
         try:
             st = path.stat()
-            with open(path, "rb") as f:
-                lease = _lease_decoder.decode(f.read())
+            lease = self._lease_cache.get(lease_id)
+            if lease is None:
+                with open(path, "rb") as f:
+                    lease = self._lease_cache[lease_id] = _lease_decoder.decode(f.read())
         except FileNotFoundError:
+            self._lease_cache.pop(lease_id, None)
             return False
         except (OSError, msgspec.DecodeError):
             # Being rewritten right now (rename is atomic, so this is rare): count as alive.
             return True
         if now - st.st_mtime <= lease.ttl_s:
             return True
+        self._lease_cache.pop(lease_id, None)
         try:
             path.unlink()
             log.info("discovery lease expired %s", kv(lease_id=f"{lease_id:x}", pid=lease.pid))

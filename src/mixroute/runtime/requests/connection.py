@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 
 from mixroute.errors import PeerGoneError, RequestPlaneError
@@ -34,7 +35,9 @@ from mixroute.runtime.requests.frames import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PING_INTERVAL_S = 0.5
-DEFAULT_DEAD_AFTER_S = 2.0
+DEFAULT_DEAD_AFTER_S = float(os.environ.get("MIXROUTE_PEER_TIMEOUT_S", "2.0"))
+"""A peer silent this long is gone. Raise it (env MIXROUTE_PEER_TIMEOUT_S) only for
+processes that block their event loop for seconds, which they should not."""
 
 
 class Connection(asyncio.Protocol):
