@@ -136,6 +136,13 @@ class ZmqEventSubscriber:
                     self._remove_publisher(event.key)
                 if not self._watch_ready.is_set():
                     self._watch_ready.set()
+        except Exception as exc:
+            # Without this watch no new publisher is ever found: say so loudly.
+            log.error(
+                "zmq publishers watch failed; no new publishers will be seen %s",
+                kv(error=repr(exc)),
+            )
+            raise
         finally:
             self._watch_ready.set()
 
