@@ -257,11 +257,11 @@ def measure_choice(num_workers: int = 16, num_blocks: int = 100_000, prompt_toke
     for i in range(3000):
         t = time.perf_counter()
         p = prepare_prompt(prompt, 16)
-        d = selector.select(f"a{i}", workers, p.local_hashes, p.seq_hashes, prompt_tokens)
+        d = selector.select(f"a{i}", workers, p)
         with_hash.append(time.perf_counter() - t)
         selector.finish(f"a{i}")
         t = time.perf_counter()
-        selector.select(f"b{i}", workers, prepared.local_hashes, prepared.seq_hashes, prompt_tokens)
+        selector.select(f"b{i}", workers, prepared)
         select_only.append(time.perf_counter() - t)
         selector.finish(f"b{i}")
     assert d.worker_id == workers[0] and d.overlap_blocks == prompt_tokens // 16

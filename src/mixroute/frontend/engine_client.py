@@ -73,9 +73,7 @@ class RoutedBackend:
             candidates = [w for w in workers if w not in excluded]
             if not candidates:
                 raise UnavailableError(f"no {selector.name} worker is available for {pool.entry.name}")
-            decision = selector.select(
-                request.request_id, candidates, prompt.local_hashes, prompt.seq_hashes, len(prompt.token_ids)
-            )
+            decision = selector.select(request.request_id, candidates, prompt)
             worker_id = decision.worker_id
             self.metrics.router_decisions.labels(pool.entry.name, selector.name, f"{worker_id:x}").inc()
             self.metrics.router_overlap_blocks.labels(pool.entry.name, selector.name).observe(decision.overlap_blocks)

@@ -12,14 +12,19 @@ import asyncio
 import json
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mixroute.errors import BadRequestError, ConfigError
-from mixroute.protocol.hashing import BlockHash, SequenceHash, hash_prompt
+from mixroute.protocol.hashing import (
+    BlockHash,
+    SequenceHash,
+    block_hashes,
+    hash_seed,
+    sequence_hashes,
+)
 from mixroute.protocol.messages import SamplingParams
 
 INLINE_MAX_CHARS = 2048
@@ -31,11 +36,23 @@ def tokenizer_executor() -> Executor:
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
 
 
-@dataclass(slots=True)
 class PreparedPrompt:
-    token_ids: list[int]
-    local_hashes: list[BlockHash] = field(default_factory=list)
-    seq_hashes: list[SequenceHash] = field(default_factory=list)
+    """A prompt's tokens and block hashes. Sequence hashes are computed on first use: KV
+    matching needs only the local hashes, so the common routing path skips them."""
+
+    __slots__ = ("_seed", "_seq_hashes", "local_hashes", "token_ids")
+
+    def __init__(self, token_ids: list[int], local_hashes: list[BlockHash], seed: int) -> None:
+        self.token_ids = token_ids
+        self.local_hashes = local_hashes
+        self._seed = seed
+        self._seq_hashes: list[SequenceHash] | None = None
+
+    @property
+    def seq_hashes(self) -> list[SequenceHash]:
+        if self._seq_hashes is None:
+            self._seq_hashes = sequence_hashes(self.local_hashes, self._seed)
+        return self._seq_hashes
 
 
 class ModelTokenizer:
@@ -152,8 +169,8 @@ def prepare_prompt(token_ids: list[int], block_size: int, cache_salt: str | None
     """Block hashes of the prompt's full blocks (what the router matches against KV events)."""
     # array -> numpy avoids numpy's slow per-element conversion of a Python list.
     as_array = np.frombuffer(array.array("I", token_ids), dtype=np.uint32) if token_ids else np.zeros(0, np.uint32)
-    local, seq = hash_prompt(as_array, block_size, cache_salt)
-    return PreparedPrompt(token_ids, local, seq)
+    seed = hash_seed(cache_salt)
+    return PreparedPrompt(token_ids, block_hashes(as_array, block_size, seed), seed)
 
 
 def sampling_params(

@@ -86,7 +86,14 @@ class WorkerHandlers:
         kind = "prefill" if request.prefill_only else "both"
         if request.kv_transfer is not None:
             kind = "decode"
-            imported = await self.pull_kv(request.kv_transfer)
+            try:
+                imported = await self.pull_kv(request.kv_transfer)
+            except (RequestPlaneError, EngineError, msgspec.DecodeError) as exc:
+                # The prefill worker died or dropped the blocks: computing the prompt here
+                # is slower but still answers the request.
+                log.warning("kv pull failed; computing the prompt %s", kv(request_id=request.request_id, error=exc))
+                request = msgspec.structs.replace(request, kv_transfer=None)
+                kind = "decode-fallback"
         self.counters.requests.labels(kind).inc()
         frames = self.engine.generate(request, imported)
         try:

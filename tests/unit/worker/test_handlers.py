@@ -130,3 +130,17 @@ async def test_kv_dump_and_counters() -> None:
     finally:
         await server.stop()
         await client.close()
+
+
+async def test_decode_computes_the_prompt_when_the_kv_pull_fails() -> None:
+    engine = FakeEngine()
+    _, server, client, registry = await _worker(engine, 0xD)
+    try:
+        gone = KvTransferHandle(source_address="tcp://127.0.0.1:1", worker_id=1, transfer_id="t9", block_ids=(0,), num_tokens=4)
+        req = GenerateRequest(request_id="f", token_ids=list(range(4)), kv_transfer=gone)
+        frames = [decoder(GenerateFrame).decode(p) async for p in client.stream(server.address, "generate", encode(req))]
+        assert frames[-1].finish_reason == "stop" and engine.imported == []
+        assert registry.get_sample_value("mixroute_worker_generate_requests_total", {"kind": "decode-fallback"}) == 1
+    finally:
+        await server.stop()
+        await client.close()

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from mixroute.frontend.routing.indexer import KvIndexer
 from mixroute.frontend.routing.load import LoadTracker
@@ -33,6 +33,19 @@ log = logging.getLogger(__name__)
 
 RouterMode = Literal["kv", "round-robin", "random"]
 ROUTER_MODES: tuple[str, ...] = ("kv", "round-robin", "random")
+
+
+class HashedPrompt(Protocol):
+    """What routing needs of a prompt (`mixroute.frontend.preprocess.PreparedPrompt`)."""
+
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+
+    @property
+    def local_hashes(self) -> Sequence[int]: ...
+
+    @property
+    def seq_hashes(self) -> Sequence[int]: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -133,15 +146,10 @@ class WorkerSelector:
                     scores[w] = n
         return scores
 
-    def select(
-        self,
-        request_id: str,
-        worker_ids: Sequence[int],
-        local_hashes: Sequence[int],
-        seq_hashes: Sequence[int],
-        num_prompt_tokens: int,
-    ) -> Decision:
+    def select(self, request_id: str, worker_ids: Sequence[int], prompt: HashedPrompt) -> Decision:
         """Choose a worker and account the request to it (release with `finish`)."""
+        local_hashes = prompt.local_hashes
+        num_prompt_tokens = len(prompt.token_ids)
         if not worker_ids:
             raise LookupError("no workers to choose from")
         bs = self.block_size
@@ -167,7 +175,7 @@ class WorkerSelector:
             num_blocks=num_prompt_blocks - overlap,
         )
         if worker_id not in self.live_workers:
-            self.approx.record(worker_id, local_hashes, seq_hashes, time.monotonic())
+            self.approx.record(worker_id, local_hashes, prompt.seq_hashes, time.monotonic())
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "routed pool=%s request_id=%s worker_id=%x cached blocks: %d prompt_blocks=%d cost=%.2f mode=%s",

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from mixroute.frontend.preprocess import prepare_prompt
 from mixroute.frontend.routing.selector import ApproxTracker, WorkerSelector
 from mixroute.protocol.hashing import hash_prompt
 from mixroute.protocol.messages import KvEvent, KvStored, LoadMetrics, StoredBlock
@@ -31,9 +32,9 @@ def test_kv_mode_prefers_cached_worker_and_logs_cached_blocks(caplog: pytest.Log
     for w in (1, 2):
         sel.add_worker(w)
     _store(sel, 2, PROMPT)
-    local, seq = _hashes(PROMPT)
+    prompt = prepare_prompt(PROMPT, BS)
     with caplog.at_level(logging.INFO):
-        d = sel.select("r1", [1, 2], local, seq, len(PROMPT))
+        d = sel.select("r1", [1, 2], prompt)
     assert (d.worker_id, d.overlap_blocks) == (2, 4)
     assert "worker_id=2 cached blocks: 4" in caplog.text
 
@@ -43,8 +44,7 @@ def test_cost_formula_and_load_release() -> None:
     for w in (1, 2):
         sel.add_worker(w)
     _store(sel, 1, PROMPT[:32])  # 2 of 4 blocks cached on worker 1
-    local, seq = _hashes(PROMPT)
-    d = sel.select("r1", [1, 2], local, seq, 64)
+    d = sel.select("r1", [1, 2], prepare_prompt(PROMPT, BS))
     # w1: prefill (64 - 32) / 16 = 2, decode 0 + 4 - 2 = 2 -> 4; w2: 4 + 4 = 8.
     assert (d.worker_id, d.cost) == (1, 4.0)
     load = sel.loads.get(1)
@@ -62,8 +62,7 @@ def test_load_spreads_uncached_requests() -> None:
         sel.mark_live(w)
     chosen = []
     for i in range(4):
-        local, seq = _hashes([1000 + i] * 64)
-        chosen.append(sel.select(f"r{i}", [1, 2], local, seq, 64).worker_id)
+        chosen.append(sel.select(f"r{i}", [1, 2], prepare_prompt([1000 + i] * 64, BS)).worker_id)
     assert sorted(chosen) == [1, 1, 2, 2]
 
 
@@ -73,17 +72,16 @@ def test_reported_metrics_count_as_load() -> None:
         sel.add_worker(w)
         sel.mark_live(w)
     sel.loads.update_metrics(LoadMetrics(worker_id=1, num_active_blocks=500, num_total_blocks=1000, num_running=9, num_waiting=0))
-    local, seq = _hashes(PROMPT)
-    assert sel.select("r", [1, 2], local, seq, 64).worker_id == 2
+    assert sel.select("r", [1, 2], prepare_prompt(PROMPT, BS)).worker_id == 2
 
 
 def test_round_robin_alternates_and_random_covers() -> None:
     rr = WorkerSelector("round-robin", block_size=BS)
-    local, seq = _hashes(PROMPT)
-    got = [rr.select(f"r{i}", [5, 3, 9], local, seq, 64).worker_id for i in range(6)]
+    prompt = prepare_prompt(PROMPT, BS)
+    got = [rr.select(f"r{i}", [5, 3, 9], prompt).worker_id for i in range(6)]
     assert got == [3, 5, 9, 3, 5, 9]
     rnd = WorkerSelector("random", block_size=BS, rng=random.Random(1))
-    assert {rnd.select(f"r{i}", [1, 2, 3], local, seq, 64).worker_id for i in range(50)} == {1, 2, 3}
+    assert {rnd.select(f"r{i}", [1, 2, 3], prompt).worker_id for i in range(50)} == {1, 2, 3}
 
 
 def test_temperature_spreads_choices() -> None:
@@ -92,10 +90,10 @@ def test_temperature_spreads_choices() -> None:
         sel.add_worker(w)
     _store(sel, 1, PROMPT)
     sel.mark_live(2)
-    local, seq = _hashes(PROMPT)
+    prompt = prepare_prompt(PROMPT, BS)
     picks = set()
     for i in range(60):
-        picks.add(sel.select(f"r{i}", [1, 2], local, seq, 64).worker_id)
+        picks.add(sel.select(f"r{i}", [1, 2], prompt).worker_id)
         sel.finish(f"r{i}")
     assert picks == {1, 2}
 
@@ -104,15 +102,15 @@ def test_approximate_mode_remembers_own_decisions_until_ttl() -> None:
     sel = WorkerSelector("kv", block_size=BS, rng=random.Random(0))
     for w in (1, 2):
         sel.add_worker(w)
-    local, seq = _hashes(PROMPT)
-    first = sel.select("a", [1, 2], local, seq, 64)
+    prompt = prepare_prompt(PROMPT, BS)
+    first = sel.select("a", [1, 2], prompt)
     sel.finish("a")
-    second = sel.select("b", [1, 2], local, seq, 64)
+    second = sel.select("b", [1, 2], prompt)
     assert second.worker_id == first.worker_id and second.overlap_blocks == 4
     # Once a worker sends real events, its approximations are dropped.
     sel.mark_live(first.worker_id)
     sel.finish("b")
-    assert sel.overlaps([1, 2], local) == {}
+    assert sel.overlaps([1, 2], prompt.local_hashes) == {}
 
 
 def test_approx_tracker_expiry_keeps_refreshed_blocks() -> None:
