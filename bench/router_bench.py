@@ -270,8 +270,8 @@ def report(args: argparse.Namespace, results: dict) -> str:
         *(f"- {size} tokens: " + ", ".join(f"{k} {v:.1f} ms" for k, v in results[size]["signal_means"].items())
           for size in args.sizes),
         "",
-        "Time inside the router (its `server-timing` header: from receiving the body to the decision, "
-        "i.e. no HTTP hops), p50 / p99:",
+        ("Time inside the router (its `server-timing` header: from receiving the body to the decision, "
+        "i.e. no HTTP hops), p50 / p99:"),
         "",
         *(f"- {size} tokens: cache miss (signals + decision) "
           + " / ".join(f"{percentile(results[size]['inside']['miss'], q):.2f}" for q in (50, 99))

@@ -27,6 +27,7 @@ def test_invalid_config_exits_with_the_fix(tmp_path):
     assert "default_model: unknown model 'ghost'; add it under `models:`" in err
 
 
+@pytest.mark.slow  # loads the real signal models a second time, in the child process
 def test_router_process_serves_and_stops_on_sigterm(tmp_path, upstream, signal_models):
     del signal_models  # only to skip when the real signals are not installed
     path = tmp_path / "router.yaml"
