@@ -33,6 +33,8 @@ class EngineConfig(BaseModel):
     enable_prefix_caching: bool = True
     attention_backend: Literal["auto", "sdpa", "triton"] = "auto"
     """Decode attention: auto = the Triton paged kernel on CUDA when available, else SDPA."""
+    fuse_projections: bool = True
+    """One GEMM for q/k/v and one for gate/up. Off only to mirror HF's kernels bit for bit."""
     worker_id: int = 0
     kv_hold_timeout_s: float = Field(default=30.0, gt=0.0)
     """How long a prefill-only request's blocks wait for export_kv/release_kv."""

@@ -58,7 +58,7 @@ class LLMEngine:
         self.max_model_len = config.max_model_len or min(mc.max_position_embeddings, MAX_DEFAULT_MODEL_LEN)
         self.block_size = config.block_size
         self.eos_token_ids = mc.eos_token_ids
-        self.model = load_model(config.model_path, self.device, self.dtype)
+        self.model = load_model(config.model_path, self.device, self.dtype, fuse=config.fuse_projections)
         self.model.init_rope(self.max_model_len + 1, self.device, self.dtype)
         self.num_blocks = config.num_blocks or self._derive_num_blocks()
         self.kv_tensors = KvTensors(

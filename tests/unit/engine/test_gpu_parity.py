@@ -61,13 +61,14 @@ def _build(arch: str, tmp_path: Path) -> Path:
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_bf16_cuda_matches_hf_exactly(arch: str, tmp_path: Path) -> None:
-    """Each of 8 prompts alone, SDPA backend: the same kernels as HF, so 32 identical tokens."""
+    """Each of 8 prompts alone, SDPA backend, unfused projections: the same kernels as HF,
+    so 32 identical tokens."""
     from transformers import AutoModelForCausalLM
 
     path = _build(arch, tmp_path)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
     engine = LLMEngine(EngineConfig(model_path=str(path), device="cuda", dtype="bfloat16", num_blocks=512,
-                                    attention_backend="sdpa"))
+                                    attention_backend="sdpa", fuse_projections=False))
     for i, prompt in enumerate(make_prompts(8, seed=81, min_len=5, max_len=120)):
         outputs, _ = run_batch(engine, [prompt], max_tokens=32, tag=f"x{i}-", ignore_eos=True)
         ref, _ = _hf_greedy(hf, prompt, 32)

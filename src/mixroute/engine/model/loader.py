@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
+def load_model(
+    model_dir: str | Path, device: torch.device, dtype: torch.dtype, *, fuse: bool = True
+) -> LlamaForCausalLM:
     model_dir = Path(model_dir)
     cfg = ModelConfig.from_dir(model_dir)
     files = sorted(model_dir.glob("*.safetensors"))
@@ -40,5 +42,7 @@ def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype) 
     if missing or unexpected:
         raise ConfigError(f"{model_dir}: weights do not match the architecture: missing={missing[:5]} unexpected={unexpected[:5]}")
     model.eval()
+    if fuse:
+        model.fuse()
     log.info("loaded model dir=%s layers=%d dtype=%s device=%s", model_dir, cfg.num_layers, dtype, device)
     return model
