@@ -60,6 +60,9 @@ class WorkerCounters:
         self.generated_tokens = Counter(f"{p}_generated_tokens", "tokens generated", registry=registry)
         self.kv_exports = Counter(f"{p}_kv_exports", "KV exports served to decode workers", registry=registry)
         self.kv_dumps = Counter(f"{p}_kv_dumps", "KV event dumps served to routers", registry=registry)
+        self.cancelled = Counter(
+            f"{p}_cancelled_requests", "requests whose caller went away before the end (aborted here)", registry=registry
+        )
 
 
 class WorkerHandlers:
@@ -96,6 +99,7 @@ class WorkerHandlers:
                 kind = "decode-fallback"
         self.counters.requests.labels(kind).inc()
         frames = self.engine.generate(request, imported)
+        finished = False
         try:
             async for frame in frames:
                 if frame.kv_transfer is not None:
@@ -104,8 +108,11 @@ class WorkerHandlers:
                     )
                 if frame.usage is not None:
                     self._count(frame)
+                finished = frame.finish_reason is not None
                 yield frame
         finally:
+            if not finished:
+                self.counters.cancelled.inc()
             await frames.aclose()  # type: ignore[attr-defined]
 
     def _count(self, frame: GenerateFrame) -> None:

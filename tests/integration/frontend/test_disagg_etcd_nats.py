@@ -120,3 +120,20 @@ def test_etcd_keys_and_nats_connections(stack: Stack) -> None:
     assert any(n.startswith("mixroute-frontend-") for n in names), names
     assert any(n.startswith("mixroute-worker-prefill-") for n in names), names
     assert any(n.startswith("mixroute-worker-decode-") for n in names), names
+
+
+def test_client_disconnect_aborts_on_the_worker(stack: Stack) -> None:
+    import httpx
+
+    before = metric(http_get(f"{stack.decode_http}/metrics")[1], "mixroute_worker_cancelled_requests_total")
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 1500, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{stack.url}/v1/completions", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk seen: hang up mid-generation
+    wait_until(
+        lambda: metric(http_get(f"{stack.decode_http}/metrics")[1], "mixroute_worker_cancelled_requests_total") > before,
+        "the worker to abort the abandoned request",
+        stack.procs,
+        timeout_s=30,
+    )
