@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,12 +105,19 @@ class UpProcess:
             self._pump_thread.join(10)
 
 
-def start_up(work_dir: Path, *flags: str, env: dict[str, str] | None = None) -> UpProcess:
-    """Start `mixroute up` (not waiting for it) with free ports and a unique namespace."""
+def start_up(
+    work_dir: Path,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+) -> UpProcess:
+    """Start `mixroute up` (not waiting for it) with free ports and a unique namespace;
+    `prefix` wraps the command (e.g. to run it in a network namespace)."""
     run_dir = work_dir / "run"
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     router_port, frontend_port = free_port(), free_port()
     argv = [
+        *prefix,
         sys.executable, "-m", "mixroute", "up",
         "--run-dir", str(run_dir),
         "--namespace", namespace,
