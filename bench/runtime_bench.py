@@ -101,19 +101,32 @@ def spawn(args: list[str]) -> tuple[subprocess.Popen[str], str]:
 # ---- measurements ----
 
 
-async def bench_requests(address: str, num_round_trips: int, num_streams: int) -> dict[str, float]:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; clock-tick resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_requests(
+    address: str, num_round_trips: int, num_streams: int, server_pid: int
+) -> dict[str, float]:
     client = TcpRequestClient()
     for _ in range(500):  # warm up: connection, caches
         async for _ in client.stream(address, "one", b"w"):
             pass
     latencies = []
+    cpu_client, cpu_server = time.process_time(), process_cpu_s(server_pid)
     for _ in range(num_round_trips):
         start = time.perf_counter()
         async for _ in client.stream(address, "one", b"ping"):
             pass
         latencies.append(time.perf_counter() - start)
+    cpu_client = time.process_time() - cpu_client
+    cpu_server = process_cpu_s(server_pid) - cpu_server
     latencies.sort()
     result = {
+        "rt_cpu_client_us": cpu_client / num_round_trips * 1e6,
+        "rt_cpu_server_us": cpu_server / num_round_trips * 1e6,
         "rt_p50_us": statistics.median(latencies) * 1e6,
         "rt_p99_us": latencies[int(len(latencies) * 0.99) - 1] * 1e6,
         "rt_mean_us": statistics.fmean(latencies) * 1e6,
@@ -180,7 +193,7 @@ async def bench_events(events_url: str, count: int) -> float:
 async def parent(args: argparse.Namespace) -> dict[str, float]:
     proc, address = await asyncio.to_thread(spawn, ["--role", "server", "--loop", args.loop])
     try:
-        results = await bench_requests(address, args.round_trips, args.streams)
+        results = await bench_requests(address, args.round_trips, args.streams, proc.pid)
     finally:
         proc.kill()
         proc.wait()
@@ -202,6 +215,7 @@ def report(args: argparse.Namespace, r: dict[str, float]) -> str:
 | request plane 1-frame round trip p50 | {r["rt_p50_us"]:.0f} us | <= 150 us ({verdict_rt}) |
 | request plane 1-frame round trip p99 | {r["rt_p99_us"]:.0f} us | |
 | request plane 1-frame round trip mean | {r["rt_mean_us"]:.0f} us | |
+| CPU per round trip, client + server | {r["rt_cpu_client_us"]:.0f} + {r["rt_cpu_server_us"]:.0f} us | |
 | 256-frame stream, one at a time | {r["stream_frames_per_s"]:,.0f} frames/s | >= 50,000 ({verdict_fps}) |
 | 256-frame streams, 8 concurrent on one connection | {r["stream8_frames_per_s"]:,.0f} frames/s | |
 | event plane zmq, 1 publisher -> 1 subscriber | {r["zmq_msgs_per_s"]:,.0f} msgs/s | |

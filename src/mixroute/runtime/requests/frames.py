@@ -25,6 +25,9 @@ MAX_FRAME_BYTES = 512 * 1024 * 1024
 """Larger frames are refused as malformed (protects against a garbage length prefix)."""
 
 HEADER = struct.Struct(">I")
+_COPY_BELOW = 64 * 1024
+"""Frames smaller than this are sliced (a copy) before decoding; larger ones are decoded
+from a memoryview so a multi-MB KV chunk is not copied twice."""
 
 
 class ErrorCode:
@@ -91,19 +94,20 @@ def decode_frames(buf: bytes | bytearray, frames: list[Frame]) -> int:
     """Decodes the complete frames at the start of `buf` into `frames`; returns the number
     of bytes consumed (a trailing partial frame is left for the next call)."""
     pos, size = 0, len(buf)
-    with memoryview(buf) as view:
-        while size - pos >= 4:
-            (length,) = HEADER.unpack_from(buf, pos)
-            if length > MAX_FRAME_BYTES:
-                raise FrameError(
-                    f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES} byte limit"
-                )
-            end = pos + 4 + length
-            if end > size:
-                break
-            try:
-                frames.append(decoder.decode(view[pos + 4 : end]))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise FrameError(f"malformed frame: {exc}") from None
-            pos = end
+    while size - pos >= 4:
+        (length,) = HEADER.unpack_from(buf, pos)
+        if length > MAX_FRAME_BYTES:
+            raise FrameError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES} byte limit")
+        end = pos + 4 + length
+        if end > size:
+            break
+        try:
+            if length < _COPY_BELOW:
+                frames.append(decoder.decode(buf[pos + 4 : end]))  # copying is cheaper here
+            else:
+                with memoryview(buf) as view:
+                    frames.append(decoder.decode(view[pos + 4 : end]))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise FrameError(f"malformed frame: {exc}") from None
+        pos = end
     return pos
