@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from mixroute.errors import ConfigError
+from mixroute.frontend import main as frontend_main
+from mixroute.worker.main import add_arguments, settings_from_args
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_prefill_flag_and_components() -> None:
+    args = _parse("--model", "/m", "--is-prefill-worker", "--namespace", "ns1", "--discovery", "etcd://127.0.0.1:2379")
+    settings = settings_from_args(args)
+    assert (settings.worker_type, settings.component, settings.namespace) == ("prefill", "prefill", "ns1")
+    assert settings_from_args(_parse("--model", "/m", "--worker-type", "decode")).component == "backend"
+    assert settings_from_args(_parse("--model", "/m")).component == "backend"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        ((), "--model is required"),
+        (("--model", "/m", "--tensor-parallel-size", "2"), "tensor-parallel"),
+        (("--model", "/m", "--num-workers", "3"), "mocker"),
+        (("--engine", "mocker", "--num-workers", "3", "--http-port", "9000"), "--http-port"),
+    ],
+)
+def test_bad_flags_say_how_to_fix(argv: tuple[str, ...], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        settings_from_args(_parse(*argv))
+
+
+def test_frontend_flags() -> None:
+    parser = argparse.ArgumentParser()
+    frontend_main.add_arguments(parser)
+    args = parser.parse_args(["--router-mode", "round-robin", "--kv-temperature", "0.5", "--events", "nats://127.0.0.1:4222"])
+    assert (args.router_mode, args.kv_temperature, args.http_port, args.host) == ("round-robin", 0.5, 8000, "127.0.0.1")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--router-mode", "fastest"])
