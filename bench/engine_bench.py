@@ -172,14 +172,14 @@ def main() -> int:
     lines = [
         "# Engine benchmark",
         "",
-        f"Model `{path.name}`, {args.dtype}, device `{args.device}`, torch {torch.__version__}, "
+        (f"Model `{path.name}`, {args.dtype}, device `{args.device}`, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs; "
-        "shared with other processes while this ran, so absolute figures are noisy).",
+        "shared with other processes while this ran, so absolute figures are noisy)."),
         "",
         "Reproduce: `python3 bench/engine_bench.py " + " ".join(sys.argv[1:]) + "`",
         "",
-        f"## Throughput: {len(prompts)} prompts (lengths {min(lens)}-{max(lens)}, mean {statistics.mean(lens):.0f}) "
-        f"as one batch, {args.max_tokens} output tokens each",
+        (f"## Throughput: {len(prompts)} prompts (lengths {min(lens)}-{max(lens)}, mean {statistics.mean(lens):.0f}) "
+        f"as one batch, {args.max_tokens} output tokens each"),
         "",
         "| engine | wall s | output tokens | output tokens/s |",
         "| --- | ---: | ---: | ---: |",
@@ -188,7 +188,7 @@ def main() -> int:
         "",
         f"Speedup: **{eng_tps / hf_tps:.2f}x** (goal >= 3x).",
         "",
-        "## TTFT of a 1,000-token prompt (median of %d)" % args.ttft_repeats,
+        f"## TTFT of a 1,000-token prompt (median of {args.ttft_repeats})",
         "",
         "| case | TTFT ms |",
         "| --- | ---: |",

@@ -140,7 +140,7 @@ class AsyncEngine:
                 return
             try:
                 future.set_result(fn())
-            except BaseException as exc:  # handed to the caller, who re-raises it
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
                 future.set_exception(exc)
 
         self._post(command)

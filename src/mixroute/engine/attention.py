@@ -89,7 +89,7 @@ def paged_attention(
         from mixroute.engine.triton_attention import paged_decode
 
         d = meta.decode
-        assert d.lengths is not None
+        assert d.lengths is not None and d.block_tables is not None
         out[d.token_index] = paged_decode(q[d.token_index], k_cache, v_cache, d.block_tables, d.lengths, scale)
     elif meta.decode is not None:
         d = meta.decode

@@ -233,9 +233,9 @@ class LLMEngine:
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         params = seq.sampling
-        if seq.num_output_tokens >= params.min_tokens:
-            if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
-                return "stop"
+        is_stop = token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids)
+        if is_stop and seq.num_output_tokens >= params.min_tokens:
+            return "stop"
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None

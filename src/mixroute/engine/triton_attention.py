@@ -41,7 +41,7 @@ if HAS_TRITON:
         total = tl.zeros((), tl.float32)
         acc = tl.zeros((HEAD_DIM,), tl.float32)
         num_blocks = tl.cdiv(length, BLOCK_SIZE)
-        for b in range(0, num_blocks):
+        for b in range(num_blocks):
             block = tl.load(tables_ptr + seq * stride_tb + b).to(tl.int64)
             valid = b * BLOCK_SIZE + offs < length
             base = block * stride_kb + offs[:, None] * stride_ks + kv_head * stride_kh + dims[None, :]
@@ -59,10 +59,12 @@ if HAS_TRITON:
         tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty))
 
 
+def _is_pow2(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
 def can_use(q: torch.Tensor, block_size: int) -> bool:
-    head_dim = q.shape[-1]
-    pow2 = lambda n: n > 0 and (n & (n - 1)) == 0  # noqa: E731
-    return HAS_TRITON and q.is_cuda and pow2(head_dim) and pow2(block_size) and block_size >= 16
+    return HAS_TRITON and q.is_cuda and _is_pow2(q.shape[-1]) and _is_pow2(block_size) and block_size >= 16
 
 
 def paged_decode(

@@ -9,7 +9,14 @@ import torch
 
 from mixroute.engine.config import EngineConfig
 from mixroute.engine.llm_engine import LLMEngine
-from mixroute.protocol.messages import GenerateRequest, KvCleared, KvEvent, KvRemoved, KvStored, SamplingParams
+from mixroute.protocol.messages import (
+    GenerateRequest,
+    KvCleared,
+    KvEvent,
+    KvRemoved,
+    KvStored,
+    SamplingParams,
+)
 from mixroute.testing.tiny_model import build_tiny_model
 
 ARCHS = ("llama", "qwen2")

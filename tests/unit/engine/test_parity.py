@@ -9,7 +9,15 @@ import pytest
 from mixroute.engine.api import KvExport
 from mixroute.protocol.messages import GenerateRequest, SamplingParams
 
-from .conftest import ARCHS, MAX_TOKENS, Reference, assert_clean, make_engine, make_prompts, run_batch
+from .conftest import (
+    ARCHS,
+    MAX_TOKENS,
+    Reference,
+    assert_clean,
+    make_engine,
+    make_prompts,
+    run_batch,
+)
 
 
 def check(reference: Reference, arch: str, prompts: list[list[int]], outputs: dict[int, list[int]]) -> None:
@@ -23,7 +31,7 @@ def test_cold_batches(arch: str, tiny_dirs: dict[str, Path], reference: Referenc
     index: set[int] = set()
     for size in (1, 4, 16):
         prompts = make_prompts(size, seed=size)
-        outputs, usage = run_batch(engine, prompts, tag=f"c{size}-")
+        outputs, _usage = run_batch(engine, prompts, tag=f"c{size}-")
         check(reference, arch, prompts, outputs)
         assert_clean(engine, index)
 

@@ -33,7 +33,7 @@ def test_stop_tokens_min_tokens_and_max_tokens(tiny_dirs: dict[str, Path]) -> No
     tokens = free[0]
     assert len(tokens) == 12
     stop = tokens[3]
-    stopped, usage = run_batch(engine, [prompt], max_tokens=12, tag="s", ignore_eos=True, stop_token_ids=(stop,))
+    stopped, _usage = run_batch(engine, [prompt], max_tokens=12, tag="s", ignore_eos=True, stop_token_ids=(stop,))
     assert stopped[0] == tokens[: tokens.index(stop) + 1]
     delayed, _ = run_batch(engine, [prompt], max_tokens=12, tag="m", ignore_eos=True, stop_token_ids=(stop,), min_tokens=12)
     assert len(delayed[0]) == 12

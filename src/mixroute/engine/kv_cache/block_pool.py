@@ -14,7 +14,14 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from mixroute.protocol.messages import KvCleared, KvEvent, KvEventData, KvRemoved, KvStored, StoredBlock
+from mixroute.protocol.messages import (
+    KvCleared,
+    KvEvent,
+    KvEventData,
+    KvRemoved,
+    KvStored,
+    StoredBlock,
+)
 
 
 @dataclass(slots=True, eq=False)

@@ -141,6 +141,7 @@ class LlamaForCausalLM(nn.Module):
     def fuse(self) -> None:
         """Merge q/k/v and gate/up projections after loading (the checkpoint keeps them apart)."""
         for layer in self.model.layers:
+            assert isinstance(layer, DecoderLayer)
             layer.self_attn.fuse()
             layer.mlp.fuse()
 
