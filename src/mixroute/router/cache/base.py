@@ -28,6 +28,7 @@ class CacheStore(Protocol):
     when `is_blocking`). `scope` is an opaque hex string chosen by the caller."""
 
     is_blocking: bool
+    max_entries: int
 
     def lookup(self, scope: str, vector: np.ndarray, threshold: float, now: float) -> CacheHit | None: ...
 

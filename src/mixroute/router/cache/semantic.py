@@ -65,6 +65,9 @@ class SemanticCache:
         return self.store.lookup(*args)
 
     async def save(self, config: CacheConfig, scope: str, vector: np.ndarray, answer: CachedAnswer) -> None:
+        # A reload may change the bound; it applies from the next store on.
+        self.exact.max_entries = config.max_entries
+        self.store.max_entries = config.max_entries
         args = (scope, vector, answer, time.time(), config.ttl_seconds)
         if self.store.is_blocking:
             await asyncio.to_thread(self.store.store, *args)
