@@ -83,7 +83,7 @@ def build_app(core: RouterCore, proxy: Proxy) -> FastAPI:
     async def classify_security(request: Request) -> dict[str, Any]:
         text = await _text_field(request)
         probability = await core.runner.classify_jailbreak(text)
-        threshold = core.config.jailbreak.threshold
+        threshold = core.runner.jailbreak_threshold(core.config)
         return {"is_jailbreak": probability >= threshold, "confidence": probability, "threshold": threshold,
                 "type": "jailbreak" if probability >= threshold else "benign"}
 

@@ -94,7 +94,8 @@ class PiiConfig(_Strict):
 
 class JailbreakConfig(_Strict):
     enabled: bool = True
-    threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Block at or above this probability; None: the classifier's own calibrated threshold."""
 
 
 class CacheScope(_Strict):

@@ -107,7 +107,7 @@ def _policy(config: RouterConfig, model: str) -> PiiPolicy:
 
 def _screen(config: RouterConfig, route: Route, candidates: list[str], signals: SignalResults) -> Block | str:
     """The model to use (the best candidate whose PII policy admits the request) or a Block."""
-    if config.jailbreak.enabled and signals.jailbreak_probability >= config.jailbreak.threshold:
+    if config.jailbreak.enabled and signals.jailbreak_probability >= signals.jailbreak_threshold:
         confidence = signals.jailbreak_probability
         headers = {
             "x-vsr-jailbreak-blocked": "true",

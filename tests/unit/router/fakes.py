@@ -40,6 +40,8 @@ class FakeCategory:
 
 
 class FakeJailbreak:
+    threshold = 0.6
+
     def predict(self, texts: list[str], embeddings: np.ndarray) -> list[float]:
         return [0.99 if "ignore previous instructions" in t.lower() else 0.01 for t in texts]
 

@@ -21,7 +21,7 @@ def _request(model="MoM", messages=None, **extra):
 
 def _signals(category="math", confidence=0.9, pii=(), jailbreak=0.0, text=""):
     return SignalResults(embedding=np.zeros(4, np.float32), category=category, category_confidence=confidence,
-                         jailbreak_probability=jailbreak, pii_types=list(pii),
+                         jailbreak_probability=jailbreak, jailbreak_threshold=0.7, pii_types=list(pii),
                          keyword_rules=match_rules(CONFIG.keyword_rules, text))
 
 

@@ -62,3 +62,14 @@ async def test_embedding_skipped_when_nothing_needs_it_and_pii_threshold_applies
     assert out.embedding is None and embedder.texts == []
     assert out.pii_types == []  # the fake scores 0.85 < 0.9
     runner.close()
+
+
+async def test_jailbreak_threshold_from_config_else_from_the_classifier():
+    runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), FakeJailbreak(), FakePii()))
+    config = parse_config(CONFIG_YAML)
+    assert runner.jailbreak_threshold(config) == 0.6  # FakeJailbreak.threshold
+    pinned = config.model_copy(update={"jailbreak": config.jailbreak.model_copy(update={"threshold": 0.95})})
+    assert runner.jailbreak_threshold(pinned) == 0.95
+    out = await runner.run(_request(("user", "hello")), pinned)
+    assert out.jailbreak_threshold == 0.95
+    runner.close()

@@ -30,6 +30,11 @@ class CategoryClassifierLike(Protocol):
 class JailbreakClassifierLike(Protocol):
     def predict(self, texts: list[str], embeddings: np.ndarray) -> list[float]: ...
 
+    @property
+    def threshold(self) -> float:
+        """The probability at which the trained head calls a prompt a jailbreak."""
+        ...
+
 
 class PiiDetectorLike(Protocol):
     def detect(self, text: str) -> list[Any]: ...

@@ -32,6 +32,8 @@ class SignalResults:
     category: str | None = None
     category_confidence: float = 0.0
     jailbreak_probability: float = 0.0
+    jailbreak_threshold: float = 1.0
+    """The threshold in force: the config's, else the classifier's calibrated one."""
     pii_types: list[str] = field(default_factory=list)
     keyword_rules: list[KeywordRule] = field(default_factory=list)
     latency_ms: dict[str, float] = field(default_factory=dict)
@@ -60,7 +62,10 @@ class SignalRunner:
             embed_future = loop.run_in_executor(
                 self._pool, self._embed_and_classify, [query, *history], config.jailbreak.enabled
             )
-        results = SignalResults(embedding=None, keyword_rules=match_rules(config.keyword_rules, query))
+        results = SignalResults(
+            embedding=None, keyword_rules=match_rules(config.keyword_rules, query),
+            jailbreak_threshold=self.jailbreak_threshold(config),
+        )
         if embed_future is not None:
             embedding, category, jailbreak, embed_ms = await embed_future
             results.embedding = embedding
@@ -70,6 +75,11 @@ class SignalRunner:
         if pii_future is not None:
             results.pii_types, results.latency_ms["pii"] = await pii_future
         return results
+
+    def jailbreak_threshold(self, config: RouterConfig) -> float:
+        if config.jailbreak.threshold is not None:
+            return config.jailbreak.threshold
+        return float(self.models.jailbreak.threshold)
 
     def _detect_pii(self, texts: list[str], threshold: float) -> tuple[list[str], float]:
         start = time.perf_counter()
