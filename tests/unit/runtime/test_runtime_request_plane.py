@@ -276,3 +276,29 @@ async def test_large_payloads_both_ways(client: TcpRequestClient) -> None:
         srv.add_endpoint("mirror", mirror)
         frames = await collect(client, srv.address, "mirror", big)
     assert len(frames) == 3 and all(f == big[::-1] for f in frames)
+
+
+async def test_silent_client_is_dropped_and_its_handlers_cancelled() -> None:
+    handler_cancelled = asyncio.Event()
+
+    async def forever(payload: bytes) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"tick"
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            handler_cancelled.set()
+            raise
+
+    srv = TcpRequestServer(ping_interval_s=0.1, dead_after_s=0.5)
+    srv.add_endpoint("forever", forever)
+    await srv.start()
+    host, port = parse_address(srv.address)
+    # A raw client that sends one request and then never a byte again (not even a ping).
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(encode_frame(Request(1, "forever", b"")))
+    await writer.drain()
+    await asyncio.wait_for(handler_cancelled.wait(), 3)
+    assert not srv.connections
+    writer.close()
+    await srv.stop()

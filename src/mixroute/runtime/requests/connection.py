@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PING_INTERVAL_S = 0.5
 DEFAULT_DEAD_AFTER_S = float(os.environ.get("MIXROUTE_PEER_TIMEOUT_S", "2.0"))
-"""A peer silent this long is gone. Raise it (env MIXROUTE_PEER_TIMEOUT_S) only for
-processes that block their event loop for seconds, which they should not."""
+"""A client fails its streams when the server has been silent this long. Raise it (env
+MIXROUTE_PEER_TIMEOUT_S) only for servers that block their event loop for seconds, which
+they should not."""
+DEFAULT_SERVER_DEAD_AFTER_S = max(10.0, DEFAULT_DEAD_AFTER_S)
+"""A server gives a silent client longer: dropping it cancels all its requests, and a
+client stalled by a busy machine is more likely than one half-open."""
 
 
 class Connection(asyncio.Protocol):

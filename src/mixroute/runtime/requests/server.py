@@ -18,8 +18,8 @@ from mixroute.errors import ConfigError, RequestPlaneError
 from mixroute.logs import kv
 from mixroute.runtime.requests.base import Handler
 from mixroute.runtime.requests.connection import (
-    DEFAULT_DEAD_AFTER_S,
     DEFAULT_PING_INTERVAL_S,
+    DEFAULT_SERVER_DEAD_AFTER_S,
     Connection,
 )
 from mixroute.runtime.requests.frames import Cancel, Data, End, Error, ErrorCode, Frame, Request
@@ -106,7 +106,7 @@ class TcpRequestServer:
         *,
         advertise_host: str | None = None,
         ping_interval_s: float = DEFAULT_PING_INTERVAL_S,
-        dead_after_s: float = DEFAULT_DEAD_AFTER_S,
+        dead_after_s: float = DEFAULT_SERVER_DEAD_AFTER_S,
     ) -> None:
         self.host = host
         self.port = port
