@@ -295,7 +295,7 @@ async def test_silent_client_is_dropped_and_its_handlers_cancelled() -> None:
     await srv.start()
     host, port = parse_address(srv.address)
     # A raw client that sends one request and then never a byte again (not even a ping).
-    reader, writer = await asyncio.open_connection(host, port)
+    _reader, writer = await asyncio.open_connection(host, port)
     writer.write(encode_frame(Request(1, "forever", b"")))
     await writer.drain()
     await asyncio.wait_for(handler_cancelled.wait(), 3)
