@@ -27,7 +27,9 @@ class EngineConfig(BaseModel):
     cpu_kv_cache_bytes: int = Field(default=1 << 30, ge=1 << 20)
     """KV budget on CPU when num_blocks is None."""
     max_num_seqs: int = Field(default=64, ge=1)
-    max_num_batched_tokens: int = Field(default=2048, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    """Token budget per step; None: 512 on CPU (keeps steps short so decodes are not
+    stalled behind a long prefill), 2048 on CUDA."""
     max_model_len: int | None = Field(default=None, ge=2)
     """None: the model's max_position_embeddings, capped at 8192."""
     enable_prefix_caching: bool = True
@@ -57,4 +59,6 @@ class EngineConfig(BaseModel):
             self.served_model_name = Path(self.model_path).name
         if self.dtype is None:
             self.dtype = "float32" if self.device == "cpu" else "bfloat16"
+        if self.max_num_batched_tokens is None:
+            self.max_num_batched_tokens = 512 if self.device == "cpu" else 2048
         return self

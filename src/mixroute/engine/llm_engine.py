@@ -57,6 +57,8 @@ class LLMEngine:
         mc = self.model_config
         self.max_model_len = config.max_model_len or min(mc.max_position_embeddings, MAX_DEFAULT_MODEL_LEN)
         self.block_size = config.block_size
+        assert config.max_num_batched_tokens is not None  # filled in by EngineConfig
+        self.max_num_batched_tokens: int = config.max_num_batched_tokens
         self.eos_token_ids = mc.eos_token_ids
         self.model = load_model(config.model_path, self.device, self.dtype, fuse=config.fuse_projections)
         self.model.init_rope(self.max_model_len + 1, self.device, self.dtype)
@@ -67,7 +69,7 @@ class LLMEngine:
         self.pool = BlockPool(self.num_blocks, enable_caching=config.enable_prefix_caching, worker_id=config.worker_id)
         self.kv = KvCacheManager(self.pool, self.block_size)
         self.scheduler = Scheduler(
-            self.kv, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens
+            self.kv, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens
         )
         self.runner = ModelRunner(self.model, self.kv_tensors, self.block_size, self.device, self._use_triton())
         self.sampler = Sampler(self.eos_token_ids, config.seed)
@@ -99,7 +101,7 @@ class LLMEngine:
             free, total = torch.cuda.mem_get_info(self.device)
             budget = free - total * (1.0 - self.config.gpu_memory_utilization)
             # Leave room for activations of a full token budget.
-            budget -= self.config.max_num_batched_tokens * mc.vocab_size * 4 * 2
+            budget -= self.max_num_batched_tokens * mc.vocab_size * 4 * 2
         else:
             budget = self.config.cpu_kv_cache_bytes
         num_blocks = int(budget // per_block)
