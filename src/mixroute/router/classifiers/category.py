@@ -1,4 +1,9 @@
-"""Domain category of a prompt: one of the 14 MMLU-Pro categories, with a confidence."""
+"""Domain category of a prompt: one of the 14 MMLU-Pro categories, with a confidence.
+
+The head may be trained on finer labels (the 57 MMLU subjects); its artifact then
+maps each label to a category and a category's probability is the sum of its
+labels' probabilities.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixroute.errors import ConfigError
 from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead
 
 
@@ -16,26 +22,40 @@ class CategoryClassifier:
     def __init__(self, artifact: Path = ARTIFACTS_DIR / "category") -> None:
         self.artifact = artifact
         self._head: LinearHead | None = None
+        self._categories: list[str] = []
+        self._group: np.ndarray = np.zeros(0, dtype=np.int64)
         self._lock = threading.Lock()
 
     def load(self) -> LinearHead:
         with self._lock:
             if self._head is None:
-                self._head = LinearHead.load(self.artifact)
+                head = LinearHead.load(self.artifact)
+                categories = list(head.meta.get("categories", head.labels))
+                mapping = head.meta.get("label_to_category", {c: c for c in head.labels})
+                try:
+                    group = [categories.index(mapping[label]) for label in head.labels]
+                except (KeyError, ValueError) as exc:
+                    raise ConfigError(f"{self.artifact}: label without a category: {exc}") from exc
+                self._categories, self._group = categories, np.array(group, dtype=np.int64)
+                self._head = head
             return self._head
 
     @property
     def categories(self) -> list[str]:
-        return list(self.load().labels)
+        self.load()
+        return list(self._categories)
 
     def probabilities(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
-        """[n, 14] probabilities, columns in `categories` order."""
-        return self.load().probabilities(texts, embeddings)
+        """[n, num_categories] probabilities, columns in `categories` order."""
+        head = self.load()
+        proba = head.probabilities(texts, embeddings)
+        out = np.zeros((proba.shape[0], len(self._categories)), dtype=np.float32)
+        np.add.at(out.T, self._group, proba.T)
+        return out
 
     def predict(self, texts: list[str], embeddings: np.ndarray) -> list[tuple[str, float]]:
         if not texts:
             return []
-        head = self.load()
-        proba = head.probabilities(texts, embeddings)
+        proba = self.probabilities(texts, embeddings)
         best = proba.argmax(axis=1)
-        return [(head.labels[k], float(proba[i, k])) for i, k in enumerate(best)]
+        return [(self._categories[k], float(proba[i, k])) for i, k in enumerate(best)]

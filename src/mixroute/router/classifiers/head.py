@@ -1,8 +1,10 @@
 """A linear classifier head over MiniLM embeddings plus TF-IDF features, in numpy.
 
 Artifact = two files with one stem, written by scripts/train_router_classifiers.py:
-- `<stem>.npz`: `emb_weight` [384, k], `bias` [k], and per TF-IDF block i
-  `tfidf{i}_idf` [v_i] and `tfidf{i}_weight` [v_i, k] (float16 on disk);
+- `<stem>.npz`: `emb_weight` [384, k], `bias` [k], per TF-IDF block i
+  `tfidf{i}_idf` [v_i], `tfidf{i}_weight` [v_i, k] (int8) and `tfidf{i}_scale` [k];
+  optionally an MLP over the embedding (`mlp_w1`, `mlp_b1`, `mlp_w2`, `mlp_b2`,
+  ReLU) whose log-probabilities are added with weight `mlp_mix`;
 - `<stem>.json`: `labels`, `output` ("softmax" | "sigmoid"), `emb_scale`, the TF-IDF
   blocks' settings and vocabularies, plus head-specific fields (threshold, label
   groups, training metrics) that the owning classifier reads.
@@ -33,6 +35,8 @@ class LinearHead:
     bias: np.ndarray
     tfidf: list[tuple[TfidfFeatures, np.ndarray]]
     max_chars: int
+    mlp: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
+    mlp_mix: float
     meta: dict[str, Any]
 
     @classmethod
@@ -56,11 +60,23 @@ class LinearHead:
                     ngram_range=(block["ngram_range"][0], block["ngram_range"][1]),
                     sublinear_tf=block["sublinear_tf"],
                 )
-                tfidf.append((features, arrays[f"tfidf{i}_weight"].astype(np.float32)))
+                weight = arrays[f"tfidf{i}_weight"].astype(np.float32)
+                if f"tfidf{i}_scale" in arrays:
+                    weight *= arrays[f"tfidf{i}_scale"].astype(np.float32)
+                tfidf.append((features, weight))
+            mlp = None
+            if "mlp_w1" in arrays:
+                mlp = tuple(
+                    arrays[name].astype(np.float32)
+                    for name in ("mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2")
+                )
         if meta["output"] not in ("softmax", "sigmoid"):
             raise ConfigError(f"{json_path}: output must be softmax or sigmoid")
         max_chars = int(meta.get("max_chars", 4000))
-        return cls(meta["labels"], meta["output"], emb_weight, bias, tfidf, max_chars, meta)
+        mlp_mix = float(meta.get("mlp_mix", 0.0))
+        return cls(
+            meta["labels"], meta["output"], emb_weight, bias, tfidf, max_chars, mlp, mlp_mix, meta
+        )
 
     def logits(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         if embeddings.shape != (len(texts), self.emb_weight.shape[0]):
@@ -79,6 +95,16 @@ class LinearHead:
         logits = self.logits(texts, embeddings)
         if self.output == "sigmoid":
             return 1.0 / (1.0 + np.exp(-logits))
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
+        logp = _log_softmax(logits)
+        if self.mlp is not None and self.mlp_mix > 0:
+            w1, b1, w2, b2 = self.mlp
+            hidden = np.maximum(embeddings.astype(np.float32) @ w1 + b1, 0.0)
+            logp = logp + self.mlp_mix * _log_softmax(hidden @ w2 + b2)
+        logp -= logp.max(axis=1, keepdims=True)
+        exp = np.exp(logp)
         return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

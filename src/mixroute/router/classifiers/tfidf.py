@@ -84,7 +84,7 @@ class TfidfFeatures:
         indices = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
         tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
         if self.sublinear_tf:
-            tf = np.log(tf) + 1.0
+            tf = (np.log(tf) + 1.0).astype(np.float32)
         values = tf * self.idf[indices]
         norm = math.sqrt(float(np.dot(values, values)))
         if norm > 0:

@@ -51,7 +51,7 @@ def test_similar_texts_embed_closer(signals: classifiers.Signals) -> None:
 def test_category_obvious_examples(signals: classifiers.Signals) -> None:
     texts = [
         "Compute the integral of x^2 sin(x) dx and find the limit of the derivative as x -> 0.",
-        "What is the pKa of acetic acid and how does a buffer resist changes in pH?",
+        "Balance the chemical equation for the combustion of propane and compute the moles of CO2.",
         "Under the Fourth Amendment, when may police search a car without a warrant?",
         "What caused the fall of the Western Roman Empire in 476 AD?",
         "Explain how a binary search tree supports insertion in O(log n) time in Python.",
