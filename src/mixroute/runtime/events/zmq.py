@@ -23,9 +23,10 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from mixroute.errors import ConfigError, EventPlaneError
+from mixroute.errors import EventPlaneError
 from mixroute.logs import kv
 from mixroute.protocol.names import EVENT_PUBLISHERS_ROOT
+from mixroute.runtime.address import advertised_host, url_host
 from mixroute.runtime.discovery.base import Discovery
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,6 @@ class PublisherRecord(msgspec.Struct, kw_only=True):
 
 def publishers_prefix(namespace: str) -> str:
     return f"{EVENT_PUBLISHERS_ROOT}/{namespace}/"
-
-
-def _format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 class ZmqEventPublisher:
@@ -80,16 +77,14 @@ class ZmqEventPublisher:
 
     async def start(self) -> None:
         try:
-            self._socket.bind(f"tcp://{_format_host(self._host)}:*")
+            self._socket.bind(f"tcp://{url_host(self._host or '0.0.0.0')}:*")
         except zmq.ZMQError as exc:
             self._socket.close(0)
             raise EventPlaneError(f"cannot bind event publisher on {self._host}: {exc}") from exc
         endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         port = endpoint.rsplit(":", 1)[1]
-        host = self._advertise_host or self._host
-        if host in ("0.0.0.0", "::"):
-            raise ConfigError("event publisher bound to all interfaces needs --advertise-host")
-        self.address = f"tcp://{_format_host(host)}:{port}"
+        host = advertised_host(self._host, self._advertise_host)
+        self.address = f"tcp://{url_host(host)}:{port}"
         record = PublisherRecord(address=self.address, pid=os.getpid(), name=self.name)
         await self.discovery.put(self.key, msgspec.json.encode(record), leased=True)
         log.info("zmq event publisher up %s", kv(address=self.address, key=self.key))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Self
 
 from mixroute.errors import ConfigError, RequestPlaneError
 from mixroute.logs import kv
+from mixroute.runtime.address import advertised_host, url_host
 from mixroute.runtime.requests.base import Handler
 from mixroute.runtime.requests.connection import (
     DEFAULT_PING_INTERVAL_S,
@@ -133,21 +133,13 @@ class TcpRequestServer:
             raise RequestPlaneError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
-        self.address = f"tcp://{_format_host(self._advertised_host())}:{self.port}"
+        self.address = (
+            f"tcp://{url_host(advertised_host(self.host, self.advertise_host))}:{self.port}"
+        )
         log.info(
             "request plane listening %s",
             kv(address=self.address, endpoints=",".join(self.endpoints)),
         )
-
-    def _advertised_host(self) -> str:
-        if self.advertise_host:
-            return self.advertise_host
-        if self.host in ("0.0.0.0", "::", ""):
-            try:
-                return socket.gethostbyname(socket.gethostname())
-            except OSError:
-                return "127.0.0.1"
-        return self.host
 
     async def stop(self) -> None:
         if self._server is None:
@@ -167,7 +159,3 @@ class TcpRequestServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def _format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
