@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -43,7 +43,11 @@ def test_embedder_contract(signals: classifiers.Signals) -> None:
 
 def test_similar_texts_embed_closer(signals: classifiers.Signals) -> None:
     emb = signals.embedder.encode(
-        ["How do I bake bread?", "What is a recipe for baking bread?", "Explain quantum tunnelling."]
+        [
+            "How do I bake bread?",
+            "What is a recipe for baking bread?",
+            "Explain quantum tunnelling.",
+        ]
     )
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
 
@@ -87,7 +91,9 @@ def test_pii_obvious_examples(signals: classifiers.Signals) -> None:
 
 
 def test_no_network_attempted(signals: classifiers.Signals, no_network: list[str]) -> None:
-    text = "Contact John Smith at john@corp.example.org or 192.168.0.12, IBAN GB82WEST12345698765432"
+    text = (
+        "Contact John Smith at john@corp.example.org or 192.168.0.12, IBAN GB82WEST12345698765432"
+    )
     entities = signals.pii.detect(text)
     emb = signals.embedder.encode([text])
     signals.category.predict([text], emb)
@@ -100,20 +106,11 @@ def test_load_default_signals_is_cached_and_thread_safe(signals: classifiers.Sig
     assert classifiers.load_default_signals() is signals
     texts = [f"question number {i} about thermodynamics and entropy" for i in range(8)]
     expected = signals.embedder.encode(texts)
-    results: list[np.ndarray] = []
-    errors: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            results.append(signals.embedder.encode(texts))
-            signals.pii.detect("Call me at 212-555-0187")
-        except BaseException as exc:  # collected and re-raised by the test thread
-            errors.append(exc)
+    def work(_: int) -> np.ndarray:
+        signals.pii.detect("Call me at 212-555-0187")
+        return signals.embedder.encode(texts)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors
-    assert len(results) == 4 and all(np.allclose(r, expected, atol=1e-5) for r in results)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(4), timeout=120))
+    assert all(np.allclose(r, expected, atol=1e-5) for r in results)
