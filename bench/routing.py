@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import sys
 import time
 import traceback
@@ -58,7 +59,12 @@ class SystemOutcome:
     label: str
     results: list[RunResult] = field(default_factory=list)
     """Main run first, then sweep runs."""
+    server_cpu_ms: float | None = None
+    """Server-side CPU per request in the main run (all of the system's processes)."""
+    client_cpu_ms: float | None = None
     overhead_ms: float | None = None
+    direct_ms: float | None = None
+    """The same probe sent straight to one of the system's workers (HTTP-router systems)."""
     route_us: float | None = None
     aiperf: dict[str, float] | None = None
     error: str = ""
@@ -114,21 +120,21 @@ def fill_workers_from_log(result: RunResult, log: Path) -> None:
 
 def start_system(
     label: str, args: argparse.Namespace, fleet: dynamo.FleetSpec, log_dir: Path
-) -> tuple[list[ProcGroup], str, Path | None]:
+) -> tuple[list[ProcGroup], str, Path | None, str | None]:
     """Start one system; returns its process groups, base URL and the log naming its choices."""
     port = free_port()
     model_dir = args.model_dir
     if label.startswith("ours-"):
         mode = label.removeprefix("ours-")
         g = ours.start_frontend_stack(model_dir, MODEL_NAME, fleet, port, log_dir, mode)
-        return [g], f"http://127.0.0.1:{port}", log_dir / f"{g.name}-frontend.log"
+        return [g], f"http://127.0.0.1:{port}", log_dir / f"{g.name}-frontend.log", None
     if label.startswith("dynamo-"):
         if not is_installed("dynamo"):
             raise RuntimeError("dynamo not installed: bash bench/peers/install.sh dynamo")
         mode = label.removeprefix("dynamo-")
         g = dynamo.start(model_dir, MODEL_NAME, fleet, port, log_dir, router_mode=mode)
         time.sleep(3.0)  # all mocker instances registered and watched
-        return [g], f"http://127.0.0.1:{port}", log_dir / f"{g.name}-frontend.log"
+        return [g], f"http://127.0.0.1:{port}", log_dir / f"{g.name}-frontend.log", None
     for router in http_routers.ROUTERS:
         if label.startswith(router + "-"):
             if not is_installed(router):
@@ -140,7 +146,7 @@ def start_system(
             except BaseException:
                 workers.stop()
                 raise
-            return [g, workers], f"http://127.0.0.1:{port}", None
+            return [g, workers], f"http://127.0.0.1:{port}", None, urls[0]
     raise ValueError(f"unknown system {label!r}")
 
 
@@ -152,13 +158,16 @@ def run_system(
     groups: list[ProcGroup] = []
     try:
         print(f"[{time.strftime('%H:%M:%S')}] {label}: starting", flush=True)
-        groups, url, choice_log = start_system(label, args, fleet, log_dir)
+        groups, url, choice_log, direct_url = start_system(label, args, fleet, log_dir)
         wl = workload_a(args.num_requests, seed=args.seed)
         print(
             f"[{time.strftime('%H:%M:%S')}] {label}: {wl.num_requests} requests, c={args.concurrency}",
             flush=True,
         )
+        cpu0, client0 = sum(g.cpu_seconds() for g in groups), time.process_time()
         main = asyncio.run(_run(url, wl, Arrival("closed", args.concurrency), label))
+        out.server_cpu_ms = (sum(g.cpu_seconds() for g in groups) - cpu0) / wl.num_requests * 1e3
+        out.client_cpu_ms = (time.process_time() - client0) / wl.num_requests * 1e3
         if choice_log is not None:
             fill_workers_from_log(main, choice_log)
         main.meta.update(
@@ -176,15 +185,19 @@ def run_system(
         )
         if label in args.sweep_systems:
             for i, c in enumerate(args.sweep):
-                sweep_wl = workload_a(max(c * 4, 32), seed=args.seed + 100 + i)
+                sweep_wl = workload_a(max(c * 4, 128), seed=args.seed + 100 + i)
                 r = asyncio.run(_run(url, sweep_wl, Arrival("closed", c), label))
+                if choice_log is not None:
+                    fill_workers_from_log(r, choice_log)
                 r.save(run_dir / f"{label}-sweep-c{c}.jsonl")
                 out.results.append(r)
         out.overhead_ms = asyncio.run(probe_ttft_ms(url))
+        if direct_url is not None:
+            out.direct_ms = asyncio.run(probe_ttft_ms(direct_url))
         route = [r.route_us for r in main.records if r.route_us is not None]
         out.route_us = percentile(route, 50) if route else None
         if args.aiperf and label in args.aiperf_systems and is_installed("aiperf"):
-            aip_wl = workload_a(args.num_requests, seed=args.seed + 7)
+            aip_wl = workload_a(args.aiperf_requests, seed=args.seed + 7)
             out.aiperf = aiperf_client.run(
                 url,
                 MODEL_NAME,
@@ -200,26 +213,6 @@ def run_system(
         for g in groups:
             g.stop()
     return out
-
-
-def direct_worker_baseline(
-    args: argparse.Namespace, fleet: dynamo.FleetSpec, run_dir: Path
-) -> float | None:
-    """The probe sent straight to one mocker worker's own OpenAI endpoint (no router)."""
-    one = (
-        dynamo.FleetSpec(**{**fleet.__dict__, "num_workers": 1})
-        if hasattr(fleet, "__dict__")
-        else fleet
-    )
-    try:
-        group, urls = ours.start_http_workers(args.model_dir, MODEL_NAME, one, run_dir / "logs")
-    except Exception:  # noqa: BLE001 - the report says the baseline is missing
-        traceback.print_exc()
-        return None
-    try:
-        return asyncio.run(probe_ttft_ms(urls[0]))
-    finally:
-        group.stop()
 
 
 # ---------------------------------------------------------------- report
@@ -299,17 +292,22 @@ def write_report(
         (
             "Probe: one 4,000-token prompt sent 24 times one at a time with max_tokens 1; median TTFT of the last 16 "
             "(the prompt is cached on every worker by then). `added` = probe TTFT minus the same probe sent straight "
-            f"to one mocker worker's own OpenAI endpoint ({_fmt(baseline)} ms): tokenizing, routing, proxying. "
-            "`select` = the time our frontend reports spending on the worker choice alone (`x-mixroute-route-us`)."
+            "to a mocker worker's own OpenAI endpoint, measured right after it in the smg / vllm-router runs "
+            f"(median {_fmt(baseline)} ms; `direct` column): tokenizing, routing, proxying. "
+            "`select` = the time our frontend reports spending on the worker choice alone (`x-mixroute-route-us`). "
+            "CPU per request: user+system CPU of all the system's processes (router/frontend and workers) during "
+            "the main run, divided by its requests; on two shared cores this, more than routing, sets TTFT at c=32."
         ),
         "",
-        "| system | probe TTFT p50 ms | added ms | select us p50 |",
-        "|---|---|---|---|",
+        "| system | probe TTFT p50 ms | direct ms | added ms | select us p50 | server CPU ms/request | client CPU ms/request |",
+        "|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
-        added = None if o.overhead_ms is None or baseline is None else o.overhead_ms - baseline
+        base = o.direct_ms if o.direct_ms is not None else baseline
+        added = None if o.overhead_ms is None or base is None else o.overhead_ms - base
         lines.append(
-            f"| {o.label} | {_fmt(o.overhead_ms)} | {_fmt(added)} | {_fmt(o.route_us, '{:.0f}')} |"
+            f"| {o.label} | {_fmt(o.overhead_ms)} | {_fmt(o.direct_ms)} | {_fmt(added)} | {_fmt(o.route_us, '{:.0f}')} | "
+            f"{_fmt(o.server_cpu_ms)} | {_fmt(o.client_cpu_ms)} |"
         )
     lines += [
         "",
@@ -347,7 +345,7 @@ def write_report(
             "",
             "## Independent client: aiperf",
             "",
-            f"Same system, fresh prefix groups (seed {args.seed + 7}), {args.num_requests} requests at concurrency {args.concurrency}.",
+            f"Same system, fresh prefix groups (seed {args.seed + 7}), {args.aiperf_requests} requests at concurrency {args.concurrency}.",
             "",
             "| system | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | E2E p50 ms |",
             "|---|---|---|---|---|---|",
@@ -414,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS))
     p.add_argument("--num-requests", type=int, default=512)
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--speedup-ratio", type=float, default=2.0)
+    p.add_argument("--speedup-ratio", type=float, default=0.5)
     p.add_argument("--num-workers", type=int, default=8)
     p.add_argument("--num-blocks", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
@@ -424,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-systems", default="ours-kv,ours-round-robin,dynamo-kv")
     p.add_argument("--aiperf", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--aiperf-systems", default="ours-kv,dynamo-kv")
+    p.add_argument("--aiperf-requests", type=int, default=256)
     p.add_argument("--model-dir", type=Path, default=ROOT / ".cache" / "bench" / "model")
     p.add_argument("--run-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=HERE / "results" / "routing.md")
@@ -446,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     for label in labels:
         outcomes.append(run_system(label, args, fleet, args.run_dir))
         write_report(outcomes, None, args, fleet, started)  # partial report survives a crash
-    baseline = direct_worker_baseline(args, fleet, args.run_dir)
+    directs = [o.direct_ms for o in outcomes if o.direct_ms is not None]
+    baseline = statistics.median(directs) if directs else None
     path = write_report(outcomes, baseline, args, fleet, started)
     (args.run_dir / "outcomes.json").write_text(
         json.dumps(
@@ -454,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "label": o.label,
                     "overhead_ms": o.overhead_ms,
+                    "direct_ms": o.direct_ms,
+                    "server_cpu_ms": o.server_cpu_ms,
+                    "client_cpu_ms": o.client_cpu_ms,
                     "aiperf": o.aiperf,
                     "error": o.error,
                 }

@@ -66,6 +66,17 @@ class ProcGroup:
                     f"{self.name}: process {p.args[:3]} exited with {p.returncode}; see logs in {self.log_dir}"
                 )
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the group's processes (and reaped children)."""
+        total = 0
+        for p in self.procs:
+            try:
+                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self, grace_s: float = 5.0) -> None:
         for p in reversed(self.procs):
             if p.poll() is None:
