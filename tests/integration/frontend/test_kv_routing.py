@@ -4,6 +4,7 @@ discovery, ZeroMQ events, real processes, tiny random model)."""
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tests.integration.frontend.procs import (
 pytestmark = pytest.mark.timeout(400)
 
 MODEL = "tiny"
+MOCK_MODEL = "tiny-mock"
 
 
 @dataclass
@@ -48,12 +50,14 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         start("worker-b", worker_args, logs),
         start("frontend-kv", ["frontend", "--http-port", str(kv_port), "--router-mode", "kv", *runtime], logs),
         start("frontend-rr", ["frontend", "--http-port", str(rr_port), "--router-mode", "round-robin", *runtime], logs),
+        # A second model, served by a simulated engine: the frontends serve both at once.
+        start("worker-mock", ["worker", "--engine", "mocker", "--model", str(tiny_model_dir), "--served-model-name", MOCK_MODEL, "--speedup-ratio", "100", *runtime], logs),
     ]
     try:
         s = Stack(f"http://127.0.0.1:{kv_port}", f"http://127.0.0.1:{rr_port}", procs[2], procs[3], procs[:2])
         for url, fe in ((s.kv_url, s.kv), (s.rr_url, s.rr)):
             wait_until(models_listed(url, MODEL), f"{fe.name} lists the model", procs)
-            wait_until(lambda fe=fe: fe.log().count("worker added") >= 2, f"{fe.name} sees both workers", procs)
+            wait_until(lambda fe=fe: fe.log().count("worker added") >= 3, f"{fe.name} sees all workers", procs)
         yield s
     finally:
         for p in procs:
@@ -68,7 +72,7 @@ def test_openai_client_streaming_and_not(stack: Stack) -> None:
     import openai
 
     client = openai.OpenAI(base_url=f"{stack.kv_url}/v1", api_key="unused")
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert sorted(m.id for m in client.models.list().data) == [MODEL, MOCK_MODEL]
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0)
     assert reply.choices[0].finish_reason in ("length", "stop")
     assert reply.usage is not None and reply.usage.completion_tokens >= 1
@@ -138,3 +142,15 @@ def test_metrics_and_health(stack: Stack) -> None:
     assert "mixroute_frontend_worker_active_blocks" in text
     assert "mixroute_frontend_cached_tokens_total" in text
     assert http_get(f"{stack.kv_url}/health")[0] == 200
+
+
+def test_requests_are_routed_by_model(stack: Stack) -> None:
+    workers = {}
+    for model in (MODEL, MOCK_MODEL):
+        status, body = http_post(f"{stack.kv_url}/v1/chat/completions", dict(_chat("which model?"), model=model))
+        assert status == 200, body
+        assert body["model"] == model
+        workers[model] = decisions(stack.kv)[str(body["id"])][0]
+    mock_id = re.search(r"worker added model=tiny-mock component=backend worker_id=([0-9a-f]+)", stack.kv.log())
+    assert mock_id is not None and workers[MOCK_MODEL] == mock_id.group(1)
+    assert workers[MODEL] != workers[MOCK_MODEL]
