@@ -89,9 +89,8 @@ def make_events(
 
 
 def bench_apply(events: list[KvEvent], num_workers: int) -> tuple[KvIndexer, float, int, int]:
+    # Workers first seen through their event 0 are in sync from the start (no dump needed).
     index = KvIndexer()
-    for w in range(num_workers):
-        index.add_worker(w)
     num_blocks = sum(len(e.data.blocks) for e in events if isinstance(e.data, KvStored))
     gc.collect()
     rss0 = rss_bytes()
@@ -114,14 +113,14 @@ def bench_decode_apply(events: list[KvEvent], num_workers: int) -> float:
             batches.append(encode(KvEventBatch(worker_id=w, events=evs[i : i + 16])))
     dec = decoder(KvEventBatch)
     index = KvIndexer()
-    for w in range(num_workers):
-        index.add_worker(w)
     num_blocks = sum(len(e.data.blocks) for e in events if isinstance(e.data, KvStored))
     start = time.perf_counter()
     for raw in batches:
         for e in dec.decode(raw).events:
             index.apply_event(e)
-    return num_blocks / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    assert index.num_blocks > 0 and not index.take_dump_requests()
+    return num_blocks / elapsed
 
 
 def bench_match(
@@ -201,6 +200,8 @@ def main() -> int:
     gen_s = time.perf_counter() - t0
     index, apply_bps, rss_delta, num_applied = bench_apply(events, a.num_workers)
     indexed = index.num_blocks
+    if indexed < a.num_blocks * 0.99 or index.take_dump_requests():
+        raise SystemExit(f"only {indexed} blocks indexed (events ignored?); the benchmark would be meaningless")
     match = bench_match(index, group_local, a.num_queries, a.seed)
     hashing = bench_hash(200)
     remove_bps = bench_remove(index, events, a.num_workers)
