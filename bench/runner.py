@@ -25,7 +25,15 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workloads import Arrival, BenchRequest, LengthDist, Workload, prompt_text, shared_prefix
+from workloads import (
+    Arrival,
+    BenchRequest,
+    LengthDist,
+    Workload,
+    multi_turn,
+    prompt_text,
+    shared_prefix,
+)
 
 WORKER_HEADER = "x-mixroute-worker-id"
 PEER_WORKER_HEADERS = ("x-smg-routed-worker-id",)
@@ -274,10 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--model", required=True)
     p.add_argument("--label", default="")
-    p.add_argument("--num-requests", type=int, default=256)
-    p.add_argument("--num-groups", type=int, default=64)
+    p.add_argument("--workload", choices=["shared-prefix", "multi-turn"], default="shared-prefix")
+    p.add_argument("--num-requests", type=int, default=256, help="shared-prefix: requests")
+    p.add_argument("--num-groups", type=int, default=64, help="shared-prefix: prefix groups")
+    p.add_argument("--num-conversations", type=int, default=32, help="multi-turn: conversations")
+    p.add_argument("--num-turns", type=int, default=4, help="multi-turn: turns per conversation")
+    p.add_argument("--turn-isl", default="200", help="multi-turn: new tokens per later turn")
+    p.add_argument(
+        "--system-prompt-len", type=int, default=0, help="multi-turn: shared system prompt"
+    )
+    p.add_argument(
+        "--think-time", type=float, default=0.0, help="multi-turn: seconds between turns"
+    )
     p.add_argument("--prefix-ratio", type=float, default=0.9)
-    p.add_argument("--isl", default="4000", help="N | uniform:LO:HI | normal:MEAN:STD")
+    p.add_argument(
+        "--isl", default="4000", help="N | uniform:LO:HI | normal:MEAN:STD (multi-turn: first turn)"
+    )
     p.add_argument("--osl", default="100")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--arrival", choices=["closed", "poisson"], default="closed")
@@ -286,14 +306,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSON-lines file for the per-request records")
     args = p.parse_args(argv)
-    wl = shared_prefix(
-        num_requests=args.num_requests,
-        num_groups=args.num_groups,
-        prefix_ratio=args.prefix_ratio,
-        isl=LengthDist.parse(args.isl),
-        osl=LengthDist.parse(args.osl),
-        seed=args.seed,
-    )
+    if args.workload == "multi-turn":
+        wl = multi_turn(
+            num_conversations=args.num_conversations,
+            num_turns=args.num_turns,
+            first_isl=LengthDist.parse(args.isl),
+            turn_isl=LengthDist.parse(args.turn_isl),
+            osl=LengthDist.parse(args.osl),
+            system_prompt_len=args.system_prompt_len,
+            think_time_s=args.think_time,
+            seed=args.seed,
+        )
+    else:
+        wl = shared_prefix(
+            num_requests=args.num_requests,
+            num_groups=args.num_groups,
+            prefix_ratio=args.prefix_ratio,
+            isl=LengthDist.parse(args.isl),
+            osl=LengthDist.parse(args.osl),
+            seed=args.seed,
+        )
     arrival = Arrival(args.arrival, args.concurrency, args.rate, args.seed)
 
     async def go() -> RunResult:
