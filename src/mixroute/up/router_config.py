@@ -76,7 +76,9 @@ def write_router_config(
         raise ConfigError(f"cannot read the router's shipped config {source}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    dest = run_dir / "router-config.yaml"
+    # A directory of its own: the router watches the config's directory for edits, and the
+    # run dir's logs and discovery heartbeats would otherwise wake it constantly.
+    dest = run_dir / "router" / "config.yaml"
     dest.parent.mkdir(parents=True, exist_ok=True)
     text = "# Written by `mixroute up` from the router's shipped default config.\n"
     text += yaml.safe_dump(

@@ -147,10 +147,12 @@ class Stack:
     # ---- shutdown ----
 
     def stop(self) -> None:
+        started = time.monotonic()
+
         def announce(children: list[Child]) -> None:
             running = [c.name for c in children if c.is_running]
             if running:
-                self.say(f"  stopping {', '.join(running)}")
+                self.say(f"  [{time.monotonic() - started:4.1f}s] stopping {', '.join(running)}")
 
         killed = self.supervisor.stop(self.options.stop_timeout_s, on_stage=announce)
         for child in killed:
@@ -161,6 +163,7 @@ class Stack:
         for server in reversed(self._infra):
             server.stop()  # type: ignore[attr-defined]
         self._infra.clear()
+        self.say(f"  [{time.monotonic() - started:4.1f}s] all stopped")
 
     def report_exit(self, child: Child) -> None:
         code = child.poll()

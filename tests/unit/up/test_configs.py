@@ -64,6 +64,8 @@ def test_shipped_router_config_is_valid_once_filled(tmp_path: Path) -> None:
     from mixroute.up.router_config import write_router_config
 
     path = write_router_config(None, "my-model", "http://127.0.0.1:9001", tmp_path)
+    # Alone in its directory: the router watches that directory for edits.
+    assert path.parent != tmp_path and list(path.parent.iterdir()) == [path]
     config = router_config.load_config(path)
     assert config.default_model == "my-model"
     assert list(config.models) == ["my-model"]
