@@ -30,11 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("model and workers")
     models.add_argument(
         "--model",
+        metavar="PATH",
         default=None,
         help="HF model directory (default: SmolLM2-135M-Instruct, prepared once from the packaged GGUF)",
     )
     models.add_argument(
         "--served-model-name",
+        metavar="NAME",
         default=None,
         help="model name clients use (default: the model directory's name)",
     )
@@ -42,10 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--agg", action="store_true", help="one aggregated worker instead of prefill + decode"
     )
     models.add_argument(
-        "--workers", type=int, default=1, help="decode workers (aggregated workers with --agg)"
+        "--workers",
+        metavar="N",
+        type=int,
+        default=1,
+        help="decode workers (aggregated workers with --agg)",
     )
     models.add_argument(
-        "--prefill-workers", type=int, default=1, help="prefill workers (ignored with --agg)"
+        "--prefill-workers",
+        metavar="N",
+        type=int,
+        default=1,
+        help="prefill workers (ignored with --agg)",
     )
     models.add_argument(
         "--engine",
@@ -53,9 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="torch",
         help="torch: real forward passes; mocker: simulated timing (fast demo)",
     )
-    models.add_argument("--device", default="cpu", help="cpu or cuda")
     models.add_argument(
-        "--worker-args", default="", help="extra flags for every worker, one shell-quoted string"
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where workers run"
+    )
+    models.add_argument(
+        "--worker-args",
+        metavar="ARGS",
+        default="",
+        help="extra flags for every worker, one shell-quoted string",
     )
 
     routing = parser.add_argument_group("routing")
@@ -67,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     routing.add_argument(
         "--config",
+        metavar="PATH",
         default=None,
         help="semantic router YAML (default: the shipped config, filled with the served model)",
     )
@@ -80,37 +96,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Envoy on the router port, calling the router over ext_proc",
     )
-    routing.add_argument("--frontend-args", default="", help="extra flags for the frontend")
-    routing.add_argument("--router-args", default="", help="extra flags for the semantic router")
+    routing.add_argument(
+        "--frontend-args", metavar="ARGS", default="", help="extra flags for the frontend"
+    )
+    routing.add_argument(
+        "--router-args", metavar="ARGS", default="", help="extra flags for the semantic router"
+    )
 
     net = parser.add_argument_group("addresses")
-    net.add_argument("--host", default="127.0.0.1", help="address the HTTP servers bind")
     net.add_argument(
-        "--router-port", type=int, default=8080, help="semantic router (or Envoy) HTTP port"
+        "--host", metavar="HOST", default="127.0.0.1", help="address the HTTP servers bind"
     )
-    net.add_argument("--frontend-port", type=int, default=8000, help="frontend HTTP port")
     net.add_argument(
-        "--extproc-port", type=int, default=50051, help="router ext_proc gRPC port (with --envoy)"
+        "--router-port",
+        metavar="PORT",
+        type=int,
+        default=8080,
+        help="semantic router (or Envoy) HTTP port",
+    )
+    net.add_argument(
+        "--frontend-port", metavar="PORT", type=int, default=8000, help="frontend HTTP port"
+    )
+    net.add_argument(
+        "--extproc-port",
+        metavar="PORT",
+        type=int,
+        default=50051,
+        help="router ext_proc gRPC port (with --envoy)",
     )
     net.add_argument(
         "--router-http-port",
+        metavar="PORT",
         type=int,
         default=0,
         help="router's own HTTP port with --envoy (0: a free port)",
     )
     net.add_argument(
-        "--envoy-admin-port", type=int, default=0, help="Envoy admin port (0: a free port)"
+        "--envoy-admin-port",
+        metavar="PORT",
+        type=int,
+        default=0,
+        help="Envoy admin port (0: a free port)",
     )
 
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--namespace", default="dynamo")
+    runtime.add_argument("--namespace", metavar="NS", default="dynamo")
     runtime.add_argument(
         "--run-dir",
+        metavar="DIR",
         default=None,
         help="state directory (default: $MIXROUTE_RUN_DIR or /tmp/mixroute-<uid>/up)",
     )
     runtime.add_argument(
-        "--log-dir", default=None, help="one log file per child (default: RUN_DIR/logs)"
+        "--log-dir",
+        metavar="DIR",
+        default=None,
+        help="one log file per child (default: RUN_DIR/logs)",
     )
     runtime.add_argument(
         "--etcd",
@@ -131,12 +172,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     runtime.add_argument(
         "--ready-timeout",
+        metavar="S",
         type=float,
         default=900.0,
         help="seconds to wait for every component to be ready",
     )
     runtime.add_argument(
         "--stop-timeout",
+        metavar="S",
         type=float,
         default=15.0,
         help="seconds between SIGTERM and SIGKILL at shutdown",
