@@ -2,9 +2,8 @@
 
 Artifact = two files with one stem, written by scripts/train_router_classifiers.py:
 - `<stem>.npz`: `emb_weight` [384, k], `bias` [k], per TF-IDF block i
-  `tfidf{i}_idf` [v_i], `tfidf{i}_weight` [v_i, k] (int8) and `tfidf{i}_scale` [k];
-  optionally an MLP over the embedding (`mlp_w1`, `mlp_b1`, `mlp_w2`, `mlp_b2`,
-  ReLU) whose log-probabilities are added with weight `mlp_mix`;
+  `tfidf{i}_idf` [v_i], `tfidf{i}_weight` [v_i, k] (int8 with `tfidf{i}_scale` [k]
+  when k > 1, float16 for a single output);
 - `<stem>.json`: `labels`, `output` ("softmax" | "sigmoid"), `emb_scale`, the TF-IDF
   blocks' settings and vocabularies, plus head-specific fields (threshold, label
   groups, training metrics) that the owning classifier reads.
@@ -35,8 +34,6 @@ class LinearHead:
     bias: np.ndarray
     tfidf: list[tuple[TfidfFeatures, np.ndarray]]
     max_chars: int
-    mlp: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
-    mlp_mix: float
     meta: dict[str, Any]
 
     @classmethod
@@ -64,19 +61,11 @@ class LinearHead:
                 if f"tfidf{i}_scale" in arrays:
                     weight *= arrays[f"tfidf{i}_scale"].astype(np.float32)
                 tfidf.append((features, weight))
-            mlp = None
-            if "mlp_w1" in arrays:
-                mlp = tuple(
-                    arrays[name].astype(np.float32)
-                    for name in ("mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2")
-                )
+
         if meta["output"] not in ("softmax", "sigmoid"):
             raise ConfigError(f"{json_path}: output must be softmax or sigmoid")
         max_chars = int(meta.get("max_chars", 4000))
-        mlp_mix = float(meta.get("mlp_mix", 0.0))
-        return cls(
-            meta["labels"], meta["output"], emb_weight, bias, tfidf, max_chars, mlp, mlp_mix, meta
-        )
+        return cls(meta["labels"], meta["output"], emb_weight, bias, tfidf, max_chars, meta)
 
     def logits(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         if embeddings.shape != (len(texts), self.emb_weight.shape[0]):
@@ -95,16 +84,6 @@ class LinearHead:
         logits = self.logits(texts, embeddings)
         if self.output == "sigmoid":
             return 1.0 / (1.0 + np.exp(-logits))
-        logp = _log_softmax(logits)
-        if self.mlp is not None and self.mlp_mix > 0:
-            w1, b1, w2, b2 = self.mlp
-            hidden = np.maximum(embeddings.astype(np.float32) @ w1 + b1, 0.0)
-            logp = logp + self.mlp_mix * _log_softmax(hidden @ w2 + b2)
-        logp -= logp.max(axis=1, keepdims=True)
-        exp = np.exp(logp)
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
