@@ -67,6 +67,14 @@ class _Sampling(_Body):
     stop_token_ids: list[int] = []
     cache_salt: str | None = None
     user: str | None = None
+    logprobs: bool | int | None = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError("logprobs are not supported by this server; leave the field out")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -98,6 +106,13 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str] | list[list[int]]
     echo: bool = False
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("echo is not supported by this server; leave the field out")
+        return value
 
     @field_validator("prompt")
     @classmethod

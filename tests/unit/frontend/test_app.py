@@ -100,6 +100,8 @@ async def test_completions_stop_string_and_max_tokens(client: httpx.AsyncClient)
     assert (choice["text"], choice["finish_reason"]) == ("Paris is the", "stop")
     r = await client.post("/v1/completions", json={"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 2})
     assert r.json()["choices"][0]["finish_reason"] == "length"
+    r = await client.post("/v1/completions", json={"model": "tiny", "prompt": "q", "echo": True})
+    assert r.status_code == 400 and "echo" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -113,6 +115,8 @@ async def test_completions_stop_string_and_max_tokens(client: httpx.AsyncClient)
         (json.dumps(dict(CHAT, max_tokens=120)).encode(), 400, "max_tokens"),
         (json.dumps(dict(CHAT, temperature=9)).encode(), 400, "temperature"),
         (b"[1, 2]", 400, "object"),
+        (json.dumps(dict(CHAT, logprobs=True)).encode(), 400, "logprobs"),
+        (json.dumps(dict(CHAT, n=3)).encode(), 400, "n"),
     ],
 )
 async def test_bad_requests_get_openai_errors(client: httpx.AsyncClient, body: bytes, status: int, needle: str) -> None:
