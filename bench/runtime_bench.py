@@ -85,6 +85,41 @@ async def child_publisher(events_url: str, discovery_url: str, count: int) -> No
     await discovery.close()
 
 
+async def child_echo() -> None:
+    """The floor: a bare asyncio Protocol echoing bytes back, no framing, no streams."""
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(3600)
+
+
+async def bench_echo_floor(port: int, num_round_trips: int) -> float:
+    loop = asyncio.get_running_loop()
+    waiter: list[asyncio.Future[None]] = []
+
+    class Client(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            waiter[0].set_result(None)
+
+    transport, _ = await loop.create_connection(Client, "127.0.0.1", port)
+    latencies = []
+    for _ in range(num_round_trips):
+        start = time.perf_counter()
+        waiter[:] = [loop.create_future()]
+        transport.write(b"x" * 16)
+        await waiter[0]
+        latencies.append(time.perf_counter() - start)
+    transport.close()
+    return statistics.median(latencies) * 1e6
+
+
 def spawn(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -191,9 +226,16 @@ async def bench_events(events_url: str, count: int) -> float:
 
 
 async def parent(args: argparse.Namespace) -> dict[str, float]:
+    proc, port = await asyncio.to_thread(spawn, ["--role", "echo", "--loop", args.loop])
+    try:
+        floor_us = await bench_echo_floor(int(port), args.round_trips)
+    finally:
+        proc.kill()
+        proc.wait()
     proc, address = await asyncio.to_thread(spawn, ["--role", "server", "--loop", args.loop])
     try:
         results = await bench_requests(address, args.round_trips, args.streams, proc.pid)
+        results["floor_p50_us"] = floor_us
     finally:
         proc.kill()
         proc.wait()
@@ -215,6 +257,7 @@ def report(args: argparse.Namespace, r: dict[str, float]) -> str:
 | request plane 1-frame round trip p50 | {r["rt_p50_us"]:.0f} us | <= 150 us ({verdict_rt}) |
 | request plane 1-frame round trip p99 | {r["rt_p99_us"]:.0f} us | |
 | request plane 1-frame round trip mean | {r["rt_mean_us"]:.0f} us | |
+| floor: bare asyncio Protocol echo, p50 (no framing, no streams) | {r["floor_p50_us"]:.0f} us | |
 | CPU per round trip, client + server | {r["rt_cpu_client_us"]:.0f} + {r["rt_cpu_server_us"]:.0f} us | |
 | 256-frame stream, one at a time | {r["stream_frames_per_s"]:,.0f} frames/s | >= 50,000 ({verdict_fps}) |
 | 256-frame streams, 8 concurrent on one connection | {r["stream8_frames_per_s"]:,.0f} frames/s | |
@@ -233,7 +276,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--role", choices=["parent", "server", "publisher"], default="parent")
+    parser.add_argument(
+        "--role", choices=["parent", "server", "publisher", "echo"], default="parent"
+    )
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--round-trips", type=int, default=5000)
     parser.add_argument("--streams", type=int, default=200)
@@ -249,6 +294,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.role == "server":
         run_loop(child_server, args.loop)
+        return
+    if args.role == "echo":
+        run_loop(child_echo, args.loop)
         return
     if args.role == "publisher":
         run_loop(lambda: child_publisher(args.events_url, args.discovery, args.count), args.loop)
