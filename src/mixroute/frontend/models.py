@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from mixroute.errors import MixrouteError, NotFoundError
+from mixroute.errors import DiscoveryError, MixrouteError, NotFoundError
 from mixroute.frontend.backend import ModelEntry
 from mixroute.frontend.metrics import WorkerLoadSample
 from mixroute.frontend.preprocess import ModelTokenizer
@@ -39,6 +39,7 @@ from mixroute.runtime.discovery.base import Discovery
 log = logging.getLogger(__name__)
 
 _DEFAULT_MAX_MODEL_LEN = 8192
+_RETRY_S = 1.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,6 +78,7 @@ class ModelRegistry:
         self._pools: dict[str, ModelPool] = {}
         self._tokenizers: dict[str, ModelTokenizer] = {}
         self._by_worker: dict[int, tuple[ModelPool, WorkerSelector, InstanceInfo]] = {}
+        self._keys: set[str] = set()
         self.on_worker_added = on_worker_added
         self.ready = asyncio.Event()
         """Set once the initial listing has been processed."""
@@ -114,8 +116,21 @@ class ModelRegistry:
     # ---- the watch task ----
 
     async def run(self, discovery: Discovery) -> None:
+        """List, then watch; if discovery fails (etcd restarting), keep serving the workers
+        already known, and list again to reconcile once it answers."""
+        while True:
+            try:
+                await self._list_and_watch(discovery)
+                return
+            except DiscoveryError as exc:
+                log.warning("discovery failed; retrying %s", kv(error=exc, retry_s=_RETRY_S))
+                await asyncio.sleep(_RETRY_S)
+
+    async def _list_and_watch(self, discovery: Discovery) -> None:
         prefix = instances_prefix(self.namespace)
         initial = await discovery.get_prefix(prefix)
+        for key in [k for k in self._keys if k not in initial]:
+            self._delete(key)  # gone while we were not watching
         for key, value in initial.items():
             await self._put(key, value)
         self.ready.set()
@@ -144,12 +159,14 @@ class ModelRegistry:
         selector = pool.prefill if component == COMPONENT_PREFILL else pool.decode
         (pool.prefill_workers if component == COMPONENT_PREFILL else pool.workers)[worker_id] = info
         self._by_worker[worker_id] = (pool, selector, info)
+        self._keys.add(key)
         selector.add_worker(worker_id)
         log.info("worker added %s", kv(model=info.model, component=component, worker_id=f"{worker_id:x}", address=info.address))
         if self.on_worker_added is not None:
             self.on_worker_added(selector, worker_id)
 
     def _delete(self, key: str) -> None:
+        self._keys.discard(key)
         try:
             _, _, _, worker_id = parse_instance_key(key)
         except ValueError:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mixroute.errors import NotFoundError, PeerGoneError
+from mixroute.errors import DiscoveryError, EventPlaneError, NotFoundError, PeerGoneError
 from mixroute.frontend.disagg import DisaggSettings
 from mixroute.frontend.engine_client import RoutedBackend
 from mixroute.frontend.metrics import ApiMetrics
@@ -176,3 +176,61 @@ async def test_routed_backend_retries_a_dead_worker_once(wired, tokenizer_dir: P
     frames = [f async for f in backend.generate(entry, GenerateRequest(request_id="s", token_ids=[1, 2, 3]), prepare_prompt([1, 2, 3], 4))]
     assert frames[-1].finish_reason == "length"
     assert registry.pool("alpha").decode.loads.get(1).num_requests == 0  # released after each attempt
+
+
+class FlakyDiscovery(FakeDiscovery):
+    """The first watch fails (etcd restarting) after the listing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_watches = 0
+
+    async def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        self.num_watches += 1
+        if self.num_watches == 1:
+            await asyncio.sleep(0.05)
+            raise DiscoveryError("etcd unavailable")
+        async for event in super().watch_prefix(prefix):
+            yield event
+
+
+async def test_registry_reconciles_after_a_discovery_outage(tokenizer_dir: Path) -> None:
+    discovery = FlakyDiscovery()
+    registry = ModelRegistry(NS, RouterSettings("kv"))
+    await discovery.put(instance_key(NS, "backend", "generate", 1), encode_json(_info(1, "alpha", tokenizer_dir)))
+    discovery.changes = asyncio.Queue()  # the listing covers it
+    task = asyncio.create_task(registry.run(discovery))  # type: ignore[arg-type]
+    try:
+        await _eventually(lambda: registry.worker(1) is not None)
+        # During the outage worker 1 leaves and worker 2 joins; no watch event reports it.
+        del discovery.keys[instance_key(NS, "backend", "generate", 1)]
+        discovery.keys[instance_key(NS, "backend", "generate", 2)] = encode_json(_info(2, "alpha", tokenizer_dir))
+        await _eventually(lambda: registry.worker(2) is not None and registry.worker(1) is None)
+        assert discovery.num_watches == 2
+    finally:
+        task.cancel()
+
+
+async def test_feed_subscribes_again_after_an_event_plane_failure() -> None:
+    class FlakySubscriber(FakeSubscriber):
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_subscribes = 0
+
+        async def subscribe(self, subject_prefix: str) -> AsyncIterator[tuple[str, bytes]]:
+            self.num_subscribes += 1
+            if self.num_subscribes == 1:
+                raise EventPlaneError("NATS connection lost")
+            async for item in super().subscribe(subject_prefix):
+                yield item
+
+    subscriber = FlakySubscriber()
+    seen: list[int] = []
+    feed = KvEventFeed(NS, subscriber, FakeClient(), lambda w: seen.append(w) or None)  # type: ignore[arg-type, func-returns-value]
+    task = asyncio.create_task(feed.run())
+    try:
+        subscriber.queue.put_nowait((event_subject(NS, "backend", "kv_events"), encode(KvEventBatch(worker_id=7, events=[]))))
+        await _eventually(lambda: seen == [7], timeout_s=5)
+        assert subscriber.num_subscribes == 2
+    finally:
+        task.cancel()

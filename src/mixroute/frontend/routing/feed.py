@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from mixroute.errors import RequestPlaneError
+from mixroute.errors import EventPlaneError, RequestPlaneError
 from mixroute.frontend.routing.selector import WorkerSelector
 from mixroute.logs import kv
 from mixroute.protocol.messages import InstanceInfo, KvEventBatch, LoadMetrics, decoder
@@ -28,6 +28,7 @@ KV_DUMP_ENDPOINT = "kv_dump"
 """Worker endpoint answering one `KvEventBatch`: a `cleared` event then `stored` events."""
 
 _DUMP_RETRY_S = 1.0
+_RESUBSCRIBE_S = 1.0
 
 WorkerLookup = Callable[[int], "tuple[object, WorkerSelector, InstanceInfo] | None"]
 
@@ -49,15 +50,26 @@ class KvEventFeed:
         self._fetch_dumps(selector)
 
     async def run(self) -> None:
+        """Apply events until cancelled. If the event plane fails, subscribe again: events
+        missed meanwhile show up as gaps in event ids and are repaired by dumps."""
         prefix = f"namespace.{self.namespace}.component."
-        async for subject, payload in self._subscriber.subscribe(prefix):
+        while True:
             try:
-                if subject.endswith(KV_EVENTS):
-                    self._on_kv_events(self._batch.decode(payload))
-                elif subject.endswith(LOAD_METRICS):
-                    self._on_metrics(self._metrics.decode(payload))
-            except msgspec.DecodeError as exc:
-                log.warning("dropping a bad event %s", kv(subject=subject, error=exc))
+                async for subject, payload in self._subscriber.subscribe(prefix):
+                    self._on_message(subject, payload)
+                return
+            except EventPlaneError as exc:
+                log.warning("event plane failed; subscribing again %s", kv(error=exc, retry_s=_RESUBSCRIBE_S))
+                await asyncio.sleep(_RESUBSCRIBE_S)
+
+    def _on_message(self, subject: str, payload: bytes) -> None:
+        try:
+            if subject.endswith(KV_EVENTS):
+                self._on_kv_events(self._batch.decode(payload))
+            elif subject.endswith(LOAD_METRICS):
+                self._on_metrics(self._metrics.decode(payload))
+        except msgspec.DecodeError as exc:
+            log.warning("dropping a bad event %s", kv(subject=subject, error=exc))
 
     def _on_kv_events(self, batch: KvEventBatch) -> None:
         self.num_batches += 1
