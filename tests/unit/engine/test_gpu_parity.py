@@ -45,6 +45,8 @@ def test_triton_decode_kernel_matches_sdpa(dtype: torch.dtype) -> None:
 
 
 def _hf_greedy(hf: object, prompt: list[int], max_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
+    # min_new_tokens bans EOS for all 32 steps; the engine's min_tokens=32 does the same
+    # (ignore_eos alone would still let EOS be *chosen*, just not stop).
     with torch.no_grad():
         out = hf.generate(  # type: ignore[attr-defined]
             torch.tensor([prompt], device="cuda"), max_new_tokens=max_tokens, min_new_tokens=max_tokens,
@@ -70,7 +72,7 @@ def test_bf16_cuda_matches_hf_exactly(arch: str, tmp_path: Path) -> None:
     engine = LLMEngine(EngineConfig(model_path=str(path), device="cuda", dtype="bfloat16", num_blocks=512,
                                     attention_backend="sdpa", fuse_projections=False))
     for i, prompt in enumerate(make_prompts(8, seed=81, min_len=5, max_len=120)):
-        outputs, _ = run_batch(engine, [prompt], max_tokens=32, tag=f"x{i}-", ignore_eos=True)
+        outputs, _ = run_batch(engine, [prompt], max_tokens=32, tag=f"x{i}-", min_tokens=32)
         ref, _ = _hf_greedy(hf, prompt, 32)
         assert outputs[0] == ref, f"prompt {i}: {outputs[0]} != {ref}"
 
@@ -89,7 +91,7 @@ def test_bf16_cuda_batched_tracks_hf(arch: str, backend: str, tmp_path: Path) ->
     engine = LLMEngine(EngineConfig(model_path=str(path), device="cuda", dtype="bfloat16", num_blocks=512,
                                     attention_backend=backend))  # type: ignore[arg-type]
     prompts = make_prompts(8, seed=81, min_len=5, max_len=120)
-    outputs, _ = run_batch(engine, prompts, max_tokens=32, ignore_eos=True)
+    outputs, _ = run_batch(engine, prompts, max_tokens=32, min_tokens=32)
     num_exact = 0
     for i, prompt in enumerate(prompts):
         ref, logits = _hf_greedy(hf, prompt, 32)
