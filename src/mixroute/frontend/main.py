@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-mode", choices=ROUTER_MODES, default="kv")
     parser.add_argument("--kv-temperature", type=float, default=0.0, help="softmax temperature over costs (0: lowest wins)")
     parser.add_argument("--approx-ttl", type=float, default=120.0, help="seconds a decision is remembered when a worker sends no KV events")
+    parser.add_argument(
+        "--no-kv-events",
+        action="store_true",
+        help="ignore workers' KV events; route from this frontend's own decisions (expiring after --approx-ttl)",
+    )
     parser.add_argument("--disagg-min-prompt-tokens", type=int, default=64, help="shorter prompts run aggregated")
     parser.add_argument("--no-disagg", action="store_true", help="never use prefill workers")
     parser.add_argument("--router-id", default=None, help="id under v1/kv_routers/{namespace}/ (default: random)")
@@ -61,7 +66,7 @@ async def _serve(args: argparse.Namespace) -> int:
     discovery = runtime.discovery
     subscriber = await runtime.event_subscriber(name=f"mixroute-frontend-{router_id}")
     client = runtime.request_client
-    settings = RouterSettings(args.router_mode, args.kv_temperature, args.approx_ttl)
+    settings = RouterSettings(args.router_mode, args.kv_temperature, args.approx_ttl, use_kv_events=not args.no_kv_events)
     registry = ModelRegistry(args.namespace, settings, tokenizer_executor())
     feed = KvEventFeed(args.namespace, subscriber, client, registry.worker)
     registry.on_worker_added = feed.worker_added

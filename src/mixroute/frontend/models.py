@@ -47,6 +47,7 @@ class RouterSettings:
     mode: RouterMode = "kv"
     temperature: float = 0.0
     approx_ttl_s: float = 120.0
+    use_kv_events: bool = True
 
 
 @dataclass(slots=True)
@@ -191,11 +192,18 @@ class ModelRegistry:
             self._tokenizers[path] = tokenizer
         entry = ModelEntry(info.model, tokenizer, info.block_size, _max_model_len(info, path), int(time.time()))
         s = self.settings
-        pool = ModelPool(
-            entry,
-            decode=WorkerSelector(s.mode, block_size=info.block_size, temperature=s.temperature, approx_ttl_s=s.approx_ttl_s, name=COMPONENT_BACKEND),
-            prefill=WorkerSelector("kv" if s.mode == "kv" else s.mode, block_size=info.block_size, temperature=s.temperature, approx_ttl_s=s.approx_ttl_s, name=COMPONENT_PREFILL),
-        )
+
+        def selector(mode: RouterMode, name: str) -> WorkerSelector:
+            return WorkerSelector(
+                mode,
+                block_size=info.block_size,
+                temperature=s.temperature,
+                approx_ttl_s=s.approx_ttl_s,
+                name=name,
+                use_kv_events=s.use_kv_events,
+            )
+
+        pool = ModelPool(entry, decode=selector(s.mode, COMPONENT_BACKEND), prefill=selector(s.mode, COMPONENT_PREFILL))
         self._pools[info.model] = pool
         log.info("model added %s", kv(model=info.model, path=path, max_model_len=entry.max_model_len))
         return pool

@@ -77,6 +77,8 @@ class KvEventFeed:
         if found is None:
             return  # not in discovery yet; its dump is fetched when it appears
         _, selector, _ = found
+        if not selector.use_kv_events:
+            return
         for event in batch.events:
             selector.indexer.apply_event(event)
         selector.mark_live(batch.worker_id)

@@ -103,6 +103,7 @@ class WorkerSelector:
         approx_ttl_s: float = 120.0,
         rng: random.Random | None = None,
         name: str = "backend",
+        use_kv_events: bool = True,
     ) -> None:
         if mode not in ROUTER_MODES:
             raise ValueError(f"unknown router mode {mode!r}; use one of {', '.join(ROUTER_MODES)}")
@@ -110,6 +111,8 @@ class WorkerSelector:
         self.block_size = block_size
         self.temperature = temperature
         self.name = name
+        self.use_kv_events = use_kv_events
+        """False: never trust KV events or dumps; route from own decisions (approximate mode)."""
         self.indexer = KvIndexer()
         self.loads = LoadTracker()
         self.approx = ApproxTracker(approx_ttl_s)
@@ -121,7 +124,8 @@ class WorkerSelector:
     # ---- membership ----
 
     def add_worker(self, worker_id: int) -> None:
-        self.indexer.add_worker(worker_id)
+        if self.use_kv_events:
+            self.indexer.add_worker(worker_id)  # asks for the worker's dump
         self.loads.get(worker_id)
 
     def remove_worker(self, worker_id: int) -> None:
@@ -131,7 +135,7 @@ class WorkerSelector:
         self.live_workers.discard(worker_id)
 
     def mark_live(self, worker_id: int) -> None:
-        if worker_id not in self.live_workers:
+        if self.use_kv_events and worker_id not in self.live_workers:
             self.live_workers.add(worker_id)
             self.approx.forget_worker(worker_id)
 

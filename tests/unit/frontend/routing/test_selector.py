@@ -127,3 +127,16 @@ def test_approx_tracker_expiry_keeps_refreshed_blocks() -> None:
 def test_unknown_mode_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="round-robin"):
         WorkerSelector("fastest")  # type: ignore[arg-type]
+
+
+def test_without_kv_events_own_decisions_drive_routing() -> None:
+    sel = WorkerSelector("kv", block_size=BS, rng=random.Random(0), use_kv_events=False)
+    for w in (1, 2):
+        sel.add_worker(w)
+    assert sel.indexer.take_dump_requests() == []  # no dumps asked for
+    prompt = prepare_prompt(PROMPT, BS)
+    first = sel.select("a", [1, 2], prompt)
+    sel.finish("a")
+    sel.mark_live(first.worker_id)  # events arriving anyway change nothing
+    second = sel.select("b", [1, 2], prompt)
+    assert (second.worker_id, second.overlap_blocks) == (first.worker_id, 4)
