@@ -150,7 +150,13 @@ async def throughput(url: str, prompts: list[str], model: str, concurrency: int)
         return len(prompts) / (time.perf_counter() - start)
 
 
-def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Prompts) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Prompts, pid: int) -> dict:
     out: dict = {}
     with httpx.Client(timeout=60) as client:
         for size in args.sizes:
@@ -184,12 +190,18 @@ def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Promp
                     para.append(p)
                     inside["para"].append(router_ms(resp))
             means = signal_means(before, signal_totals(client, router))
+            # CPU the router burns per routed (cache-miss) request: unlike wall time, it does
+            # not grow with the other jobs queued on the same cores.
+            cpu_before = cpu_seconds(pid)
+            for _ in range(args.cpu_requests):
+                timed_post(client, f"{router}/v1/chat/completions", body(prompts.make(size), "MoM"))
+            cpu_ms = (cpu_seconds(pid) - cpu_before) / args.cpu_requests * 1e3
             batch = [prompts.make(size) for _ in range(args.throughput_requests)]
             rps_direct = asyncio.run(throughput(f"{upstream}/v1/chat/completions", batch, MODEL, args.concurrency))
             rps_router = asyncio.run(throughput(f"{router}/v1/chat/completions", batch, "MoM", args.concurrency))
             out[size] = {"direct": direct, "routed": routed, "added": added, "exact": exact, "para": para,
                          "rps_direct": rps_direct, "rps_router": rps_router, "false_hits": false_hits, "blocked": blocked,
-                         "signal_means": means, "inside": inside}
+                         "signal_means": means, "inside": inside, "cpu_ms": cpu_ms}
     return out
 
 
@@ -289,6 +301,12 @@ def report(args: argparse.Namespace, results: dict) -> str:
              if results[size]["inside"]["para"] else "n/a")
           + " ms" for size in args.sizes),
         "",
+        ("CPU time the router process spends per routed cache-miss request (user + system, all threads; "
+        "from /proc; signals run on 2 threads at once, so on idle cores the wall time is between half "
+        "this and this):"),
+        "",
+        *(f"- {size} tokens: {results[size]['cpu_ms']:.1f} ms CPU per request" for size in args.sizes),
+        "",
         "Router plumbing alone (same router, every signal and the cache off: parse, decide, relay):",
         "",
         *(f"- {size} tokens: added p50 {percentile(results['lean'][size], 50):.1f} ms, "
@@ -300,13 +318,13 @@ def report(args: argparse.Namespace, results: dict) -> str:
 
 
 @contextlib.contextmanager
-def router_process(path: Path, config: str, port: int) -> Iterator[None]:
+def router_process(path: Path, config: str, port: int) -> Iterator[int]:
     path.write_text(config)
     proc = subprocess.Popen([sys.executable, "-m", "mixroute", "router", "--config", str(path),
                              "--port", str(port), "--log-level", "WARNING"])
     try:
         wait_ready(f"http://127.0.0.1:{port}/ready", proc, 300)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -319,6 +337,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500])
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--throughput-requests", type=int, default=200)
+    parser.add_argument("--cpu-requests", type=int, default=20, help="routed requests for the CPU-time figure")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "router.md"))
     args = parser.parse_args()
     args.command = "python3 bench/router_bench.py " + " ".join(sys.argv[1:])
@@ -338,8 +357,8 @@ def main() -> int:
         up = subprocess.Popen([sys.executable, str(UPSTREAM_APP), "--port", str(up_port)])
         try:
             wait_ready(f"{upstream}/health", up, 60)
-            with router_process(Path(tmp) / "full.yaml", full, router_port):
-                results = measure(args, upstream, router, prompts)
+            with router_process(Path(tmp) / "full.yaml", full, router_port) as pid:
+                results = measure(args, upstream, router, prompts, pid)
             with router_process(Path(tmp) / "lean.yaml", lean, router_port):
                 results["lean"] = measure_lean(args, upstream, router, prompts)
         finally:

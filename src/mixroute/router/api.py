@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from mixroute.errors import ApiError, BadRequestError, NotFoundError
+from mixroute.router import responses
 from mixroute.router.core import RouterCore
 from mixroute.router.proxy import Proxy
 
@@ -45,12 +46,8 @@ def build_app(core: RouterCore, proxy: Proxy) -> FastAPI:
         return await proxy.chat_completions(await request.body(), request.headers)
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        config = core.config
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "mixroute-router"}
-                for name in config.auto_model_names]
-        data += [{"id": name, "object": "model", "created": 0, "owned_by": "upstream"} for name in config.models]
-        return {"object": "list", "data": data}
+    async def models() -> Response:
+        return Response(responses.models_json(core.config), media_type=responses.JSON_MEDIA_TYPE)
 
     @app.post("/api/v1/classify/intent")
     async def classify_intent(request: Request) -> dict[str, Any]:

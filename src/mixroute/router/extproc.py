@@ -28,6 +28,7 @@ from mixroute.router.core import Reply, RouterCore, Upstream
 log = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
 
 
 def _header_values(headers: dict[str, str]) -> list[base_pb2.HeaderValueOption]:
@@ -97,7 +98,13 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             if kind == "request_headers":
                 exchange.headers = _read_headers(message.request_headers)
                 path = exchange.headers.get(":path", "").split("?", 1)[0]
-                exchange.is_chat = exchange.headers.get(":method") == "POST" and path == CHAT_PATH
+                method = exchange.headers.get(":method")
+                exchange.is_chat = method == "POST" and path == CHAT_PATH
+                if method == "GET" and path == MODELS_PATH:
+                    # Same listing as the proxy (auto names + real models), not the upstream's.
+                    body = responses.models_json(self.core.config)
+                    yield immediate(Reply(200, body, responses.JSON_MEDIA_TYPE))
+                    continue
                 yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
             elif kind == "request_body":
                 exchange.body += message.request_body.body

@@ -7,6 +7,7 @@ import time
 import uuid
 
 from mixroute.errors import ApiError
+from mixroute.router.config import RouterConfig
 
 SSE_MEDIA_TYPE = "text/event-stream"
 JSON_MEDIA_TYPE = "application/json"
@@ -55,6 +56,14 @@ def completion(content: str, model: str, finish_reason: str, is_stream: bool) ->
     if is_stream:
         return completion_sse(content, model, finish_reason), SSE_MEDIA_TYPE
     return completion_json(content, model, finish_reason), JSON_MEDIA_TYPE
+
+
+def models_json(config: RouterConfig) -> bytes:
+    """`/v1/models`: the auto names first, then the real models the router can send to."""
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "mixroute-router"}
+            for name in config.auto_model_names]
+    data += [{"id": name, "object": "model", "created": 0, "owned_by": "upstream"} for name in config.models]
+    return json.dumps({"object": "list", "data": data}).encode()
 
 
 def error_json(error: ApiError) -> bytes:

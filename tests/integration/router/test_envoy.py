@@ -113,8 +113,10 @@ def test_envoy_matches_proxy_decisions_and_headers(envoy_and_router, upstream):
     assert blocked.headers["x-vsr-pii-violation"] == "true" and blocked.headers["x-vsr-pii-types"] == "B-US_SSN"
 
 
-def test_envoy_bad_input_and_streaming_relay(envoy_and_router, upstream):
+def test_envoy_models_bad_input_and_streaming_relay(envoy_and_router, upstream):
     envoy_url, _ = envoy_and_router
+    models = httpx.get(f"{envoy_url}/v1/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["MoM", "auto", "small", "qwen-big", "gpt-oss", "open-model"]
     r = httpx.post(f"{envoy_url}/v1/chat/completions", content=b"{nope", timeout=10,
                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
