@@ -97,3 +97,32 @@ async def test_nats_connz_counts_named_connections(
     while len(_connection_names(nats_server)) != len(before) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert _connection_names(nats_server) == before
+
+
+async def test_a_timed_out_wait_leaves_the_subscription_usable(
+    events_url: str, tmp_path: Path
+) -> None:
+    from mixroute.runtime.events import open_event_publisher
+
+    discovery = await open_discovery(f"file://{tmp_path}", lease_ttl_s=2)
+    subscriber = await open_event_subscriber(events_url, discovery=discovery, namespace="test")
+    stream = subscriber.subscribe("test.")
+    publisher = await open_event_publisher(events_url, discovery=discovery, namespace="test")
+    try:
+        for _ in range(3):  # nothing published yet: each wait times out, the stream lives on
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(stream.__anext__(), 0.05)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:  # zmq connects asynchronously: publish until heard
+            await publisher.publish("test.hello", b"1")
+            try:
+                assert await asyncio.wait_for(stream.__anext__(), 0.2) == ("test.hello", b"1")
+                break
+            except TimeoutError:
+                assert loop.time() < deadline
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        await publisher.close()
+        await subscriber.close()
+        await discovery.close()

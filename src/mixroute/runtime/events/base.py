@@ -20,6 +20,9 @@ class EventPublisher(Protocol):
 
 class EventSubscriber(Protocol):
     def subscribe(self, subject_prefix: str) -> AsyncIterator[tuple[str, bytes]]:
-        """Yields (subject, payload) for every message whose subject starts with the prefix."""
+        """Yields (subject, payload) for every message whose subject starts with the prefix.
+
+        The returned iterator also has `aclose()`; a cancelled or timed-out `__anext__`
+        (e.g. under `asyncio.wait_for`) leaves it usable."""
 
     async def close(self) -> None: ...

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator
+import weakref
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from mixroute.errors import EventPlaneError
 from mixroute.logs import kv
@@ -116,58 +117,90 @@ class NatsEventSubscriber:
         self.url = url
         self.name = name
         self._nc: NatsClient | None = None
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._subscriptions: weakref.WeakSet[NatsSubscription] = weakref.WeakSet()
 
     async def start(self) -> None:
         self._nc = await connect_nats(self.url, self.name)
 
-    async def subscribe(self, subject_prefix: str) -> AsyncIterator[tuple[str, bytes]]:
+    def subscribe(self, subject_prefix: str) -> NatsSubscription:
         if self._nc is None or self._nc.is_closed:
             raise EventPlaneError("event subscriber is closed")
-        subject, must_filter = nats_subject_for_prefix(subject_prefix)
-        # Messages arrive through a callback into our own deque: nats-py's `messages`
-        # iterator starts tasks per message, which caps it at a few thousand per second.
-        inbox: collections.deque[tuple[str, bytes]] = collections.deque()
-        loop = asyncio.get_running_loop()
-        waiter: list[asyncio.Future[None] | None] = [None]
-
-        async def on_message(msg: Msg) -> None:
-            if must_filter and not msg.subject.startswith(subject_prefix):
-                return
-            inbox.append((msg.subject, msg.data))
-            fut = waiter[0]
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-
-        try:
-            sub = await self._nc.subscribe(subject, cb=on_message, pending_msgs_limit=_PENDING_MSGS)
-            await self._nc.flush(_FLUSH_TIMEOUT_S)  # the server knows the interest on return
-        except nats.errors.Error as exc:
-            raise EventPlaneError(f"nats subscribe {subject!r} failed: {exc}") from exc
-        try:
-            while True:
-                while inbox:
-                    yield inbox.popleft()
-                if self._nc is None or self._nc.is_closed:
-                    return
-                fut = waiter[0] = loop.create_future()
-                self._waiters.add(fut)
-                try:
-                    await fut
-                finally:
-                    self._waiters.discard(fut)
-                    waiter[0] = None
-        finally:
-            if self._nc is not None and not self._nc.is_closed:
-                try:
-                    await sub.unsubscribe()
-                except nats.errors.Error:
-                    pass
+        subscription = NatsSubscription(self, subject_prefix)
+        self._subscriptions.add(subscription)
+        return subscription
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
             await nc.close()
-        for fut in list(self._waiters):  # wake iterators so they end
-            if not fut.done():
-                fut.set_result(None)
+        for subscription in list(self._subscriptions):  # wake iterators so they end
+            subscription.wake()
+
+
+class NatsSubscription:
+    """Async iterator of (subject, payload); subscribes on the first `__anext__`. Messages
+    arrive through a callback into a deque (nats-py's `messages` iterator starts tasks per
+    message, which caps it at a few thousand per second). A cancelled or timed-out
+    `__anext__` leaves it usable; `aclose()` unsubscribes."""
+
+    def __init__(self, owner: NatsEventSubscriber, subject_prefix: str) -> None:
+        self._owner = owner
+        self._prefix = subject_prefix
+        self._subject, self._must_filter = nats_subject_for_prefix(subject_prefix)
+        self._inbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._sub: Subscription | None = None
+        self._done = False
+
+    def __aiter__(self) -> NatsSubscription:
+        return self
+
+    async def _on_message(self, msg: Msg) -> None:
+        if self._must_filter and not msg.subject.startswith(self._prefix):
+            return
+        self._inbox.append((msg.subject, msg.data))
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _start(self) -> None:
+        nc = self._owner._nc
+        if nc is None or nc.is_closed:
+            raise StopAsyncIteration
+        try:
+            self._sub = await nc.subscribe(
+                self._subject, cb=self._on_message, pending_msgs_limit=_PENDING_MSGS
+            )
+            await nc.flush(_FLUSH_TIMEOUT_S)  # the server knows the interest on return
+        except nats.errors.Error as exc:
+            raise EventPlaneError(f"nats subscribe {self._subject!r} failed: {exc}") from exc
+
+    async def __anext__(self) -> tuple[str, bytes]:
+        if self._sub is None and not self._done:
+            await self._start()
+        while True:
+            if self._inbox:
+                return self._inbox.popleft()
+            nc = self._owner._nc
+            if self._done or nc is None or nc.is_closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def aclose(self) -> None:
+        self._done = True
+        self._inbox.clear()
+        self.wake()
+        sub, self._sub = self._sub, None
+        nc = self._owner._nc
+        if sub is not None and nc is not None and not nc.is_closed:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
 
 import msgspec
 import zmq
@@ -167,51 +166,14 @@ class ZmqEventSubscriber:
             except zmq.ZMQError:
                 pass
 
-    async def subscribe(self, subject_prefix: str) -> AsyncIterator[tuple[str, bytes]]:
+    def subscribe(self, subject_prefix: str) -> ZmqSubscription:
         if self._closed:
             raise EventPlaneError("event subscriber is closed")
-        sock = self._context.socket(zmq.SUB)
-        sock.setsockopt(zmq.RCVHWM, _HWM)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, subject_prefix.encode())
-        self._sockets.add(sock)
-        for address in self.publishers.values():
-            sock.connect(address)
         if self._watch_task is None:
             self._watch_task = asyncio.get_running_loop().create_task(
                 self._watch(), name="zmq-publishers-watch"
             )
-        # Drained in batches: one awaited poll, then non-blocking receives on a blocking-API
-        # shadow of the same socket until it is empty (a future per message is the cost
-        # that dominates otherwise).
-        reader: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        try:
-            while True:
-                try:
-                    await sock.poll()
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if self._closed and task is not None and not task.cancelling():
-                        return  # close() closed the socket under us: a normal end
-                    raise
-                except zmq.ZMQError as exc:
-                    if self._closed:
-                        return
-                    raise EventPlaneError(f"zmq receive failed: {exc}") from exc
-                while True:
-                    try:
-                        subject, payload = reader.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    except zmq.ZMQError as exc:
-                        if self._closed:
-                            return
-                        raise EventPlaneError(f"zmq receive failed: {exc}") from exc
-                    yield subject.decode(), payload
-        finally:
-            self._sockets.discard(sock)
-            if not sock.closed:
-                sock.close(0)
+        return ZmqSubscription(self, subject_prefix)
 
     async def wait_for_publishers(self, count: int = 1, timeout_s: float = 10.0) -> None:
         """Waits until at least `count` publishers are connected (handy in tests and tools)."""
@@ -239,3 +201,63 @@ class ZmqEventSubscriber:
         for sock in list(self._sockets):
             sock.close(0)
         self._sockets.clear()
+
+
+class ZmqSubscription:
+    """Async iterator of (subject, payload) on its own SUB socket, connected to every known
+    publisher. A cancelled or timed-out `__anext__` leaves it usable; `aclose()` ends it."""
+
+    def __init__(self, owner: ZmqEventSubscriber, subject_prefix: str) -> None:
+        self._owner = owner
+        self._done = False
+        self._sock = owner._context.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, _HWM)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, subject_prefix.encode())
+        owner._sockets.add(self._sock)
+        for address in owner.publishers.values():
+            self._sock.connect(address)
+        # Messages are drained with non-blocking receives on a blocking-API shadow of the
+        # socket, awaiting a poll only when it is empty: a future per message is the cost
+        # that dominates otherwise.
+        self._reader: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
+
+    def __aiter__(self) -> ZmqSubscription:
+        return self
+
+    async def __anext__(self) -> tuple[str, bytes]:
+        while not self._done:
+            try:
+                subject, payload = self._reader.recv_multipart(zmq.NOBLOCK)
+                return subject.decode(), payload
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as exc:
+                self._fail(exc)
+            try:
+                await self._sock.poll()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._owner._closed and task is not None and not task.cancelling():
+                    break  # close() closed the socket under us: a normal end
+                raise
+            except zmq.ZMQError as exc:
+                self._fail(exc)
+        self._end()
+        raise StopAsyncIteration
+
+    def _fail(self, exc: zmq.ZMQError) -> None:
+        if self._owner._closed or self._done:
+            self._done = True
+            return
+        self._end()
+        raise EventPlaneError(f"zmq receive failed: {exc}") from exc
+
+    def _end(self) -> None:
+        self._done = True
+        self._owner._sockets.discard(self._sock)
+        if not self._sock.closed:
+            self._sock.close(0)
+
+    async def aclose(self) -> None:
+        self._end()
