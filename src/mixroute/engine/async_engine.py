@@ -165,6 +165,10 @@ class AsyncEngine:
     def _run(self) -> None:
         while True:
             with self._wakeup:
+                if self.engine.last_step_was_idle and not self._commands and not self._closed:
+                    # Work is waiting for blocks that only an export, release or hold
+                    # timeout frees: wait for a command instead of spinning.
+                    self._wakeup.wait(timeout=0.05)
                 while not self._commands and not self.engine.has_work and not self._closed:
                     self._wakeup.wait(timeout=self._idle_timeout())
                     if self.engine.held:

@@ -75,6 +75,8 @@ class LLMEngine:
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.seqs: dict[str, Sequence] = {}
         self.held: dict[str, HeldKv] = {}
+        self.last_step_was_idle = False
+        """True when the last step could schedule nothing (every block held): the caller backs off."""
         log.info(
             "engine ready model=%s blocks=%d block_size=%d max_model_len=%d dtype=%s device=%s",
             config.served_model_name, self.num_blocks, self.block_size, self.max_model_len, config.dtype, config.device,
@@ -189,6 +191,7 @@ class LLMEngine:
 
     def step(self) -> list[tuple[str, GenerateFrame]]:
         batch = self.scheduler.schedule()
+        self.last_step_was_idle = batch.is_empty
         if batch.is_empty:
             return []
         frames = self._apply_imports(batch)
