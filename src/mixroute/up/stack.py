@@ -33,6 +33,8 @@ from mixroute.up.router_config import write_router_config
 from mixroute.up.supervisor import Child, ChildSpec, Supervisor
 
 _LOG_TAIL_LINES = 40
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""SIGHUP too: closing the terminal must stop the stack cleanly, not just kill `up`."""
 
 
 class Stack:
@@ -176,7 +178,7 @@ async def run_stack(options: UpOptions, model: plan.ModelChoice, out: TextIO) ->
     stack = Stack(options, model, out)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     try:
@@ -203,7 +205,7 @@ async def run_stack(options: UpOptions, model: plan.ModelChoice, out: TextIO) ->
         stack.say("\nstopping ...")
         return 0
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         # A second Ctrl-C while stopping skips the rest of the grace period.
         previous = signal.signal(signal.SIGINT, lambda *_: stack.supervisor.hurry())

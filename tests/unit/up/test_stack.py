@@ -89,7 +89,7 @@ def _registered(run_dir: Path) -> dict[str, bytes]:
     return asyncio.run(read())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_up_reports_ready_then_stops_everything_on_signal(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
