@@ -11,6 +11,7 @@ from mixroute.runtime.requests.frames import (
     Error,
     Frame,
     FrameError,
+    Hello,
     Ping,
     Request,
     decode_frames,
@@ -24,6 +25,7 @@ FRAMES: list[Frame] = [
     Error(2, "handler", "ValueError: boom"),
     Cancel(3),
     Ping(),
+    Hello(1),
 ]
 
 

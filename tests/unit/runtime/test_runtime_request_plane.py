@@ -27,6 +27,7 @@ from mixroute.runtime.requests.frames import (
     End,
     Error,
     Frame,
+    Hello,
     Request,
     decode_frames,
     encode_frame,
@@ -220,6 +221,9 @@ async def test_malformed_frames_get_an_error_and_only_that_peer_is_dropped(
         server.address, encode_frame(Request(1, "count", b"z:2")) + HEADER.pack(1 << 31)
     )
     assert isinstance(frames[-1], Error) and "exceeds" in frames[-1].message
+    # A client speaking another wire version is told so.
+    frames = await _raw_exchange(server.address, encode_frame(Hello(99)))
+    assert isinstance(frames[-1], Error) and "version 99 not supported" in frames[-1].message
     # A server-only frame kind from a client is refused too.
     frames = await _raw_exchange(server.address, encode_frame(End(5)))
     assert isinstance(frames[-1], Error) and "unexpected End" in frames[-1].message

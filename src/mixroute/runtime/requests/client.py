@@ -29,7 +29,17 @@ from mixroute.runtime.requests.connection import (
     DEFAULT_PING_INTERVAL_S,
     Connection,
 )
-from mixroute.runtime.requests.frames import Cancel, Data, End, Error, ErrorCode, Frame, Request
+from mixroute.runtime.requests.frames import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Data,
+    End,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    Request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,10 @@ class ClientConnection(Connection):
         self.address = address
         self.streams: dict[int, StreamState] = {}
         self._next_sid = 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.write(Hello(PROTOCOL_VERSION))  # no need to wait: a server that disagrees hangs up
 
     def open_stream(self, state: StreamState, endpoint: str, payload: bytes) -> int:
         sid = self._next_sid

@@ -10,6 +10,9 @@ msgpack array whose first element is the frame kind (a tagged msgspec struct):
                                                the connection) failed; codes in ErrorCode
     Cancel(4, stream_id)                       client -> server: stop the handler
     Ping(5)                                    either way, when idle: proves the peer is alive
+    Hello(6, version)                          client -> server, first frame: wire version;
+                                               a server that cannot speak it answers
+                                               Error(0, "protocol") and hangs up
 
 Stream ids are chosen by the client, unique per connection, never 0.
 """
@@ -66,7 +69,11 @@ class Ping(msgspec.Struct, array_like=True, tag=5):
     pass
 
 
-Frame = Request | Data | End | Error | Cancel | Ping
+class Hello(msgspec.Struct, array_like=True, tag=6):
+    version: int
+
+
+Frame = Request | Data | End | Error | Cancel | Ping | Hello
 
 encoder = msgspec.msgpack.Encoder()
 decoder = msgspec.msgpack.Decoder(Frame)

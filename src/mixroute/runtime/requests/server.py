@@ -22,7 +22,17 @@ from mixroute.runtime.requests.connection import (
     DEFAULT_SERVER_DEAD_AFTER_S,
     Connection,
 )
-from mixroute.runtime.requests.frames import Cancel, Data, End, Error, ErrorCode, Frame, Request
+from mixroute.runtime.requests.frames import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Data,
+    End,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    Request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,12 @@ class ServerConnection(Connection):
         kind = type(frame)
         if kind is Request:
             self._start(frame)  # type: ignore[arg-type]
+        elif kind is Hello:
+            version = frame.version  # type: ignore[union-attr]
+            if version != PROTOCOL_VERSION:
+                self.protocol_error(
+                    f"request-plane version {version} not supported (this server speaks {PROTOCOL_VERSION})"
+                )
         elif kind is Cancel:
             task = self.tasks.get(frame.stream_id)  # type: ignore[union-attr]
             if task is not None:
