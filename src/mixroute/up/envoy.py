@@ -159,8 +159,10 @@ def envoy_config(options: UpOptions, admin_port: int) -> dict[str, Any]:
                 }
             ],
             "clusters": [
-                _cluster("frontend", "127.0.0.1", options.frontend_port),
-                _cluster("semantic_router", "127.0.0.1", options.extproc_port, is_http2=True),
+                _cluster("frontend", options.connect_host, options.frontend_port),
+                _cluster(
+                    "semantic_router", options.connect_host, options.extproc_port, is_http2=True
+                ),
             ],
         },
     }

@@ -230,6 +230,11 @@ class UpOptions:
         return self.nats_url or "zmq"
 
     @property
+    def connect_host(self) -> str:
+        """Where a client on this machine reaches the servers bound to `--host`."""
+        return _connect_host(self.host)
+
+    @property
     def frontend_url(self) -> str:
         return f"http://{_connect_host(self.host)}:{self.frontend_port}"
 

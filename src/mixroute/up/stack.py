@@ -90,7 +90,7 @@ class Stack:
         self._router_http_port = options.router_http_port or free_port()
         envoy_config = write_envoy_config(options, options.run_dir)
         self.banner_lines.append(
-            f"{'router API (direct)':<38} http://127.0.0.1:{self._router_http_port}"
+            f"{'router API (direct)':<38} http://{self.options.connect_host}:{self._router_http_port}"
         )
         return specs + [
             plan.router_spec(options, config, self._router_http_port),
@@ -135,7 +135,7 @@ class Stack:
             )
         )
         if options.has_router:
-            ready_url = f"http://127.0.0.1:{self._router_http_port}/ready"
+            ready_url = f"http://{options.connect_host}:{self._router_http_port}/ready"
             checks.append(
                 Check("router /ready", http_ok(client, ready_url), children=[by_name["router"]])
             )

@@ -112,3 +112,14 @@ def test_envoy_accepts_the_generated_config(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("host", "upstream"), [("0.0.0.0", "127.0.0.1"), ("10.1.2.3", "10.1.2.3")])
+def test_envoy_reaches_servers_where_they_bind(host: str, upstream: str) -> None:
+    config = envoy_config(_options("--envoy", "--host", host), admin_port=1)
+    listener = config["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"]["address"] == host
+    for cluster in config["static_resources"]["clusters"]:
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        assert endpoint["address"]["socket_address"]["address"] == upstream
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
