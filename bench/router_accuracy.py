@@ -44,21 +44,67 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+# ---------------------------------------------------------------- embeddings
+
+
+class EmbeddingSource:
+    """Test-split embeddings: from the runtime `Embedder`, or (to save CPU time) rows of
+    precomputed full-corpus arrays (`<dir>/<name>.npy`, as written by the training
+    script's --embeddings-dir); `check` then re-encodes a sample with the runtime
+    embedder and reports how far the two are apart and whether decisions change."""
+
+    def __init__(self, embedder: Any, directory: Path | None, num_check: int) -> None:
+        self.embedder, self.directory, self.num_check = embedder, directory, num_check
+
+    def get(self, name: str, texts: list[str], rows: np.ndarray) -> np.ndarray:
+        if self.directory is None:
+            started = time.perf_counter()
+            emb = self.embedder.encode(texts)
+            log(f"embedded {len(texts)} texts in {time.perf_counter() - started:.0f}s")
+            return np.asarray(emb)
+        return np.load(self.directory / f"{name}.npy")[rows].astype(np.float32)
+
+    def check(self, texts: list[str], emb: np.ndarray, classifier: Any) -> dict[str, Any]:
+        if self.directory is None:
+            return {"source": "runtime embedder"}
+        pick = np.random.default_rng(0).choice(len(texts), self.num_check, replace=False)
+        sample = [texts[i] for i in pick]
+        runtime = self.embedder.encode(sample)
+        ours = np.asarray(classifier.predict(sample, runtime), dtype=object)
+        cached = np.asarray(classifier.predict(sample, emb[pick]), dtype=object)
+        if ours.ndim == 2:  # category: compare labels
+            same = float(np.mean(ours[:, 0] == cached[:, 0]))
+        else:
+            threshold = classifier.threshold
+            same = float(
+                np.mean((ours.astype(float) > threshold) == (cached.astype(float) > threshold))
+            )
+        return {
+            "source": f"precomputed ({self.directory})",
+            "num_checked": self.num_check,
+            "max_abs_diff": float(np.abs(runtime - emb[pick]).max()),
+            "min_cosine": float((runtime * emb[pick]).sum(axis=1).min()),
+            "same_decision": same,
+        }
+
+
 # ---------------------------------------------------------------- category
 
 
-def run_category(state: dict[str, Any], embedder: Any) -> None:
+def run_category(state: dict[str, Any], embeddings: EmbeddingSource) -> None:
     from mixroute.router.classifiers import CategoryClassifier
 
-    questions = [q for q in corpora.load_mmlu() if q.split == "test"]
+    every = corpora.load_mmlu()
+    test = np.flatnonzero([q.split == "test" for q in every])
+    questions = [every[i] for i in test]
     classifier = CategoryClassifier()
     y = np.array([corpora.CATEGORIES.index(q.category) for q in questions])
     out: dict[str, Any] = {"num_questions": len(questions)}
     for name, with_choices in (("with_options", True), ("bare_question", False)):
         texts = [q.prompt(with_choices=with_choices) for q in questions]
-        started = time.perf_counter()
-        emb = embedder.encode(texts)
-        log(f"category {name}: embedded {len(texts)} in {time.perf_counter() - started:.0f}s")
+        cache_name = "mmlu_choices" if with_choices else "mmlu_q"
+        emb = embeddings.get(cache_name, texts, test)
+        out[f"{name}_embedding_check"] = embeddings.check(texts, emb, classifier)
         pred = classifier.probabilities(texts, emb).argmax(axis=1)
         per = {
             c: {"n": int((y == k).sum()), "acc": float((pred[y == k] == k).mean())}
@@ -113,15 +159,16 @@ def score_report(scores: np.ndarray, is_attack: np.ndarray, source: np.ndarray, 
     return report
 
 
-def run_jailbreak(state: dict[str, Any], embedder: Any) -> None:
+def run_jailbreak(state: dict[str, Any], embeddings: EmbeddingSource) -> None:
     from mixroute.router.classifiers import JailbreakClassifier
 
     texts, is_attack, source = jailbreak_test_split()
+    test = np.flatnonzero([x.split == "test" for x in corpora.load_injection_corpora()])
     classifier = JailbreakClassifier()
-    started = time.perf_counter()
-    scores = np.array(classifier.predict(texts, embedder.encode(texts)))
-    log(f"jailbreak: scored {len(texts)} in {time.perf_counter() - started:.0f}s")
+    emb = embeddings.get("inj", texts, test)
+    scores = np.array(classifier.predict(texts, emb))
     state["jailbreak"] = {
+        "embedding_check": embeddings.check(texts, emb, classifier),
         "num_attacks": int(is_attack.sum()),
         "num_benign": int((~is_attack).sum()),
         **score_report(scores, is_attack, source, classifier.threshold),
@@ -328,7 +375,19 @@ def category_section(c: dict[str, Any]) -> list[str]:
         f"| **overall** | {c['num_questions']} | **{pct(w['accuracy'])}** | "
         f"**{pct(b['accuracy'])}** |"
     )
+    for name in ("with_options", "bare_question"):
+        lines += ["", f"Embeddings ({name}): {embedding_note(c.get(f'{name}_embedding_check'))}"]
     return lines + [""]
+
+
+def embedding_note(check: dict[str, Any] | None) -> str:
+    if not check or "max_abs_diff" not in check:
+        return "computed by the runtime embedder."
+    return (
+        f"{check['source']}; {check['num_checked']} test texts re-encoded with the runtime "
+        f"CPU embedder: max |diff| {check['max_abs_diff']:.1e}, min cosine "
+        f"{check['min_cosine']:.6f}, same decision for {pct(check['same_decision'])}."
+    )
 
 
 def jailbreak_rows(name: str, r: dict[str, Any]) -> list[str]:
@@ -371,6 +430,7 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
         if r:
             pts = " | ".join(pct(p["tpr"]) for p in r["roc"]["points"])
             lines.append(f"| {name} | {r['roc']['auc']:.4f} | {pts} |")
+    lines += ["", f"Embeddings: {embedding_note(j.get('embedding_check'))}"]
     if ng:
         lines += ["", f"nanoguard scores: {ng['where']}."]
     return lines + [""]
@@ -453,6 +513,13 @@ def main() -> int:
     parser.add_argument("--pii-seed", type=int, default=2026)
     parser.add_argument("--pii-sentences", type=int, default=3000)
     parser.add_argument("--latency-reps", type=int, default=30)
+    parser.add_argument(
+        "--embeddings-dir",
+        type=Path,
+        default=None,
+        help="precomputed MiniLM embeddings of the full corpora (mmlu_choices/mmlu_q/inj.npy)",
+    )
+    parser.add_argument("--embedding-check", type=int, default=100, help="texts re-encoded")
     parser.add_argument("--nanoguard-device", default="cpu")
     parser.add_argument("--nanoguard-scores", default=None, help="json with precomputed scores")
     parser.add_argument("--nanoguard-device-note", default="")
@@ -464,11 +531,14 @@ def main() -> int:
     from mixroute.router.classifiers import load_default_signals
 
     signals: Any = load_default_signals() if set(selected) - {"nanoguard", "pii"} else None
+    embeddings = EmbeddingSource(
+        signals.embedder if signals else None, args.embeddings_dir, args.embedding_check
+    )
     for part in selected:
         if part == "category":
-            run_category(state, signals.embedder)
+            run_category(state, embeddings)
         elif part == "jailbreak":
-            run_jailbreak(state, signals.embedder)
+            run_jailbreak(state, embeddings)
         elif part == "pii":
             run_pii(state, args.pii_seed, args.pii_sentences)
         elif part == "latency":

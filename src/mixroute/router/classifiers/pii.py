@@ -7,10 +7,16 @@ Everything Presidio would fetch from the network is pinned to local data:
   `suffix_list_urls=()` and no cache dir (the public-suffix snapshot bundled
   with tldextract), instead of the module-level extractor that downloads the list.
 
-Tuning on top of Presidio's defaults (chosen on a generated dev set, see
-scripts/train_router_classifiers.py):
+Tuning on top of Presidio's defaults, chosen on presidio-evaluator sentences of a
+dev seed (`bench/router_accuracy.py --part pii --pii-seed 7`), never the test seed:
 - US_SSN also accepts the well-known sample number 123-45-6789: a user who types
-  it next to "SSN" is sharing an SSN-shaped secret and the policy should see it.
+  it next to "SSN" is sharing an SSN-shaped secret and the policy should see it;
+- CREDIT_CARD also covers Luhn-valid 12-19 digit numbers outside Presidio's prefix
+  list (Mastercard 2-series, Maestro), at a medium score that card context raises;
+- PHONE_NUMBER is matched for more regions than Presidio's eight, plus North
+  American and "+country" shapes that phonenumbers rejects as unassigned;
+- overlapping results keep the strongest one (a card number is not also a phone),
+  and PERSON spans containing digits (street addresses) are dropped.
 """
 
 from __future__ import annotations
@@ -78,6 +84,72 @@ def _ssn_recognizer() -> Any:
     return SampleTolerantSsnRecognizer()
 
 
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card_recognizer() -> Any:
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    class LuhnCardRecognizer(PatternRecognizer):  # type: ignore[misc]
+        def validate_result(self, pattern_text: str) -> bool | None:
+            digits = "".join(c for c in pattern_text if c.isdigit())
+            if not 12 <= len(digits) <= 19 or not _luhn_ok(digits):
+                return False
+            return None  # keep the pattern score; context words raise it
+
+    return LuhnCardRecognizer(
+        supported_entity="CREDIT_CARD",
+        name="LuhnCardRecognizer",
+        patterns=[Pattern("luhn digits", r"\b\d(?:[ -]?\d){11,18}\b", 0.5)],
+        context=["card", "credit", "debit", "visa", "mastercard", "amex", "maestro"],
+    )
+
+
+# Regions whose numbering plans the phone matcher tries (Presidio's default is 8).
+# More small regions made 6-digit fragments (timestamps) "valid" phones on dev.
+PHONE_REGIONS = (
+    "US", "GB", "DE", "FR", "IL", "IN", "CA", "BR", "AU", "NZ", "IE", "NL", "BE", "CH",
+    "ES", "IT", "SE", "NO", "DK", "FI", "PL", "SG",
+)  # fmt: skip
+
+
+def _phone_recognizers() -> list[Any]:
+    from presidio_analyzer import Pattern, PatternRecognizer
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    class DigitCountPhoneRecognizer(PatternRecognizer):  # type: ignore[misc]
+        def validate_result(self, pattern_text: str) -> bool | None:
+            num_digits = sum(c.isdigit() for c in pattern_text)
+            return None if 10 <= num_digits <= 15 else False
+
+    # Shapes phonenumbers rejects as invalid (exchange codes starting with 1, unknown
+    # area codes) but that people still write as phone numbers.
+    patterns = [
+        Pattern(
+            "north american",
+            r"(?<![\d.])(?:\+?1[ .-]?)?\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}(?:\s*(?:x|ext\.?)\s*\d{1,5})?(?!\d)",
+            0.4,
+        ),
+        Pattern("international", r"(?<![\d.])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?!\d)", 0.4),
+    ]
+    return [
+        PhoneRecognizer(supported_regions=PHONE_REGIONS),
+        DigitCountPhoneRecognizer(
+            supported_entity="PHONE_NUMBER",
+            name="PhoneShapeRecognizer",
+            patterns=patterns,
+            context=["phone", "call", "tel", "mobile", "cell", "fax", "office", "number"],
+        ),
+    ]
+
+
 def build_analyzer(spacy_model: str = SPACY_MODEL_PACKAGE) -> Any:
     """A Presidio `AnalyzerEngine` wired for offline use (English only)."""
     import spacy.util
@@ -99,8 +171,12 @@ def build_analyzer(spacy_model: str = SPACY_MODEL_PACKAGE) -> Any:
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
     registry.remove_recognizer("EmailRecognizer")
     registry.remove_recognizer("UsSsnRecognizer")
+    registry.remove_recognizer("PhoneRecognizer")
     registry.add_recognizer(_offline_email_recognizer())
     registry.add_recognizer(_ssn_recognizer())
+    registry.add_recognizer(_card_recognizer())
+    for recognizer in _phone_recognizers():
+        registry.add_recognizer(recognizer)
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
 
 
@@ -140,4 +216,38 @@ class PiiDetector:
                 score_threshold=self.score_threshold,
             )
         entities = [PiiEntity(r.entity_type, r.start, r.end, float(r.score)) for r in results]
-        return sorted(entities, key=lambda e: (e.start, e.end, e.entity_type))
+        return resolve_overlaps(text, entities)
+
+
+# When spans overlap, the higher score wins; on a tie, the more specific type.
+_PRIORITY = {
+    name: rank
+    for rank, name in enumerate(
+        ("CREDIT_CARD", "IBAN_CODE", "EMAIL_ADDRESS", "US_SSN", "IP_ADDRESS", "CRYPTO",
+         "US_BANK_NUMBER", "US_ITIN", "US_PASSPORT", "US_DRIVER_LICENSE", "MEDICAL_LICENSE",
+         "PHONE_NUMBER", "PERSON", "LOCATION")
+    )
+}  # fmt: skip
+
+
+def resolve_overlaps(text: str, entities: list[PiiEntity]) -> list[PiiEntity]:
+    """One entity per stretch of text; no PERSON containing digits; no phone made of a
+    timestamp or decimal fragment (fewer than 7 digits)."""
+    kept: list[PiiEntity] = []
+    ranked = sorted(
+        entities,
+        key=lambda e: (-e.score, _PRIORITY.get(e.entity_type, len(_PRIORITY)), e.start - e.end),
+    )
+    for entity in ranked:
+        if entity.entity_type == "PERSON" and any(
+            c.isdigit() for c in text[entity.start : entity.end]
+        ):
+            continue
+        if entity.entity_type == "PHONE_NUMBER" and (
+            sum(c.isdigit() for c in text[entity.start : entity.end]) < 7
+        ):
+            continue
+        if any(entity.start < k.end and k.start < entity.end for k in kept):
+            continue
+        kept.append(entity)
+    return sorted(kept, key=lambda e: (e.start, e.end, e.entity_type))
