@@ -102,7 +102,9 @@ class Stack:
             child = self.supervisor.start(spec)
             self.say(f"  started {child.name:<18} pid {child.pid:<7} log {child.log_path}")
 
-    def readiness_checks(self, client: httpx.AsyncClient, discovery: Discovery) -> list[Check]:
+    def readiness_checks(
+        self, client: httpx.AsyncClient, discovery: Discovery, existing: set[str]
+    ) -> list[Check]:
         options = self.options
         by_name = {c.name: c for c in self.supervisor.children}
         checks = []
@@ -114,7 +116,7 @@ class Stack:
             checks.append(
                 Check(
                     f"{group.count} {group.worker_type} worker(s) registered",
-                    _registered(discovery, prefix, group.count),
+                    _registered(discovery, prefix, group.count, existing),
                     children=workers,
                 )
             )
@@ -224,10 +226,11 @@ async def _start_and_wait(
     # Opened before any child starts: an unreachable etcd fails here, with nothing to undo.
     discovery = await open_discovery(stack.options.discovery_url)
     try:
+        existing = set(await discovery.get_prefix(instances_prefix(stack.options.namespace)))
         stack.say(f"starting {len(specs)} processes (logs in {stack.options.log_dir}) ...")
         stack.start_children(specs)
         async with httpx.AsyncClient(trust_env=False) as client:
-            checks = stack.readiness_checks(client, discovery)
+            checks = stack.readiness_checks(client, discovery, existing)
             stack.say("waiting for the model to load and every component to be ready ...")
             return await wait_until_ready(
                 checks, stack.supervisor, stop, stack.options.ready_timeout_s, Progress(stack.out)
@@ -247,10 +250,13 @@ async def _wait_for_exit(supervisor: Supervisor, stop: asyncio.Event) -> Child |
     return None
 
 
-def _registered(discovery: Discovery, prefix: str, count: int) -> Probe:
+def _registered(discovery: Discovery, prefix: str, count: int, existing: set[str]) -> Probe:
+    """Passes once `count` instances registered under `prefix` that were not there before
+    our children started (joining a shared etcd, others' workers must not count)."""
+
     async def probe() -> bool:
         keys = await discovery.get_prefix(prefix)
-        return len(keys) >= count
+        return len(set(keys) - existing) >= count
 
     return probe
 

@@ -4,7 +4,7 @@ without models: `python fake_components.py <component> <its flags>`.
 A fake worker registers a leased instance key in real (file) discovery and revokes it on
 SIGTERM; the fake frontend and router answer their health URLs. `FAKE_BEHAVIOUR` in the
 environment makes one misbehave: `<component>:crash` exits at once with an error line,
-`<component>:hang` never becomes ready, `<component>:crash-later` exits after 1 s.
+`<component>:hang` never becomes ready (a worker never registers), `<component>:crash-later` exits after 1 s.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ async def worker(args: argparse.Namespace) -> None:
     from mixroute.protocol.names import instance_key
     from mixroute.runtime.discovery import open_discovery
 
+    if _behaviour("worker") == "hang":
+        await _until_sigterm()
+        return
     component = "prefill" if args.worker_type == "prefill" else "backend"
     discovery = await open_discovery(args.discovery)
     instance_id = os.getpid()

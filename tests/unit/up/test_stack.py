@@ -76,6 +76,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _put_unleased(run_dir: Path, key: str) -> None:
+    from mixroute.runtime.discovery import open_discovery
+
+    async def put() -> None:
+        discovery = await open_discovery(f"file://{run_dir / 'discovery'}")
+        try:
+            await discovery.put(key, b"{}", leased=False)
+        finally:
+            await discovery.close()
+
+    asyncio.run(put())
+
+
 def _registered(run_dir: Path) -> dict[str, bytes]:
     from mixroute.runtime.discovery import open_discovery
 
@@ -181,3 +194,16 @@ def test_unreachable_etcd_fails_before_any_child_starts(tmp_path: Path) -> None:
     assert proc.returncode == 2, output
     assert "cannot reach etcd" in output
     assert "started" not in output
+
+
+def test_workers_registered_before_the_stack_started_do_not_count(tmp_path: Path) -> None:
+    """Joining a namespace that already has workers: ready means *our* workers registered."""
+    _put_unleased(tmp_path / "run", "v1/instances/shared/backend/generate/abc")
+    proc, _ = _start(
+        tmp_path, "--agg", "--no-router", "--namespace", "shared", "--ready-timeout", "4",
+        behaviour="worker:hang",
+    )  # fmt: skip
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, output
+    assert "not ready after 4s" in output
+    assert "ok  1 both worker(s) registered" not in output
