@@ -51,6 +51,7 @@ def start(
     }
     common = ["--discovery-backend", "file", "--request-plane", "tcp", "--event-plane", "zmq"]
     group = ProcGroup(f"dynamo-{router_mode}", log_dir)
+    group.temp_dirs.append(run_dir)
     try:
         group.start(
             "mocker",

@@ -54,6 +54,7 @@ def start_frontend_stack(
     """N mockers in one worker process behind `mixroute frontend --router-mode MODE`."""
     run_dir = Path(tempfile.mkdtemp(prefix="mixroute-bench-"))
     group = ProcGroup(f"ours-{router_mode}", log_dir)
+    group.temp_dirs.append(run_dir)
     try:
         group.start(
             "worker", _worker_argv(model_dir, model_name, fleet, run_dir, fleet.num_workers)
@@ -82,6 +83,7 @@ def start_http_workers(
     """N single-mocker worker processes, each serving its own OpenAI API (for smg / vllm-router)."""
     run_dir = Path(tempfile.mkdtemp(prefix="mixroute-bench-"))
     group = ProcGroup("ours-http-workers", log_dir)
+    group.temp_dirs.append(run_dir)
     urls = []
     try:
         for i in range(fleet.num_workers):

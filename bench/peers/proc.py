@@ -8,6 +8,7 @@ ever signals a process it did not start.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -40,6 +41,8 @@ class ProcGroup:
     name: str
     log_dir: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    temp_dirs: list[Path] = field(default_factory=list)
+    """Removed once the processes are gone (discovery run directories)."""
 
     def start(
         self, tag: str, argv: list[str], env: dict[str, str] | None = None
@@ -95,6 +98,9 @@ class ProcGroup:
                     pass
                 p.wait(timeout=5)
         self.procs.clear()
+        for d in self.temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self.temp_dirs.clear()
 
     def __enter__(self) -> Self:
         return self
