@@ -24,6 +24,12 @@ from mixroute.runtime.discovery.base import DEFAULT_LEASE_TTL_S, WatchEvent
 log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 5
+_CHANNEL_OPTIONS = {
+    # gRPC's default reconnect backoff grows to minutes; etcd restarts should heal in ~1 s.
+    "grpc.initial_reconnect_backoff_ms": 200,
+    "grpc.min_reconnect_backoff_ms": 200,
+    "grpc.max_reconnect_backoff_ms": 2000,
+}
 _RETRY_MIN_S = 0.25
 _RETRY_MAX_S = 2.0
 
@@ -34,7 +40,9 @@ class EtcdDiscovery:
         self.port = port
         # etcd leases are whole seconds and etcd refuses very short ones; 2 s is its floor.
         self.lease_ttl_s = max(2, math.ceil(lease_ttl_s))
-        self._client = aetcd.Client(host=host, port=port, timeout=_CONNECT_TIMEOUT_S)
+        self._client = aetcd.Client(
+            host=host, port=port, timeout=_CONNECT_TIMEOUT_S, options=_CHANNEL_OPTIONS
+        )
         self._lease_id: int | None = None
         self._lease_lock = asyncio.Lock()
         self._leased: dict[str, bytes] = {}
