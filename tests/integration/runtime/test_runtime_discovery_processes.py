@@ -45,6 +45,7 @@ async def test_key_of_killed_process_vanishes_within_ttl(discovery_url: str) -> 
         assert event == WatchEvent("delete", key, None)
         # etcd expires whole-second leases on its own clock; allow one poll/tick of slack.
         assert elapsed <= TTL_S + 1.0, f"key lingered {elapsed:.2f}s after kill -9"
+        print(f"key gone {elapsed:.2f}s after kill -9 (lease TTL {TTL_S}s)")
         assert await parent.get_prefix("v1/instances/itest/") == {}
     finally:
         proc.kill()
