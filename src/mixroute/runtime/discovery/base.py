@@ -31,7 +31,11 @@ class Discovery(Protocol):
     async def get_prefix(self, prefix: str) -> dict[str, bytes]: ...
 
     def watch_prefix(self, prefix: str) -> AsyncIterator[WatchEvent]:
-        """Yields a `put` for every key present when the watch starts, then changes as they happen."""
+        """Yields a `put` for every key present when the watch starts, then changes as they happen.
+
+        An async generator: consume it with `async for` in a task of its own. Cancelling a
+        pending `__anext__` (e.g. `asyncio.wait_for` timing out) ends the watch; open a new
+        one to continue (it starts with the current state again)."""
 
     async def close(self) -> None:
         """Revokes this process's lease (its leased keys vanish at once) and stops keep-alive."""
