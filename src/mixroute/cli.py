@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "frontend": ("mixroute.frontend.main", "OpenAI API frontend with KV-aware routing"),
     "worker": ("mixroute.worker.main", "prefill / decode / aggregated worker hosting an engine"),
     "planner": ("mixroute.planner.main", "scales prefill and decode workers from load"),
+    "runtime": ("mixroute.runtime.main", "inspect discovery and events; run local etcd + nats-server"),
     "model": ("mixroute.engine.model.main", "prepare models (convert the packaged SmolLM2 GGUF)"),
 }
 

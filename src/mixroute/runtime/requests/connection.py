@@ -35,10 +35,12 @@ from mixroute.runtime.requests.frames import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PING_INTERVAL_S = 0.5
-DEFAULT_DEAD_AFTER_S = float(os.environ.get("MIXROUTE_PEER_TIMEOUT_S", "2.0"))
-"""A client fails its streams when the server has been silent this long. Raise it (env
-MIXROUTE_PEER_TIMEOUT_S) only for servers that block their event loop for seconds, which
-they should not."""
+DEFAULT_DEAD_AFTER_S = float(os.environ.get("MIXROUTE_PEER_TIMEOUT_S", "5.0"))
+"""A client fails its streams when the server has been silent this long (env
+MIXROUTE_PEER_TIMEOUT_S). This only catches half-open peers: a killed process closes its
+socket and fails the streams at once. 5 s rather than 2 s because a worker whose event
+loop is starved for a second or two by a forward pass on a loaded CPU is alive, and
+dropping it would fail every answer in flight."""
 DEFAULT_SERVER_DEAD_AFTER_S = max(10.0, DEFAULT_DEAD_AFTER_S)
 """A server gives a silent client longer: dropping it cancels all its requests, and a
 client stalled by a busy machine is more likely than one half-open."""
