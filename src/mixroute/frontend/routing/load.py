@@ -3,10 +3,18 @@ requests progress) combined with what workers report (`LoadMetrics` events).
 
 The own bookkeeping is immediate but blind to other frontends; the reported numbers see
 everything but lag. The load used for routing is the larger of the two, per quantity.
+
+Active blocks are counted as the worker counts them: once per distinct block. Requests of
+one prefix group on one worker share their prefix blocks, so the own estimate keeps a
+reference count per sequence hash and counts each block once; summing per request would
+charge a worker the shared prefix again for every request of the group it already serves,
+pushing the group's next requests to other workers (and making the own estimate disagree
+with the worker's reported `num_active_blocks`, which is deduplicated).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mixroute.protocol.messages import LoadMetrics
@@ -17,6 +25,7 @@ class _Sent:
     worker_id: int
     prefill_tokens: int
     num_blocks: int
+    block_hashes: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -28,16 +37,43 @@ class WorkerLoad:
     num_requests: int = 0
     reported: LoadMetrics | None = None
     requests: set[str] = field(default_factory=set)
+    block_refs: dict[int, int] = field(default_factory=dict)
+    """Sequence hash -> number of this frontend's in-flight requests holding that block."""
+    num_untracked_blocks: int = 0
+    """Blocks of in-flight requests added without their hashes (counted per request)."""
+
+    @property
+    def unique_blocks(self) -> int:
+        """Own estimate of the worker's referenced blocks, shared prefix blocks counted once."""
+        return len(self.block_refs) + self.num_untracked_blocks
 
     @property
     def active_blocks(self) -> int:
         reported = self.reported.num_active_blocks if self.reported is not None else 0
-        return max(self.num_active_blocks, reported)
+        return max(self.unique_blocks, reported)
+
+    def holds_active(self, block_hashes: Sequence[int]) -> int:
+        """How many of these blocks in-flight requests on this worker already reference."""
+        refs = self.block_refs
+        return sum(1 for h in block_hashes if h in refs)
 
     @property
     def prefill_tokens(self) -> int:
         reported = self.reported.num_active_prefill_tokens if self.reported is not None else 0
         return max(self.num_prefill_tokens, reported)
+
+
+def chain_keys(local_hashes: Sequence[int]) -> list[int]:
+    """Frontend-private identities for a prompt's blocks: block i's key depends on the
+    local hashes of blocks 0..i, like a sequence hash, but costs one C-level tuple hash per
+    block (the protocol's sequence hashes cost ~1 ms for a 4k-token prompt on the event
+    loop). Only ever compared with other keys made here."""
+    keys: list[int] = []
+    key = 0
+    for h in local_hashes:
+        key = hash((key, h))
+        keys.append(key)
+    return keys
 
 
 class LoadTracker:
@@ -65,13 +101,30 @@ class LoadTracker:
     def update_metrics(self, metrics: LoadMetrics) -> None:
         self.get(metrics.worker_id).reported = metrics
 
-    def add_request(self, request_id: str, worker_id: int, prefill_tokens: int, num_blocks: int) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        worker_id: int,
+        prefill_tokens: int,
+        num_blocks: int,
+        block_hashes: Sequence[int] = (),
+    ) -> None:
+        """Account a request to a worker. `num_blocks`: blocks it adds (prompt blocks not
+        cached there); `block_hashes`: identities of all its prompt blocks (`chain_keys`), for the
+        deduplicated count (without them the request counts `num_blocks` on its own)."""
         load = self.get(worker_id)
         load.num_active_blocks += num_blocks
         load.num_prefill_tokens += prefill_tokens
         load.num_requests += 1
         load.requests.add(request_id)
-        self._sent[request_id] = _Sent(worker_id, prefill_tokens, num_blocks)
+        hashes = tuple(block_hashes)
+        if hashes:
+            refs = load.block_refs
+            for h in hashes:
+                refs[h] = refs.get(h, 0) + 1
+        else:
+            load.num_untracked_blocks += num_blocks
+        self._sent[request_id] = _Sent(worker_id, prefill_tokens, num_blocks, hashes)
 
     def mark_prefill_done(self, request_id: str) -> None:
         """First token arrived: the prompt no longer costs prefill time."""
@@ -94,3 +147,13 @@ class LoadTracker:
         load.num_active_blocks -= sent.num_blocks
         load.num_requests -= 1
         load.requests.discard(request_id)
+        if sent.block_hashes:
+            refs = load.block_refs
+            for h in sent.block_hashes:
+                n = refs.get(h, 0) - 1
+                if n > 0:
+                    refs[h] = n
+                else:
+                    refs.pop(h, None)
+        else:
+            load.num_untracked_blocks -= sent.num_blocks

@@ -1,14 +1,28 @@
 """Choosing a worker for a request: KV-aware cost, round-robin or random.
 
-KV mode, per DESIGN.md:
+KV mode, per DESIGN.md, with one departure, a weight on the prefill term:
 
     prefill_blocks(w) = (active prefill tokens(w) + prompt tokens - overlap(w) * block_size) / block_size
     decode_blocks(w)  = active blocks(w) + blocks this request adds (prompt blocks not cached)
-    cost(w)           = prefill_blocks(w) + decode_blocks(w)
+    cost(w)           = overlap_weight * prefill_blocks(w) + decode_blocks(w)
 
 The lowest cost wins (ties broken at random); with a temperature > 0 the choice is
 sampled from softmax(-cost / temperature) over costs normalised to [0, 1], which spreads
 load at the price of some cache hits.
+
+`overlap_weight` (constructor argument, else env `MIXROUTE_KV_OVERLAP_WEIGHT`, else
+`DEFAULT_OVERLAP_WEIGHT`): with 1.0 the cost is DESIGN.md's. A cached prefix of P blocks
+lowers the cost by (overlap_weight + 1) * P, while each request already running on a
+worker raises it by its distinct blocks; at 1.0 a worker one long request busier than
+another loses its prefix group to it, so the group's prefix ends up computed and cached
+on several workers (bench/results/routing-tuning.md measures this).
+
+Active blocks are deduplicated (see load.py): requests sharing a prefix on one worker
+count the shared blocks once, as the worker itself does.
+
+Predicted blocks: a prompt routed to a live worker is recorded as cached there for
+`predict_ttl_s` (10 s), because its KV events only arrive after its prefill; without this
+the same group's next request, arriving meanwhile, sees no overlap anywhere.
 
 Approximate mode: a worker whose KV events have never arrived is scored from this
 frontend's own past decisions (the prompt blocks it sent there), each forgotten after a
@@ -20,6 +34,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -27,12 +42,32 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from mixroute.frontend.routing.indexer import KvIndexer
-from mixroute.frontend.routing.load import LoadTracker
+from mixroute.frontend.routing.load import LoadTracker, chain_keys
 
 log = logging.getLogger(__name__)
 
 RouterMode = Literal["kv", "round-robin", "random"]
 ROUTER_MODES: tuple[str, ...] = ("kv", "round-robin", "random")
+
+
+DEFAULT_OVERLAP_WEIGHT = 1.0
+"""Weight of `prefill_blocks` in the KV cost (1.0: DESIGN.md's cost unchanged)."""
+OVERLAP_WEIGHT_ENV = "MIXROUTE_KV_OVERLAP_WEIGHT"
+PREDICT_TTL_S = 10.0
+
+
+def default_overlap_weight() -> float:
+    """`MIXROUTE_KV_OVERLAP_WEIGHT` when set (a clear error if it is not a number), else the default."""
+    raw = os.environ.get(OVERLAP_WEIGHT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_OVERLAP_WEIGHT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{OVERLAP_WEIGHT_ENV} must be a number >= 0, got {raw!r}") from None
+    if not value >= 0:
+        raise ValueError(f"{OVERLAP_WEIGHT_ENV} must be a number >= 0, got {raw!r}")
+    return value
 
 
 class HashedPrompt(Protocol):
@@ -104,11 +139,16 @@ class WorkerSelector:
         rng: random.Random | None = None,
         name: str = "backend",
         use_kv_events: bool = True,
+        overlap_weight: float | None = None,
+        predict_ttl_s: float = PREDICT_TTL_S,
     ) -> None:
         if mode not in ROUTER_MODES:
             raise ValueError(f"unknown router mode {mode!r}; use one of {', '.join(ROUTER_MODES)}")
         self.mode = mode
         self.block_size = block_size
+        self.overlap_weight = default_overlap_weight() if overlap_weight is None else overlap_weight
+        if not self.overlap_weight >= 0:
+            raise ValueError(f"overlap weight must be >= 0, got {self.overlap_weight}")
         self.temperature = temperature
         self.name = name
         self.use_kv_events = use_kv_events
@@ -116,6 +156,8 @@ class WorkerSelector:
         self.indexer = KvIndexer()
         self.loads = LoadTracker()
         self.approx = ApproxTracker(approx_ttl_s)
+        self.predicted = ApproxTracker(predict_ttl_s)
+        """Blocks just sent to live workers, until their KV events can have arrived."""
         self.live_workers: set[int] = set()
         """Workers whose KV events have arrived over the event plane (no approximation)."""
         self._rng = rng or random.Random()
@@ -132,6 +174,7 @@ class WorkerSelector:
         self.indexer.remove_worker(worker_id)
         self.loads.remove_worker(worker_id)
         self.approx.forget_worker(worker_id)
+        self.predicted.forget_worker(worker_id)
         self.live_workers.discard(worker_id)
 
     def mark_live(self, worker_id: int) -> None:
@@ -143,10 +186,16 @@ class WorkerSelector:
 
     def overlaps(self, worker_ids: Sequence[int], local_hashes: Sequence[int]) -> dict[int, int]:
         scores = self.indexer.find_matches(local_hashes)
+        now = time.monotonic()
         if len(self.live_workers) < len(worker_ids):
-            self.approx.expire(time.monotonic())
+            self.approx.expire(now)
             for w, n in self.approx.index.find_matches(local_hashes).items():
                 if w not in self.live_workers and n > scores.get(w, 0):
+                    scores[w] = n
+        if self.live_workers:
+            self.predicted.expire(now)
+            for w, n in self.predicted.index.find_matches(local_hashes).items():
+                if w in self.live_workers and n > scores.get(w, 0):
                     scores[w] = n
         return scores
 
@@ -172,14 +221,20 @@ class WorkerSelector:
             scores = self.overlaps(worker_ids, local_hashes) if local_hashes else {}
             worker_id, cost = self._lowest_cost(worker_ids, scores, num_prompt_tokens, num_prompt_blocks)
             overlap = scores.get(worker_id, 0)
+        keys = chain_keys(local_hashes)
         self.loads.add_request(
             request_id,
             worker_id,
             prefill_tokens=max(num_prompt_tokens - overlap * bs, 0),
             num_blocks=num_prompt_blocks - overlap,
+            block_hashes=keys,
         )
+        # The approximate indexes are private, so the cheap chain keys stand in for the
+        # sequence hashes there.
         if worker_id not in self.live_workers:
-            self.approx.record(worker_id, local_hashes, prompt.seq_hashes, time.monotonic())
+            self.approx.record(worker_id, local_hashes, keys, time.monotonic())
+        elif self.mode == "kv" and overlap < len(local_hashes):
+            self.predicted.record(worker_id, local_hashes, keys, time.monotonic())
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "routed pool=%s request_id=%s worker_id=%x cached blocks: %d prompt_blocks=%d cost=%.2f mode=%s",
@@ -191,13 +246,14 @@ class WorkerSelector:
         self, worker_ids: Sequence[int], scores: dict[int, int], num_prompt_tokens: int, num_prompt_blocks: int
     ) -> tuple[int, float]:
         bs = self.block_size
+        weight = self.overlap_weight
         costs: list[float] = []
         for w in worker_ids:
             load = self.loads.get(w)
             overlap = scores.get(w, 0)
             prefill_blocks = (load.prefill_tokens + num_prompt_tokens - overlap * bs) / bs
             decode_blocks = load.active_blocks + num_prompt_blocks - overlap
-            costs.append(prefill_blocks + decode_blocks)
+            costs.append(weight * prefill_blocks + decode_blocks)
         if self.temperature > 0 and len(costs) > 1:
             lo, hi = min(costs), max(costs)
             span = (hi - lo) or 1.0
