@@ -43,7 +43,18 @@ SCENARIOS: dict[str, list[str]] = {
         "--set-json",
         'workerDefaults.initContainers=[{"name":"fetch","image":"busybox","command":["true"]}]',
     ],
+    "disaggregated-pinned": [
+        "--set",
+        "gpu.pinDevices=true",
+        "--set-json",
+        (
+            'workers=[{"workerType":"prefill","model":{"path":"/models/m"},"connector":"nixl"},'
+            '{"workerType":"decode","model":{"path":"/models/m"},"connector":"nixl"}]'
+        ),
+    ],
     "gpu-overrides": [
+        "--set",
+        "gpu.pinDevices=true",
         "--set",
         "frontend.gpuDevice=5",
         "--set-json",
@@ -90,6 +101,7 @@ SCENARIOS: dict[str, list[str]] = {
     "cpu-mocker": ["--set", "engine.device=cpu", "--set", "engine.name=mocker"],
     "values-multi-model": ["-f", str(EXAMPLES / "values-multi-model.yaml")],
     "values-multi-node": ["-f", str(EXAMPLES / "values-multi-node.yaml")],
+    "values-single-node-pinned": ["-f", str(EXAMPLES / "values-single-node-pinned.yaml")],
 }
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mixroute.router.config import RouterConfig
+
 from .chart import (
     CHART,
     FULLNAME,
@@ -61,15 +63,12 @@ def test_router_configmap_is_mounted_and_points_at_frontend(helm: str) -> None:
 
 
 def test_router_config_is_accepted_by_the_router(helm: str) -> None:
-    router_config = pytest.importorskip(
-        "mixroute.router.config", reason="router config module not built yet"
-    )
     for scenario in ("default", "values-multi-model"):
         text = find(render(helm, scenario), "ConfigMap", f"{FULLNAME}-router")["data"][
             "config.yaml"
         ]
         data = yaml.safe_load(text)
-        config = router_config.RouterConfig.model_validate(data)
+        config = RouterConfig.model_validate(data)
         assert config.default_endpoint == f"http://{FULLNAME}-frontend:8000"
 
 

@@ -47,8 +47,26 @@ def test_default_is_one_aggregated_worker_with_bundled_infra(helm: str) -> None:
     assert not [d for d in docs if d["kind"] in GATEWAY_KINDS]
 
 
-def test_gpu_devices_follow_defaults(helm: str) -> None:
-    docs = render(helm, "disaggregated")
+def test_default_render_leaves_gpu_choice_to_the_device_plugin(helm: str) -> None:
+    # The device plugin renumbers a pod's GPUs from 0: a pinned physical index would hide them.
+    for scenario in ("default", "disaggregated", "aggregated", "values-multi-node"):
+        docs = render(helm, scenario)
+        deployments = [d for d in docs if d["kind"] == "Deployment"]
+        gpu_pods = [d for d in deployments if "nvidia.com/gpu" in container(d).get("resources", {}).get("limits", {})]
+        assert gpu_pods, scenario
+        for deployment in deployments:
+            assert "CUDA_VISIBLE_DEVICES" not in env(deployment), (scenario, deployment["metadata"]["name"])
+
+
+def test_pinned_layout_example(helm: str) -> None:
+    docs = render(helm, "values-single-node-pinned")
+    assert env(find(docs, "Deployment", f"{FULLNAME}-frontend"))["CUDA_VISIBLE_DEVICES"] == "0"
+    assert sorted(env(w)["CUDA_VISIBLE_DEVICES"] for w in workers(docs)) == ["1", "2"]
+    assert sorted(env(w)["CUDA_VISIBLE_DEVICES"] for w in workers(render(helm, "values-multi-model"))) == ["1", "2"]
+
+
+def test_gpu_devices_follow_defaults_when_pinned(helm: str) -> None:
+    docs = render(helm, "disaggregated-pinned")
     frontend = find(docs, "Deployment", f"{FULLNAME}-frontend")
     assert env(frontend)["CUDA_VISIBLE_DEVICES"] == "0"
     assert "resources" not in container(frontend)

@@ -17,15 +17,17 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from mixroute.errors import ApiError, BadRequestError, UnavailableError
+from mixroute.frontend.admission import AdmissionMiddleware, ApiLimits
 from mixroute.frontend.backend import Backend, ModelEntry
 from mixroute.frontend.completion import TextDelta, check_length, generate_text
 from mixroute.frontend.metrics import ApiMetrics
-from mixroute.frontend.preprocess import prepare_prompt, sampling_params
+from mixroute.frontend.preprocess import check_token_ids, prepare_prompt, sampling_params
 from mixroute.frontend.schemas import ChatCompletionRequest, CompletionRequest, usage_body
 from mixroute.logs import kv
 from mixroute.protocol.messages import GenerateRequest
@@ -60,9 +62,10 @@ def _parse(body: bytes, kind: type[BaseModel]) -> Any:
 
 
 class OpenAiApi:
-    def __init__(self, backend: Backend, metrics: ApiMetrics) -> None:
+    def __init__(self, backend: Backend, metrics: ApiMetrics, limits: ApiLimits) -> None:
         self.backend = backend
         self.metrics = metrics
+        self.limits = limits
 
     # ---- simple routes ----
 
@@ -118,7 +121,8 @@ class OpenAiApi:
         if isinstance(body.prompt, str):
             token_ids = await entry.tokenizer.encode(body.prompt)
         else:
-            token_ids = [int(t) for t in body.prompt]
+            token_ids = list(body.prompt)
+            check_token_ids(token_ids, entry.tokenizer.vocab_size, "prompt")
         max_tokens = body.max_tokens if body.max_tokens is not None else 16
         return await self._run(request, body, entry, token_ids, "completions", max_tokens)
 
@@ -126,6 +130,7 @@ class OpenAiApi:
         self, request: Request, body: Any, entry: ModelEntry, token_ids: list[int], endpoint: str, max_tokens: int | None
     ) -> Response:
         max_tokens = check_length(entry, len(token_ids), max_tokens)
+        check_token_ids(body.stop_token_ids, entry.tokenizer.vocab_size, "stop_token_ids")
         request_id = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         sampling = sampling_params(
             max_tokens=max_tokens,
@@ -139,8 +144,8 @@ class OpenAiApi:
         )
         prompt = prepare_prompt(token_ids, entry.block_size, body.cache_salt)
         gen = GenerateRequest(request_id=request_id, token_ids=token_ids, sampling=sampling, cache_salt=body.cache_salt)
-        self.metrics.inflight.labels(entry.name).inc()
-        deltas = generate_text(self.backend, entry, gen, prompt, body.stop_strings(), self.metrics)
+        self.metrics.requests_started.labels(entry.name).inc()
+        deltas = generate_text(self.backend, entry, gen, prompt, body.stop_strings(), self.metrics, self.limits)
         shape = _Shape(endpoint, request_id, entry.name)
         if body.stream:
             # Fail before the 200 is sent if the very first step fails (no worker, bad request).
@@ -163,8 +168,9 @@ class OpenAiApi:
         ]
 
 
-def create_app(backend: Backend, metrics: ApiMetrics, *, lifespan: Any = None) -> Starlette:
-    api = OpenAiApi(backend, metrics)
+def create_app(backend: Backend, metrics: ApiMetrics, *, lifespan: Any = None, limits: ApiLimits | None = None) -> Starlette:
+    limits = limits if limits is not None else ApiLimits()
+    api = OpenAiApi(backend, metrics, limits)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _json_response({"error": {"message": f"no route {request.url.path}", "type": "not_found_error", "param": None, "code": 404}}, 404)
@@ -172,7 +178,12 @@ def create_app(backend: Backend, metrics: ApiMetrics, *, lifespan: Any = None) -
     async def bad_method(request: Request, exc: Exception) -> Response:
         return _json_response({"error": {"message": f"method {request.method} not allowed", "type": "invalid_request_error", "param": None, "code": 405}}, 405)
 
-    return Starlette(routes=api.routes(), exception_handlers={404: not_found, 405: bad_method}, lifespan=lifespan)
+    return Starlette(
+        routes=api.routes(),
+        exception_handlers={404: not_found, 405: bad_method},
+        lifespan=lifespan,
+        middleware=[Middleware(AdmissionMiddleware, limits=limits, metrics=metrics)],
+    )
 
 
 # ---- response shapes ----
@@ -259,6 +270,9 @@ async def _sse(shape: _Shape, first: TextDelta, deltas: AsyncIterator[TextDelta]
     except ApiError as exc:
         # Headers are gone; report the error in-band as OpenAI does, then end the stream.
         yield b"data: " + encode(exc.body()) + b"\n\n"
+    except Exception:
+        log.exception("stream failed %s", kv(request_id=shape.id))
+        yield b"data: " + encode(ApiError("internal error; see the server log").body()) + b"\n\n"
     finally:
         await deltas.aclose()  # type: ignore[attr-defined]
     yield b"data: [DONE]\n\n"

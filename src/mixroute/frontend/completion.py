@@ -4,18 +4,33 @@ strings, usage, and latency metrics. Shared by chat and text completions, stream
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from mixroute.errors import ApiError, BadRequestError, RequestPlaneError, UnavailableError
+from mixroute.errors import (
+    ApiError,
+    BadRequestError,
+    OverloadedError,
+    RequestPlaneError,
+    UnavailableError,
+)
+from mixroute.frontend.admission import ApiLimits
 from mixroute.frontend.backend import Backend, ModelEntry
 from mixroute.frontend.detokenize import IncrementalDetokenizer
 from mixroute.frontend.metrics import ApiMetrics
 from mixroute.frontend.preprocess import PreparedPrompt
 from mixroute.logs import kv
-from mixroute.protocol.messages import GenerateRequest, Usage
+from mixroute.protocol.messages import (
+    ERROR_BAD_REQUEST,
+    ERROR_CONTEXT_LENGTH,
+    ERROR_OVERLOADED,
+    GenerateFrame,
+    GenerateRequest,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +74,25 @@ async def generate_text(
     prompt: PreparedPrompt,
     stop: list[str],
     metrics: ApiMetrics,
+    limits: ApiLimits | None = None,
 ) -> AsyncIterator[TextDelta]:
     """Deltas of generated text; the last one has `finish_reason` and `usage`.
 
     Closing this iterator (client gone) closes the backend stream, which cancels the
-    request on the worker."""
+    request on the worker. So does a timeout (`limits`): a worker silent for the idle
+    timeout, or a request running past the total timeout, ends with a 503."""
+    limits = limits if limits is not None else ApiLimits()
     model = entry.name
     detok = IncrementalDetokenizer(entry.tokenizer.fast, stop)
     started = time.perf_counter()
     last = started
     num_tokens = 0
     frames = backend.generate(entry, request, prompt)
+    next_frame = _with_timeouts(frames, limits, request.request_id)
     try:
-        async for frame in frames:
+        while (frame := await next_frame()) is not None:
             if frame.error is not None:
-                raise _frame_error(frame.error)
+                raise _frame_error(frame, request.request_id)
             if frame.token_ids:
                 now = time.perf_counter()
                 if num_tokens == 0:
@@ -92,15 +111,17 @@ async def generate_text(
                 usage = frame.usage or Usage(prompt_tokens=len(prompt.token_ids), completion_tokens=num_tokens)
                 reason = "length" if frame.finish_reason == "length" else "stop"
                 if frame.finish_reason in ("abort", "error"):
-                    raise UnavailableError(f"the worker ended the request ({frame.finish_reason})")
+                    log.warning("worker ended the request %s", kv(request_id=request.request_id, reason=frame.finish_reason))
+                    raise UnavailableError(_WORKER_FAILED)
                 yield _finish(metrics, model, started, TextDelta(text, reason, usage))
                 return
             if text:
                 yield TextDelta(text)
-        raise UnavailableError("the worker closed the stream without finishing the request")
+        raise UnavailableError("the worker closed the stream without finishing the request; try again")
     except RequestPlaneError as exc:
+        # The details (peer address, remote exception) are for the log, not the client.
         log.warning("request failed %s", kv(request_id=request.request_id, error=exc))
-        raise UnavailableError(f"the worker failed: {exc}") from exc
+        raise UnavailableError(_WORKER_FAILED) from exc
     finally:
         await frames.aclose()  # type: ignore[attr-defined]
 
@@ -115,7 +136,46 @@ def _finish(metrics: ApiMetrics, model: str, started: float, delta: TextDelta) -
     return delta
 
 
-def _frame_error(message: str) -> ApiError:
-    if "too long" in message.lower() or "context" in message.lower():
-        return BadRequestError(message, code="context_length_exceeded")
-    return UnavailableError(f"the worker failed: {message}")
+_WORKER_FAILED = "the worker failed to process the request; try again"
+
+
+def _with_timeouts(frames: AsyncIterator[GenerateFrame], limits: ApiLimits, request_id: str) -> Callable[[], Awaitable[GenerateFrame | None]]:
+    """`anext(frames, None)` under the idle and total timeouts. The timeout wraps only the
+    wait for a frame (never a `yield` to our consumer), and cancelling that wait closes
+    the backend stream, which aborts the request on the worker."""
+    idle = limits.request_idle_timeout_s or None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.request_timeout_s if limits.request_timeout_s else None
+
+    async def next_frame() -> GenerateFrame | None:
+        if idle is None and deadline is None:
+            return await anext(frames, None)
+        until = min(t for t in (deadline, None if idle is None else loop.time() + idle) if t is not None)
+        try:
+            async with asyncio.timeout_at(until):
+                return await anext(frames, None)
+        except TimeoutError:
+            what = "total" if deadline is not None and until == deadline else "idle"
+            seconds = limits.request_timeout_s if what == "total" else limits.request_idle_timeout_s
+            log.warning("request timed out %s", kv(request_id=request_id, timeout=what, seconds=seconds))
+            raise UnavailableError(
+                f"the worker did not answer in time ({what} timeout of {seconds:g} s); try again", code="timeout"
+            ) from None
+
+    return next_frame
+
+
+def _frame_error(frame: GenerateFrame, request_id: str) -> ApiError:
+    """The client-facing error for a worker's failed frame, chosen by its typed code.
+
+    Workers send client-safe messages with client-error codes; anything else (an
+    unknown or missing code, e.g. an older worker) gets a generic message."""
+    code, message = frame.error_code, frame.error or ""
+    if code == ERROR_CONTEXT_LENGTH:
+        return BadRequestError(message, param="max_tokens", code="context_length_exceeded")
+    if code == ERROR_BAD_REQUEST:
+        return BadRequestError(message)
+    log.warning("worker failed the request %s", kv(request_id=request_id, code=code, error=message))
+    if code == ERROR_OVERLOADED:
+        return OverloadedError("the workers are busy; retry later")
+    return UnavailableError(_WORKER_FAILED)

@@ -68,7 +68,7 @@ async def _prefill(
     try:
         async for frame in frames:
             if frame.error is not None:
-                raise RequestPlaneError(frame.error)
+                raise RequestPlaneError(f"{frame.error_code}: {frame.error}")
             if frame.kv_transfer is not None:
                 handle = frame.kv_transfer
     except (RequestPlaneError, UnavailableError) as exc:

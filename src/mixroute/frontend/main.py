@@ -14,6 +14,12 @@ import signal
 import msgspec
 
 from mixroute.errors import ConfigError, MixrouteError
+from mixroute.frontend.admission import (
+    DEFAULT_MAX_INFLIGHT_REQUESTS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REQUEST_IDLE_TIMEOUT_S,
+    ApiLimits,
+)
 from mixroute.frontend.app import create_app
 from mixroute.frontend.disagg import DisaggSettings
 from mixroute.frontend.engine_client import RoutedBackend
@@ -44,8 +50,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disagg-min-prompt-tokens", type=int, default=64, help="shorter prompts run aggregated")
     parser.add_argument("--no-disagg", action="store_true", help="never use prefill workers")
     parser.add_argument("--router-id", default=None, help="id under v1/kv_routers/{namespace}/ (default: random)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, help="larger request bodies get 413"
+    )
+    limits.add_argument(
+        "--max-inflight-requests",
+        type=int,
+        default=DEFAULT_MAX_INFLIGHT_REQUESTS,
+        help="generation requests served at once; more get 429 with Retry-After (0: no limit)",
+    )
+    limits.add_argument(
+        "--request-idle-timeout-s",
+        type=float,
+        default=DEFAULT_REQUEST_IDLE_TIMEOUT_S,
+        help="fail a request (503) when its worker sends nothing for this long (0: no limit)",
+    )
+    limits.add_argument(
+        "--request-timeout-s", type=float, default=0.0, help="fail a request (503) running longer than this (0: no limit)"
+    )
     parser.add_argument("--log-level", default=None)
     add_runtime_arguments(parser)
+
+
+def limits_from_args(args: argparse.Namespace) -> ApiLimits:
+    for flag in ("max_request_bytes", "max_inflight_requests", "request_idle_timeout_s", "request_timeout_s"):
+        if getattr(args, flag) < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0")
+    if args.max_request_bytes == 0:
+        raise ConfigError("--max-request-bytes must be > 0")
+    return ApiLimits(
+        max_request_bytes=args.max_request_bytes,
+        max_inflight_requests=args.max_inflight_requests,
+        request_idle_timeout_s=args.request_idle_timeout_s,
+        request_timeout_s=args.request_timeout_s,
+    )
 
 
 class _RouterRecord(msgspec.Struct, kw_only=True):
@@ -61,6 +100,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     if args.kv_temperature < 0:
         raise ConfigError("--kv-temperature must be >= 0")
+    limits = limits_from_args(args)
     router_id = args.router_id or f"{secrets.randbits(48):x}"
     runtime = await open_runtime(args)
     discovery = runtime.discovery
@@ -72,9 +112,10 @@ async def _serve(args: argparse.Namespace) -> int:
     registry.on_worker_added = feed.worker_added
     metrics = ApiMetrics()
     metrics.add_load_source(registry.load_samples)
+    metrics.add_kv_feed_source(lambda: (feed.num_batches, feed.num_dumps))
     disagg = DisaggSettings(args.disagg_min_prompt_tokens, not args.no_disagg)
     backend = RoutedBackend(registry, client, metrics, disagg)
-    app = create_app(backend, metrics)
+    app = create_app(backend, metrics, limits=limits)
     tasks = [
         asyncio.create_task(registry.run(discovery), name="discovery-watch"),
         asyncio.create_task(feed.run(), name="kv-event-feed"),
@@ -98,7 +139,10 @@ async def _serve(args: argparse.Namespace) -> int:
         done, _ = await asyncio.wait([serve, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is not serve:
-                task.result()  # a background task died: surface its error
+                # Routing without its discovery watch or event feed would go stale silently.
+                error = None if task.cancelled() else task.exception()
+                log.error("background task ended; stopping %s", kv(task=task.get_name(), error=repr(error)))
+                return 1
         return 0
     finally:
         server.should_exit = True

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -52,6 +52,17 @@ class _LoadCollector(Collector):
         yield requests
 
 
+class _FeedCollector(Collector):
+    def __init__(self, prefix: str, source: Callable[[], tuple[int, int]]) -> None:
+        self._prefix = prefix
+        self._source = source
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        num_batches, num_dumps = self._source()
+        yield CounterMetricFamily(f"{self._prefix}_kv_event_batches", "KV event batches received from workers", value=num_batches)
+        yield CounterMetricFamily(f"{self._prefix}_kv_dumps", "KV dumps fetched from workers (after a gap or a new worker)", value=num_dumps)
+
+
 class ApiMetrics:
     def __init__(self, prefix: str = "mixroute_frontend", registry: CollectorRegistry | None = None) -> None:
         self.prefix = prefix
@@ -78,7 +89,13 @@ class ApiMetrics:
             f"{prefix}_cached_tokens", "prompt tokens served from a worker's prefix cache", ["model"], registry=r
         )
         self.completion_tokens = Counter(f"{prefix}_completion_tokens", "generated tokens", ["model"], registry=r)
-        self.inflight = Counter(f"{prefix}_requests_started", "requests accepted for generation", ["model"], registry=r)
+        self.requests_started = Counter(f"{prefix}_requests_started", "requests accepted for generation", ["model"], registry=r)
+        self.requests_in_flight = Gauge(
+            f"{prefix}_requests_in_flight", "generation requests being served now (the admission limit counts these)", registry=r
+        )
+        self.requests_rejected = Counter(
+            f"{prefix}_requests_rejected", "requests refused before generation (413 too large, 429 too many)", ["status"], registry=r
+        )
         self.router_decisions = Counter(
             f"{prefix}_router_decisions", "worker choices", ["model", "pool", "worker_id"], registry=r
         )
@@ -92,6 +109,10 @@ class ApiMetrics:
 
     def add_load_source(self, source: LoadSource) -> None:
         self.registry.register(_LoadCollector(self.prefix, source))
+
+    def add_kv_feed_source(self, source: Callable[[], tuple[int, int]]) -> None:
+        """`source` returns (KV event batches received, dumps fetched) so far."""
+        self.registry.register(_FeedCollector(self.prefix, source))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

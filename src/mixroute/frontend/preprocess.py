@@ -78,6 +78,8 @@ class ModelTokenizer:
         eos = special.get("eos_token")
         eos_id = fast_tokenizer.token_to_id(eos) if eos else None
         self.eos_token_ids: tuple[int, ...] = () if eos_id is None else (int(eos_id),)
+        self.vocab_size: int = int(fast_tokenizer.get_vocab_size(with_added_tokens=True))
+        """Token ids from clients must be below this (ids the tokenizer cannot decode)."""
         self.has_chat_template = bool(chat_template)
         self._template = _compile_template(chat_template) if chat_template else None
 
@@ -112,9 +114,8 @@ class ModelTokenizer:
 
     def render_chat_sync(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         if not self.has_chat_template:
-            raise BadRequestError(
-                f"the model at {self.path} has no chat template; use /v1/completions", param="messages"
-            )
+            # No path in the message: it is the server's file system, not the client's business.
+            raise BadRequestError("this model has no chat template; use /v1/completions", param="messages")
         assert self._template is not None
         import jinja2
 
@@ -163,6 +164,16 @@ def _compile_template(source: str) -> Any:
     env.globals["raise_exception"] = raise_exception
     env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
     return env.from_string(source)
+
+
+def check_token_ids(token_ids: Sequence[int], vocab_size: int, param: str) -> None:
+    """400 unless every id is a token of the model's vocabulary [0, vocab_size)."""
+    for position, token_id in enumerate(token_ids):
+        if not 0 <= token_id < vocab_size:
+            raise BadRequestError(
+                f"{param}[{position}] = {token_id} is not a token id of this model; ids must be in [0, {vocab_size})",
+                param=param,
+            )
 
 
 def prepare_prompt(token_ids: list[int], block_size: int, cache_salt: str | None = None) -> PreparedPrompt:

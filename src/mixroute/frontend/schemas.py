@@ -6,9 +6,13 @@ clients that send newer options keep working.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+TokenId = Annotated[StrictInt, Field(ge=0, lt=2**31)]
+"""A token id as clients send it: a plain JSON integer (no floats, bools or strings),
+non-negative; the model's vocabulary bound is checked once the model is known."""
 
 
 class _Body(BaseModel):
@@ -64,7 +68,7 @@ class _Sampling(_Body):
     n: int = Field(default=1, ge=1, le=1)
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
-    stop_token_ids: list[int] = []
+    stop_token_ids: list[TokenId] = []
     cache_salt: str | None = None
     user: str | None = None
     logprobs: bool | int | None = None
@@ -104,7 +108,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[int] | list[str] | list[list[int]]
+    prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
     echo: bool = False
 
     @field_validator("echo")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import shlex
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from mixroute.errors import ConfigError, MixrouteError
 from mixroute.logs import kv, setup_logging
@@ -198,7 +199,7 @@ def build_connector(args: argparse.Namespace) -> Connector:
     return LocalConnector(worker_args, runtime_args, log_dir=args.worker_log_dir)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace) -> int:
     from mixroute.runtime.discovery import open_discovery
     from mixroute.runtime.events import open_event_subscriber
 
@@ -215,11 +216,11 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     loads = LoadTable(stale_after_s=args.stale_after_s, model=args.model)
     consumers = [
-        asyncio.create_task(loads.consume(subscriber.subscribe(subject_prefix(args.namespace))))
+        asyncio.create_task(loads.consume(subscriber.subscribe(subject_prefix(args.namespace))), name="load-events")
     ]
     if args.model is not None:
         instances = discovery.watch_prefix(names.instances_prefix(args.namespace))
-        consumers.append(asyncio.create_task(loads.consume_instances(instances)))
+        consumers.append(asyncio.create_task(loads.consume_instances(instances), name="instances-watch"))
     planner = Planner(ScalingPolicy(config), loads, connector, dry_run=args.dry_run)
     log.info(
         "planner up %s",
@@ -230,28 +231,49 @@ async def _serve(args: argparse.Namespace) -> None:
             max=config.max_replicas,
         ),
     )
+    return await supervise(planner.run(args.interval_s, stop), consumers, _close(connector, subscriber, discovery))
+
+
+async def supervise(main: Coroutine[Any, Any, None], consumers: list[asyncio.Task[None]], close: Coroutine[Any, Any, None]) -> int:
+    """Runs the planner loop while its input tasks live; always runs `close` (which stops
+    local workers), whatever failed. 0 after a normal stop; 1 if an input task ended
+    (its load view would go stale, so scaling on it would be wrong)."""
+    loop_task = asyncio.create_task(main, name="planner-loop")
+    status = 0
     try:
-        await planner.run(args.interval_s, stop)
+        done, _ = await asyncio.wait([loop_task, *consumers], return_when=asyncio.FIRST_COMPLETED)
+        for task in consumers:
+            if task in done:
+                error = None if task.cancelled() else task.exception()
+                log.error("planner input stopped; shutting down %s", kv(task=task.get_name(), error=repr(error)))
+                status = 1
+        if loop_task in done and loop_task.exception() is not None:
+            raise loop_task.exception()  # type: ignore[misc]
     finally:
-        for task in consumers:
+        for task in (loop_task, *consumers):
             task.cancel()
-        for task in consumers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await asyncio.shield(_close(connector, subscriber, discovery))
+        # return_exceptions: a failed task must not skip `close` (that leaked every worker).
+        for outcome in await asyncio.gather(loop_task, *consumers, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("planner task failed %s", kv(error=repr(outcome)))
+        await asyncio.shield(close)
+    return status
 
 
 async def _close(connector: Connector, subscriber: object, discovery: object) -> None:
-    await connector.close()
-    await subscriber.close()  # type: ignore[attr-defined]
-    await discovery.close()  # type: ignore[attr-defined]
+    try:
+        await connector.close()
+    finally:
+        try:
+            await subscriber.close()  # type: ignore[attr-defined]
+        finally:
+            await discovery.close()  # type: ignore[attr-defined]
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, component="planner")
     try:
-        asyncio.run(_serve(args))
+        return asyncio.run(_serve(args))
     except MixrouteError as exc:
         log.error("%s", exc)
         return 2
-    return 0

@@ -72,6 +72,21 @@ class GenerateFrame(msgspec.Struct, kw_only=True, omit_defaults=True):
     usage: Usage | None = None
     kv_transfer: KvTransferHandle | None = None
     error: str | None = None
+    """Set on a final frame that failed: a message safe to show a client (no addresses,
+    exception types or library text; those are logged where they happen)."""
+    error_code: str | None = None
+    """What kind of failure `error` is, one of the `ERROR_*` values below; a receiver
+    treats an unknown or missing code as `ERROR_INTERNAL`."""
+
+
+ERROR_BAD_REQUEST = "bad_request"
+"""The request itself is invalid (a client error)."""
+ERROR_CONTEXT_LENGTH = "context_length_exceeded"
+"""Prompt + max_tokens do not fit the model's context (a client error)."""
+ERROR_OVERLOADED = "overloaded"
+"""The worker cannot take the request now; retrying later may succeed."""
+ERROR_INTERNAL = "internal"
+"""The worker failed; nothing about the request was wrong."""
 
 
 class KvExportRequest(msgspec.Struct, kw_only=True):

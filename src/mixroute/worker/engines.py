@@ -4,6 +4,7 @@ the mocker needs none of it)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Callable
 
 from mixroute.engine.api import Engine
@@ -49,6 +50,29 @@ ENGINES: dict[str, Callable[[argparse.Namespace, int], Engine]] = {
     "torch": _torch_engine,
     "mocker": _mocker_engine,
 }
+
+
+THREADED_ENGINES = frozenset({"torch"})
+"""Engines whose state lives on their own thread: a read such as `kv_events_dump` may wait
+for a whole engine step, so the worker makes it from a thread, never from its event loop.
+The others (mocker) run on the event loop, where such reads are instant and only safe there."""
+
+
+def engine_has_failed(engine: Engine) -> bool:
+    """True once the engine can no longer make progress: the thread or task it runs on
+    ended without `close()`. Uses the engine's `is_alive()` when it has one; otherwise
+    looks at the thread (torch) or task (mocker) of the known engines (the proposed
+    `is_alive()` method is in /work/team/fixer-notes.md)."""
+    probe = getattr(engine, "is_alive", None)
+    if callable(probe):
+        return not probe()
+    if getattr(engine, "_closed", False):
+        return False
+    thread = getattr(engine, "_thread", None)
+    if thread is not None and not thread.is_alive():
+        return True
+    task = getattr(engine, "_task", None)
+    return isinstance(task, asyncio.Task) and task.done()
 
 
 def build_engine(args: argparse.Namespace, worker_id: int) -> Engine:

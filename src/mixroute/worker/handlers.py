@@ -6,13 +6,21 @@
   request's final frame carries a handle naming this worker's address.
 - `kv_export`: a `KvExportRequest` in; a `KvExportHeader` then one `KvLayerChunk` per layer out.
 - `kv_dump`: one `KvEventBatch` out (a `cleared` event then `stored` events): what a
-  router that missed events needs to rebuild its view of this worker.
+  router that missed events needs to rebuild its view of this worker. A threaded engine
+  (torch) hands out the dump under its step lock, which a long step holds for seconds, so
+  the dump is taken and encoded on a thread: the event loop keeps answering pings and
+  streaming other requests' frames meanwhile.
 
 Cancelling a stream (client gone) closes the engine's iterator, which aborts the request.
+
+Errors: an engine failure ends the stream with a final frame carrying a typed
+`error_code` and a message safe for clients; the details (exception type, torch text)
+are logged here with the request id, never sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -20,9 +28,12 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from mixroute.engine.api import Engine, KvExport
-from mixroute.errors import EngineError, RequestPlaneError
+from mixroute.errors import EngineError, OutOfBlocksError, RequestPlaneError, RequestTooLongError
 from mixroute.logs import kv
 from mixroute.protocol.messages import (
+    ERROR_CONTEXT_LENGTH,
+    ERROR_INTERNAL,
+    ERROR_OVERLOADED,
     GenerateFrame,
     GenerateRequest,
     KvEventBatch,
@@ -66,8 +77,18 @@ class WorkerCounters:
 
 
 class WorkerHandlers:
-    def __init__(self, engine: Engine, client: RequestClient, counters: WorkerCounters, worker_id: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        client: RequestClient,
+        counters: WorkerCounters,
+        worker_id: int,
+        *,
+        is_engine_threaded: bool = True,
+    ) -> None:
         self.engine = engine
+        self.is_engine_threaded = is_engine_threaded
+        """The engine's state lives on its own thread (reads may wait for its step lock)."""
         self.client = client
         self.counters = counters
         self.worker_id = worker_id
@@ -99,20 +120,22 @@ class WorkerHandlers:
                 kind = "decode-fallback"
         self.counters.requests.labels(kind).inc()
         frames = self.engine.generate(request, imported)
-        finished = False
+        checked = _failures_as_frames(frames, request.request_id)
         try:
-            async for frame in frames:
+            async for frame in checked:
                 if frame.kv_transfer is not None:
                     frame.kv_transfer = msgspec.structs.replace(
                         frame.kv_transfer, source_address=self.address, worker_id=self.worker_id
                     )
                 if frame.usage is not None:
                     self._count(frame)
-                finished = frame.finish_reason is not None
                 yield frame
+        except (asyncio.CancelledError, GeneratorExit):
+            # Only a caller that went away counts as cancelled (failures end with a frame).
+            self.counters.cancelled.inc()
+            raise
         finally:
-            if not finished:
-                self.counters.cancelled.inc()
+            await checked.aclose()  # type: ignore[attr-defined]
             await frames.aclose()  # type: ignore[attr-defined]
 
     def _count(self, frame: GenerateFrame) -> None:
@@ -163,4 +186,32 @@ class WorkerHandlers:
 
     async def kv_dump(self, payload: bytes) -> AsyncIterator[bytes]:
         self.counters.kv_dumps.inc()
-        yield encode(KvEventBatch(worker_id=self.worker_id, events=self.engine.kv_events_dump()))
+        if self.is_engine_threaded:
+            yield await asyncio.to_thread(self._dump)
+        else:
+            yield self._dump()  # the engine runs on this loop: reading it here is safe and cannot block
+
+    def _dump(self) -> bytes:
+        return encode(KvEventBatch(worker_id=self.worker_id, events=self.engine.kv_events_dump()))
+
+
+async def _failures_as_frames(frames: AsyncIterator[GenerateFrame], request_id: str) -> AsyncIterator[GenerateFrame]:
+    """The engine's frames, with every failure turned into a final frame with a typed
+    `error_code` and a client-safe message; the engine's own text is logged."""
+    try:
+        async for frame in frames:
+            if frame.error is not None and frame.error_code is None:
+                log.error("engine failed the request %s", kv(request_id=request_id, error=frame.error))
+                frame.error = "the worker failed to process the request"
+                frame.error_code = ERROR_INTERNAL
+                frame.finish_reason = frame.finish_reason or "error"
+            yield frame
+    except RequestTooLongError as exc:
+        # Our own length check: its message says how to fix the request, nothing internal.
+        yield GenerateFrame(finish_reason="error", error=str(exc), error_code=ERROR_CONTEXT_LENGTH)
+    except OutOfBlocksError as exc:
+        log.warning("engine out of KV blocks %s", kv(request_id=request_id, error=exc))
+        yield GenerateFrame(finish_reason="error", error="the worker has no room for the request now", error_code=ERROR_OVERLOADED)
+    except Exception as exc:
+        log.error("engine raised for a request %s", kv(request_id=request_id, error=repr(exc)), exc_info=not isinstance(exc, EngineError))
+        yield GenerateFrame(finish_reason="error", error="the worker failed to process the request", error_code=ERROR_INTERNAL)

@@ -26,7 +26,7 @@ from mixroute.protocol.names import (
 from mixroute.runtime.discovery.base import Discovery
 from mixroute.runtime.options import Runtime
 from mixroute.runtime.requests.base import RequestServer
-from mixroute.worker.engines import build_engine
+from mixroute.worker.engines import THREADED_ENGINES, build_engine, engine_has_failed
 from mixroute.worker.handlers import (
     KV_DUMP_ENDPOINT,
     KV_EXPORT_ENDPOINT,
@@ -74,7 +74,13 @@ class WorkerInstance:
         self.discovery = runtime.discovery
         events = await runtime.event_publisher(name=f"mixroute-worker-{s.worker_type}-{self.worker_id:x}")
         registry = CollectorRegistry()
-        handlers = WorkerHandlers(engine, runtime.request_client, WorkerCounters(registry), self.worker_id)
+        handlers = WorkerHandlers(
+            engine,
+            runtime.request_client,
+            WorkerCounters(registry),
+            self.worker_id,
+            is_engine_threaded=self.args.engine in THREADED_ENGINES,
+        )
         self.server = await runtime.start_request_server(
             {
                 ENDPOINT_GENERATE: handlers.generate,
@@ -141,6 +147,23 @@ class WorkerInstance:
             await asyncio.sleep(0.02)
         host = s.advertise_host or s.host
         return f"http://{host}:{s.http_port}"
+
+    def failure(self) -> str | None:
+        """Why this instance can no longer serve (engine, publisher or HTTP server gone),
+        or None while it is healthy."""
+        if self.engine is not None and engine_has_failed(self.engine):
+            return "the engine stopped running"
+        if self.publisher is not None and (reason := self.publisher.failure()) is not None:
+            return f"event publishing stopped: {reason}"
+        if self._http_task is not None and self._http_task.done():
+            return "the HTTP server stopped"
+        return None
+
+    async def wait_failure(self, interval_s: float = 0.5) -> str:
+        """Returns (with the reason) once `failure()` reports one."""
+        while (reason := self.failure()) is None:
+            await asyncio.sleep(interval_s)
+        return reason
 
     async def stop(self) -> None:
         """Deregisters first so routers stop sending, then stops what `start` started."""

@@ -86,11 +86,28 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         for instance in instances:
             await instance.start(runtime, port=args.port if num_engines == 1 else 0)
-        await stop.wait()
+        return await _supervise(instances, stop)
     finally:
         for instance in instances:
             await asyncio.shield(instance.stop())
         await asyncio.shield(runtime.close())
+
+
+async def _supervise(instances: list[WorkerInstance], stop: asyncio.Event) -> int:
+    """Runs until a signal (0) or until a part of an instance dies (1): a worker whose
+    engine thread or publisher is gone would keep its discovery record alive while every
+    request to it hangs, so it deregisters (the caller's `stop`) and exits for a restart."""
+    stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+    watches = [asyncio.create_task(i.wait_failure(), name=f"watch-{i.worker_id:x}") for i in instances]
+    try:
+        done, _ = await asyncio.wait([stopping, *watches], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopping, *watches):
+            task.cancel()
+    for task in watches:
+        if task in done:
+            log.error("worker instance failed; deregistering and exiting %s", kv(reason=task.result()))
+            return 1
     return 0
 
 

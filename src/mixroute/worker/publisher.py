@@ -8,7 +8,6 @@ least every `heartbeat_s`, so a router that just started learns the load quickly
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -50,12 +49,19 @@ class WorkerPublisher:
             asyncio.create_task(self._load_metrics(), name=f"load-metrics-{self.worker_id:x}"),
         ]
 
+    def failure(self) -> str | None:
+        """Why publishing stopped (a task ended on its own), or None while it runs."""
+        for task in self._tasks:
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                return f"{task.get_name()} ended: {error!r}" if error else f"{task.get_name()} ended"
+        return None
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A task that died already re-raises its error here; it was reported by failure().
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _kv_events(self) -> None:
         while True:

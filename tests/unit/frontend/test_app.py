@@ -147,3 +147,27 @@ async def test_stream_consumer_leaving_closes_backend(client: httpx.AsyncClient,
             break
         await asyncio.sleep(0.01)
     assert backend.closed == [backend.requests[0].request_id]
+
+
+@pytest.mark.parametrize("prompt", [[-1], [2**33], "VOCAB", [1.5], [True], [[3, -2]], ["a", 1]])
+async def test_bad_token_id_prompts_are_400(client: httpx.AsyncClient, backend: ScriptedBackend, prompt: object) -> None:
+    if prompt == "VOCAB":
+        prompt = [1, backend.entry.tokenizer.vocab_size]
+    r = await client.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 2})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and "prompt" in err["message"]
+    assert backend.requests == []
+
+
+async def test_bad_stop_token_ids_are_400(client: httpx.AsyncClient, backend: ScriptedBackend) -> None:
+    r = await client.post("/v1/completions", json={"model": "tiny", "prompt": [1], "stop_token_ids": [backend.entry.tokenizer.vocab_size]})
+    assert r.status_code == 400 and "stop_token_ids" in r.json()["error"]["message"]
+    r = await client.post("/v1/completions", json={"model": "tiny", "prompt": [1], "stop_token_ids": [-3]})
+    assert r.status_code == 400 and "stop_token_ids" in r.json()["error"]["message"]
+
+
+async def test_token_ids_at_the_vocabulary_edge_are_accepted(client: httpx.AsyncClient, backend: ScriptedBackend) -> None:
+    r = await client.post("/v1/completions", json={"model": "tiny", "prompt": [0, backend.entry.tokenizer.vocab_size - 1], "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert backend.requests[0].token_ids == [0, backend.entry.tokenizer.vocab_size - 1]

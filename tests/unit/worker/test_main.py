@@ -44,3 +44,16 @@ def test_frontend_flags() -> None:
     assert (args.router_mode, args.kv_temperature, args.http_port, args.host) == ("round-robin", 0.5, 8000, "127.0.0.1")
     with pytest.raises(SystemExit):
         parser.parse_args(["--router-mode", "fastest"])
+
+
+def test_frontend_limit_flags() -> None:
+    parser = argparse.ArgumentParser()
+    frontend_main.add_arguments(parser)
+    limits = frontend_main.limits_from_args(parser.parse_args([]))
+    assert (limits.max_request_bytes, limits.max_inflight_requests) == (4 * 1024 * 1024, 512)
+    assert limits.request_idle_timeout_s > 0 and limits.request_timeout_s == 0
+    args = parser.parse_args(["--max-request-bytes", "100", "--max-inflight-requests", "0", "--request-timeout-s", "30"])
+    limits = frontend_main.limits_from_args(args)
+    assert (limits.max_request_bytes, limits.max_inflight_requests, limits.request_timeout_s) == (100, 0, 30.0)
+    with pytest.raises(ConfigError, match="--request-idle-timeout-s"):
+        frontend_main.limits_from_args(parser.parse_args(["--request-idle-timeout-s", "-1"]))
