@@ -40,7 +40,7 @@ def test_kv_mode_prefers_cached_worker_and_logs_cached_blocks(caplog: pytest.Log
 
 
 def test_cost_formula_and_load_release() -> None:
-    sel = WorkerSelector("kv", block_size=BS, rng=random.Random(0))
+    sel = WorkerSelector("kv", block_size=BS, rng=random.Random(0), overlap_weight=1.0)
     for w in (1, 2):
         sel.add_worker(w)
     _store(sel, 1, PROMPT[:32])  # 2 of 4 blocks cached on worker 1
