@@ -30,6 +30,7 @@ from mixroute.frontend.routing.feed import KvEventFeed
 from mixroute.frontend.routing.selector import ROUTER_MODES
 from mixroute.logs import kv, setup_logging
 from mixroute.protocol.names import kv_router_key
+from mixroute.runtime.address import advertised_host, url_host
 from mixroute.runtime.loop import run_main
 from mixroute.runtime.options import add_runtime_arguments, open_runtime
 
@@ -130,7 +131,8 @@ async def _serve(args: argparse.Namespace) -> int:
         mode=args.router_mode,
         temperature=args.kv_temperature,
         disagg_min_prompt_tokens=args.disagg_min_prompt_tokens,
-        http_address=f"http://{args.host}:{args.http_port}",
+        # What other machines can reach: never 0.0.0.0 (Kubernetes binds that).
+        http_address=f"http://{url_host(advertised_host(args.host, args.advertise_host))}:{args.http_port}",
     )
     await discovery.put(kv_router_key(args.namespace, router_id), msgspec.json.encode(record))
     log.info("frontend listening %s", kv(address=record.http_address, mode=args.router_mode, router_id=router_id))

@@ -23,6 +23,7 @@ from mixroute.protocol.names import (
     ENDPOINT_GENERATE,
     instance_key,
 )
+from mixroute.runtime.address import advertised_host, url_host
 from mixroute.runtime.discovery.base import Discovery
 from mixroute.runtime.options import Runtime
 from mixroute.runtime.requests.base import RequestServer
@@ -145,8 +146,9 @@ class WorkerInstance:
                 self._http_task.result()
                 raise OSError(f"the HTTP server on {s.host}:{s.http_port} did not start")
             await asyncio.sleep(0.02)
-        host = s.advertise_host or s.host
-        return f"http://{host}:{s.http_port}"
+        # The bound port, not the flag: `--http-port 0` picks a free one.
+        port = server.servers[0].sockets[0].getsockname()[1]
+        return f"http://{url_host(advertised_host(s.host, s.advertise_host))}:{port}"
 
     def failure(self) -> str | None:
         """Why this instance can no longer serve (engine, publisher or HTTP server gone),

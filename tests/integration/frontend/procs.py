@@ -58,9 +58,13 @@ def wait_until(check: Callable[[], bool], what: str, procs: list[Proc], timeout_
     raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
 
+# Loopback traffic must not go through an HTTP_PROXY a CI host may set.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(url: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with _opener.open(url, timeout=5) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -72,7 +76,7 @@ def http_post(url: str, body: bytes | dict[str, object]) -> tuple[int, dict[str,
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with _opener.open(req, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -92,6 +96,13 @@ DECISION = re.compile(r"pool=(\w+) request_id=(\S+) worker_id=([0-9a-f]+) cached
 def decisions(proc: Proc, pool: str = "backend") -> dict[str, tuple[str, int]]:
     """request_id -> (worker_id, cached blocks) from a frontend's log."""
     return {m[2]: (m[3], int(m[4])) for m in DECISION.finditer(proc.log()) if m[1] == pool}
+
+
+def kv_event_batches(proc_url: str) -> float:
+    """KV event batches a frontend has received so far (from its /metrics)."""
+    status, text = http_get(f"{proc_url}/metrics")
+    assert status == 200, text
+    return metric(text, "mixroute_frontend_kv_event_batches_total")
 
 
 def metric(text: str, name: str) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from tests.integration.frontend.procs import (
     decisions,
     http_get,
     http_post,
+    kv_event_batches,
     models_listed,
     start,
     wait_until,
@@ -91,9 +91,12 @@ def test_openai_client_streaming_and_not(stack: Stack) -> None:
 
 def test_same_request_goes_to_the_worker_that_cached_it(stack: Stack) -> None:
     body = _chat("What is the capital of France? Explain neural networks in simple terms, step by step.")
+    batches = kv_event_batches(stack.kv_url)
     status, first = http_post(f"{stack.kv_url}/v1/chat/completions", body)
     assert status == 200, first
-    time.sleep(0.5)  # let the worker's KV events reach the frontend
+    # The worker's KV events for the first request must reach the frontend first: wait
+    # for them (a loaded CI box may take a while) instead of sleeping a fixed time.
+    wait_until(lambda: kv_event_batches(stack.kv_url) > batches, "KV events reach the frontend", [stack.kv], timeout_s=30)
     status, second = http_post(f"{stack.kv_url}/v1/chat/completions", body)
     assert status == 200, second
     routed = decisions(stack.kv)
