@@ -3,8 +3,9 @@
 Threading rule: the LLMEngine (scheduler, block pool, tensors) is owned by one engine
 thread. Callers never touch it; they post commands (closures) that the engine thread runs
 between steps, and get results back through futures. Frames go back to each request's
-asyncio queue with `call_soon_threadsafe`. The only cross-thread reads, `kv_events_dump`
-and `load_metrics`, take the engine lock (held per step) or read a snapshot.
+asyncio queue with `call_soon_threadsafe`. The cross-thread reads never wait for a step:
+`load_metrics` returns a snapshot taken after each step, and `kv_events_dump` is rebuilt
+from a mirror of the events already published.
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ from mixroute.engine.api import KvExport
 from mixroute.engine.config import EngineConfig
 from mixroute.engine.llm_engine import LLMEngine
 from mixroute.errors import EngineError
-from mixroute.protocol.messages import GenerateFrame, GenerateRequest, KvEvent, LoadMetrics, Usage
+from mixroute.protocol.messages import (
+    GenerateFrame,
+    GenerateRequest,
+    KvCleared,
+    KvEvent,
+    KvRemoved,
+    KvStored,
+    LoadMetrics,
+    StoredBlock,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +56,15 @@ class AsyncEngine:
         self.max_model_len: int = engine.max_model_len
         self.eos_token_ids: tuple[int, ...] = engine.eos_token_ids
         self.worker_id: int = config.worker_id
-        self._lock = threading.Lock()
         self._wakeup = threading.Condition()
         self._commands: list[Callable[[], None]] = []
         self._streams: dict[str, _Stream] = {}
         self._events: list[KvEvent] = []
         self._event_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._events_lock = threading.Lock()
+        self._mirror: dict[int, tuple[int | None, int]] = {}
+        """block_hash -> (parent_hash, tokens_hash) of every published, not yet removed block."""
+        self._last_published_id = engine.pool.last_event_id
         self._metrics = engine.load_metrics()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{config.worker_id}", daemon=True)
@@ -109,8 +122,15 @@ class AsyncEngine:
             await ready.wait()
 
     def kv_events_dump(self) -> list[KvEvent]:
-        with self._lock:
-            return self.engine.pool.dump_events()
+        """Built from the mirror of published events, so it never waits for an engine step."""
+        with self._events_lock:
+            last = self._last_published_id
+            blocks = list(self._mirror.items())
+        out = [KvEvent(worker_id=self.worker_id, event_id=last, data=KvCleared())]
+        for block_hash, (parent_hash, tokens_hash) in blocks:
+            stored = KvStored(parent_hash=parent_hash, blocks=[StoredBlock(block_hash, tokens_hash)])
+            out.append(KvEvent(worker_id=self.worker_id, event_id=last, data=stored))
+        return out
 
     def load_metrics(self) -> LoadMetrics:
         return self._metrics
@@ -178,14 +198,13 @@ class AsyncEngine:
                 self._shutdown(commands)
                 return
             outputs: list[tuple[str, GenerateFrame]] = []
-            with self._lock:
-                for command in commands:
-                    command()
-                self.engine.expire_held()
-                if self.engine.has_work:
-                    outputs = self._step()
-                events = self.engine.pool.drain_events()
-                self._metrics = self.engine.load_metrics()
+            for command in commands:
+                command()
+            self.engine.expire_held()
+            if self.engine.has_work:
+                outputs = self._step()
+            events = self.engine.pool.drain_events()
+            self._metrics = self.engine.load_metrics()
             # Metrics and events first: whoever sees a frame also sees the state that made it.
             if events:
                 self._publish(events)
@@ -215,12 +234,28 @@ class AsyncEngine:
     def _publish(self, events: list[KvEvent]) -> None:
         with self._events_lock:
             self._events.extend(events)
+            for event in events:
+                self._mirror_apply(event)
             waiters, self._event_waiters = self._event_waiters, []
         for loop, ready in waiters:
             try:
                 loop.call_soon_threadsafe(ready.set)
             except RuntimeError:
                 pass
+
+    def _mirror_apply(self, event: KvEvent) -> None:
+        data = event.data
+        if isinstance(data, KvStored):
+            parent = data.parent_hash
+            for block in data.blocks:
+                self._mirror[block.block_hash] = (parent, block.tokens_hash)
+                parent = block.block_hash
+        elif isinstance(data, KvRemoved):
+            for block_hash in data.block_hashes:
+                self._mirror.pop(block_hash, None)
+        else:
+            self._mirror.clear()
+        self._last_published_id = event.event_id
 
     def _shutdown(self, commands: list[Callable[[], None]]) -> None:
         for command in commands:

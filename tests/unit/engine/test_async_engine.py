@@ -118,3 +118,18 @@ async def test_kv_events_stream_and_dump(engine: AsyncEngine) -> None:
     assert len(index) == 3  # 50 prompt tokens -> 3 full blocks
     assert replay(engine.kv_events_dump()) == index
     assert engine.load_metrics().last_event_id == ids[-1]
+
+
+async def test_dump_tracks_evictions(tiny_dirs: dict[str, Path]) -> None:
+    eng = AsyncEngine.from_config(EngineConfig(model_path=str(tiny_dirs["qwen2"]), num_blocks=8))
+    try:
+        index: set[int] = set()
+        for i, prompt in enumerate(make_prompts(6, seed=62, min_len=40, max_len=60)):
+            await collect(eng, request(f"v{i}", prompt, max_tokens=4))
+            replay(await asyncio.wait_for(eng.next_kv_events(), 5), index)
+        dump = eng.kv_events_dump()
+        assert replay(dump) == index
+        assert len(index) <= 8
+        assert dump[0].event_id == eng.load_metrics().last_event_id
+    finally:
+        await eng.close()
