@@ -118,15 +118,23 @@ class CompletionRequest(_Sampling):
             raise ValueError("echo is not supported by this server; leave the field out")
         return value
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
     def _single_prompt(cls, value: Any) -> Any:
+        # Before the type check, so a bad token id gets a message naming it rather than
+        # the union's first mismatch ("should be a valid string").
         if isinstance(value, list) and value and isinstance(value[0], (str, list)):
             if len(value) != 1:
                 raise ValueError("only one prompt per request is supported")
-            return value[0]
-        if isinstance(value, list) and not value:
-            raise ValueError("prompt must not be empty")
+            value = value[0]
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("prompt must not be empty")
+            for position, token_id in enumerate(value):
+                if type(token_id) is not int:
+                    raise ValueError(f"a token-id prompt holds integers only; item {position} is {token_id!r}")
+                if not 0 <= token_id < 2**31:
+                    raise ValueError(f"token id {token_id} at position {position} is out of range")
         return value
 
     @property

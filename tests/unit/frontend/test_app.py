@@ -149,14 +149,25 @@ async def test_stream_consumer_leaving_closes_backend(client: httpx.AsyncClient,
     assert backend.closed == [backend.requests[0].request_id]
 
 
-@pytest.mark.parametrize("prompt", [[-1], [2**33], "VOCAB", [1.5], [True], [[3, -2]], ["a", 1]])
-async def test_bad_token_id_prompts_are_400(client: httpx.AsyncClient, backend: ScriptedBackend, prompt: object) -> None:
+@pytest.mark.parametrize(
+    ("prompt", "needle"),
+    [
+        ([-1], "token id -1 at position 0"),
+        ([2**33], f"token id {2**33}"),
+        ("VOCAB", "prompt[1] = "),
+        ([1.5], "integers only"),
+        ([True], "integers only"),
+        ([[3, -2]], "token id -2 at position 1"),
+        (["a", 1], "one prompt"),
+    ],
+)
+async def test_bad_token_id_prompts_are_400(client: httpx.AsyncClient, backend: ScriptedBackend, prompt: object, needle: str) -> None:
     if prompt == "VOCAB":
         prompt = [1, backend.entry.tokenizer.vocab_size]
     r = await client.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 2})
     assert r.status_code == 400, r.text
     err = r.json()["error"]
-    assert err["type"] == "invalid_request_error" and "prompt" in err["message"]
+    assert err["type"] == "invalid_request_error" and "prompt" in err["message"] and needle in err["message"]
     assert backend.requests == []
 
 
