@@ -19,26 +19,15 @@ from mixroute.planner.load import LoadTable, subject_prefix
 from mixroute.planner.planner import Planner
 from mixroute.planner.policy import PolicyConfig, Pool, ScalingPolicy
 from mixroute.protocol import names
+from mixroute.runtime.events.base import EventSubscriber
+from mixroute.runtime.loop import run_main
+from mixroute.runtime.options import Runtime, add_runtime_arguments, open_runtime
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    rt = parser.add_argument_group("runtime")
-    rt.add_argument(
-        "--namespace", default="dynamo", help="mixroute namespace of the workers (default dynamo)"
-    )
-    rt.add_argument(
-        "--discovery",
-        default=None,
-        help="file:///run-dir or etcd://HOST:PORT (default file://$MIXROUTE_RUN_DIR)",
-    )
-    rt.add_argument(
-        "--events",
-        default="zmq",
-        help="zmq (default) or nats://HOST:PORT: where workers publish load_metrics",
-    )
-
+    add_runtime_arguments(parser)  # --namespace --discovery --events (where workers publish load) ...
     con = parser.add_argument_group("connector")
     con.add_argument("--connector", choices=["local", "kubernetes"], default="local")
     con.add_argument(
@@ -200,9 +189,6 @@ def build_connector(args: argparse.Namespace) -> Connector:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from mixroute.runtime.discovery import open_discovery
-    from mixroute.runtime.events import open_event_subscriber
-
     config = policy_config(args)
     connector = build_connector(args)
     stop = asyncio.Event()
@@ -210,10 +196,13 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    discovery = await open_discovery(args.discovery)
-    subscriber = await open_event_subscriber(
-        args.events, discovery=discovery, namespace=args.namespace, name="planner"
-    )
+    runtime = await open_runtime(args)
+    try:
+        subscriber = await runtime.event_subscriber(name="planner")
+    except BaseException:
+        await runtime.close()
+        raise
+    discovery = runtime.discovery
     loads = LoadTable(stale_after_s=args.stale_after_s, model=args.model)
     consumers = [
         asyncio.create_task(loads.consume(subscriber.subscribe(subject_prefix(args.namespace))), name="load-events")
@@ -231,7 +220,7 @@ async def _serve(args: argparse.Namespace) -> int:
             max=config.max_replicas,
         ),
     )
-    return await supervise(planner.run(args.interval_s, stop), consumers, _close(connector, subscriber, discovery))
+    return await supervise(planner.run(args.interval_s, stop), consumers, _close(connector, subscriber, runtime))
 
 
 async def supervise(main: Coroutine[Any, Any, None], consumers: list[asyncio.Task[None]], close: Coroutine[Any, Any, None]) -> int:
@@ -260,20 +249,20 @@ async def supervise(main: Coroutine[Any, Any, None], consumers: list[asyncio.Tas
     return status
 
 
-async def _close(connector: Connector, subscriber: object, discovery: object) -> None:
+async def _close(connector: Connector, subscriber: EventSubscriber, runtime: Runtime) -> None:
     try:
         await connector.close()
     finally:
         try:
-            await subscriber.close()  # type: ignore[attr-defined]
+            await subscriber.close()
         finally:
-            await discovery.close()  # type: ignore[attr-defined]
+            await runtime.close()
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, component="planner")
     try:
-        return asyncio.run(_serve(args))
+        return run_main(_serve(args))
     except MixrouteError as exc:
         log.error("%s", exc)
         return 2

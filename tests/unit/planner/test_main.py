@@ -54,3 +54,8 @@ def test_run_reports_bad_config_without_a_traceback(capfd: pytest.CaptureFixture
     err = capfd.readouterr().err
     assert "max replicas (2) must be >= 1 and >= min replicas (5)" in err
     assert "Traceback" not in err
+
+
+def test_planner_takes_the_shared_runtime_flags() -> None:
+    args = parse("--lease-ttl", "5", "--namespace", "ns2", "--events", "nats://127.0.0.1:4222")
+    assert (args.lease_ttl_s, args.namespace, args.events) == (5.0, "ns2", "nats://127.0.0.1:4222")
