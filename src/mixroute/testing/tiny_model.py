@@ -101,8 +101,12 @@ def build_tiny_model(
     # Random init gives near-uniform logits; scale up so greedy choices are well separated
     # and parity tests are not decided by float rounding.
     with torch.no_grad():
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() >= 2:
                 p.mul_(4.0)
+            elif name.endswith(".bias"):
+                # HF initializes biases to zero, which would leave Qwen2's q/k/v bias path
+                # untested; give them real values.
+                p.normal_(0.0, 0.5)
     model.to(getattr(torch, dtype)).save_pretrained(path, safe_serialization=True)
     return path

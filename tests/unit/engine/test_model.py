@@ -69,3 +69,12 @@ def test_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ValidationError, match="mixroute model prepare"):
         make_engine(tmp_path / "nope")
+
+
+def test_qwen2_qkv_bias_is_loaded_and_nonzero(tiny_dirs: dict[str, Path]) -> None:
+    engine = make_engine(tiny_dirs["qwen2"])
+    attn = engine.model.model.layers[0].self_attn
+    assert attn.qkv_proj is not None and attn.qkv_proj.bias is not None
+    assert attn.qkv_proj.bias.abs().sum() > 0  # the parity tests exercise the bias path
+    llama = make_engine(tiny_dirs["llama"]).model.model.layers[0].self_attn
+    assert llama.qkv_proj is not None and llama.qkv_proj.bias is None
