@@ -128,3 +128,21 @@ def test_predictions_expire() -> None:
     prompt = prepare_prompt(_prompt(0), BS)
     sel.select("a", [1, 2], prompt)
     assert sel.overlaps([1, 2], prompt.local_hashes) == {}
+
+
+def test_predicted_blocks_match_leading_blocks_and_refresh() -> None:
+    from mixroute.frontend.routing.selector import PredictedBlocks
+
+    pred = PredictedBlocks(ttl_s=10.0)
+    keys = chain_keys(hash_prompt(_prompt(0), BS)[0])
+    other = chain_keys(hash_prompt(_prompt(1), BS)[0])
+    pred.record(1, keys, now=0.0)
+    pred.record(2, keys[:100], now=5.0)
+    assert pred.find_matches(other) == {1: 225, 2: 100}
+    pred.record(1, keys[:50], now=8.0)  # refreshes the first 50 blocks only
+    pred.expire(12.0)
+    assert pred.find_matches(keys) == {1: 50, 2: 100}
+    pred.forget_worker(2)
+    assert pred.find_matches(keys) == {1: 50}
+    pred.expire(20.0)
+    assert pred.find_matches(keys) == {}

@@ -37,6 +37,7 @@ import math
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -126,6 +127,74 @@ class ApproxTracker:
             del self._expiry[key]
 
 
+class PredictedBlocks:
+    """Prompt blocks just sent to workers, by chain key (`load.chain_keys`), each
+    forgotten `ttl_s` after its latest recording.
+
+    A flat map rather than a radix index: recording costs one dict store per block, which
+    matters because every decision records (the index's node objects cost ~10x more)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._blocks: dict[int, dict[int, float]] = {}
+        """Chain key -> worker -> expiry."""
+        self._queue: deque[tuple[float, int, list[int]]] = deque()
+
+    def record(self, worker_id: int, keys: list[int], now: float) -> None:
+        self.expire(now)
+        expire_at = now + self.ttl_s
+        blocks = self._blocks
+        for k in keys:
+            holders = blocks.get(k)
+            if holders is None:
+                blocks[k] = {worker_id: expire_at}
+            else:
+                holders[worker_id] = expire_at
+        self._queue.append((expire_at, worker_id, keys))
+
+    def expire(self, now: float) -> None:
+        queue, blocks = self._queue, self._blocks
+        while queue and queue[0][0] <= now:
+            _, worker_id, keys = queue.popleft()
+            for k in keys:
+                holders = blocks.get(k)
+                if holders is not None and holders.get(worker_id, math.inf) <= now:
+                    del holders[worker_id]
+                    if not holders:
+                        del blocks[k]
+
+    def find_matches(self, keys: Sequence[int]) -> dict[int, int]:
+        """Leading blocks of `keys` predicted per worker (workers with 0 omitted)."""
+        scores: dict[int, int] = {}
+        blocks = self._blocks
+        first = blocks.get(keys[0]) if keys else None
+        if not first:
+            return scores
+        current = set(first)
+        depth = 0
+        for k in keys:
+            holders = blocks.get(k)
+            if holders is None:
+                break
+            kept = current.intersection(holders)
+            for w in current - kept:
+                scores[w] = depth
+            if not kept:
+                return scores
+            current = kept
+            depth += 1
+        for w in current:
+            scores[w] = depth
+        return scores
+
+    def forget_worker(self, worker_id: int) -> None:
+        for k in [k for k, holders in self._blocks.items() if worker_id in holders]:
+            holders = self._blocks[k]
+            del holders[worker_id]
+            if not holders:
+                del self._blocks[k]
+
+
 class WorkerSelector:
     """Picks a worker among candidates. Owned by the event loop thread (see indexer)."""
 
@@ -156,7 +225,7 @@ class WorkerSelector:
         self.indexer = KvIndexer()
         self.loads = LoadTracker()
         self.approx = ApproxTracker(approx_ttl_s)
-        self.predicted = ApproxTracker(predict_ttl_s)
+        self.predicted = PredictedBlocks(predict_ttl_s)
         """Blocks just sent to live workers, until their KV events can have arrived."""
         self.live_workers: set[int] = set()
         """Workers whose KV events have arrived over the event plane (no approximation)."""
@@ -184,7 +253,12 @@ class WorkerSelector:
 
     # ---- decisions ----
 
-    def overlaps(self, worker_ids: Sequence[int], local_hashes: Sequence[int]) -> dict[int, int]:
+    def overlaps(
+        self, worker_ids: Sequence[int], local_hashes: Sequence[int], keys: Sequence[int] | None = None
+    ) -> dict[int, int]:
+        """Leading prompt blocks each worker holds: KV events, else own decisions (workers
+        without events), raised by predictions for live workers (`keys`: the prompt's
+        `chain_keys`, computed here when not given)."""
         scores = self.indexer.find_matches(local_hashes)
         now = time.monotonic()
         if len(self.live_workers) < len(worker_ids):
@@ -194,7 +268,9 @@ class WorkerSelector:
                     scores[w] = n
         if self.live_workers:
             self.predicted.expire(now)
-            for w, n in self.predicted.index.find_matches(local_hashes).items():
+            if keys is None:
+                keys = chain_keys(local_hashes)
+            for w, n in self.predicted.find_matches(keys).items():
                 if w in self.live_workers and n > scores.get(w, 0):
                     scores[w] = n
         return scores
@@ -207,21 +283,21 @@ class WorkerSelector:
             raise LookupError("no workers to choose from")
         bs = self.block_size
         num_prompt_blocks = -(-num_prompt_tokens // bs)
+        keys = chain_keys(local_hashes)
         if self.mode == "round-robin":
             ordered = sorted(worker_ids)
             worker_id = ordered[self._rr_next % len(ordered)]
             self._rr_next += 1
-            overlap = self.overlaps([worker_id], local_hashes).get(worker_id, 0) if local_hashes else 0
+            overlap = self.overlaps([worker_id], local_hashes, keys).get(worker_id, 0) if local_hashes else 0
             cost = 0.0
         elif self.mode == "random":
             worker_id = self._rng.choice(list(worker_ids))
-            overlap = self.overlaps([worker_id], local_hashes).get(worker_id, 0) if local_hashes else 0
+            overlap = self.overlaps([worker_id], local_hashes, keys).get(worker_id, 0) if local_hashes else 0
             cost = 0.0
         else:
-            scores = self.overlaps(worker_ids, local_hashes) if local_hashes else {}
+            scores = self.overlaps(worker_ids, local_hashes, keys) if local_hashes else {}
             worker_id, cost = self._lowest_cost(worker_ids, scores, num_prompt_tokens, num_prompt_blocks)
             overlap = scores.get(worker_id, 0)
-        keys = chain_keys(local_hashes)
         self.loads.add_request(
             request_id,
             worker_id,
@@ -234,7 +310,7 @@ class WorkerSelector:
         if worker_id not in self.live_workers:
             self.approx.record(worker_id, local_hashes, keys, time.monotonic())
         elif self.mode == "kv" and overlap < len(local_hashes):
-            self.predicted.record(worker_id, local_hashes, keys, time.monotonic())
+            self.predicted.record(worker_id, keys, time.monotonic())
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "routed pool=%s request_id=%s worker_id=%x cached blocks: %d prompt_blocks=%d cost=%.2f mode=%s",
