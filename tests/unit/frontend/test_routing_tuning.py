@@ -64,7 +64,7 @@ def test_reported_blocks_still_floor_the_estimate() -> None:
     assert tracker.get(1).active_blocks == 900
 
 
-def _loaded_pair(weight: float) -> tuple[WorkerSelector, list[int]]:
+def _loaded_pair(weight: float | None) -> tuple[WorkerSelector, list[int]]:
     """Worker 1 caches the group's prefix but carries 700 more active blocks than worker 2."""
     sel = WorkerSelector("kv", block_size=BS, rng=random.Random(0), overlap_weight=weight)
     for w in (1, 2):
@@ -87,6 +87,13 @@ def test_overlap_weight_keeps_the_group_on_its_worker() -> None:
     d = sel.select("r", [1, 2], prepare_prompt(tokens, BS))
     # w1: 4 * 25 + 725 = 825; w2: 4 * 250 + 250 = 1250.
     assert (d.worker_id, d.overlap_blocks, d.cost) == (1, 225, 825.0)
+
+
+def test_default_weight_keeps_the_group_on_its_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(selector_mod.OVERLAP_WEIGHT_ENV, raising=False)
+    sel, tokens = _loaded_pair(None)
+    assert sel.overlap_weight > 1.0
+    assert sel.select("r", [1, 2], prepare_prompt(tokens, BS)).worker_id == 1
 
 
 def test_overlap_weight_still_spreads_when_load_is_far_apart() -> None:

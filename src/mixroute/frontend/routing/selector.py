@@ -51,8 +51,10 @@ RouterMode = Literal["kv", "round-robin", "random"]
 ROUTER_MODES: tuple[str, ...] = ("kv", "round-robin", "random")
 
 
-DEFAULT_OVERLAP_WEIGHT = 1.0
-"""Weight of `prefill_blocks` in the KV cost (1.0: DESIGN.md's cost unchanged)."""
+DEFAULT_OVERLAP_WEIGHT = 4.0
+"""Weight of `prefill_blocks` in the KV cost (1.0 would be DESIGN.md's cost). Tuned on
+Workload A (bench/results/routing-tuning.md): 1 -> 49% cache hit, 3 -> 59%, 4 -> 63%,
+6 -> 63% with a more uneven spread; 67.5% is the most that run allows."""
 OVERLAP_WEIGHT_ENV = "MIXROUTE_KV_OVERLAP_WEIGHT"
 PREDICT_TTL_S = 10.0
 
