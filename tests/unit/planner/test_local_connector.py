@@ -15,10 +15,13 @@ from mixroute.planner.connectors.local import LocalConnector
 FAKE_WORKER = """#!{python}
 import os, signal, sys, time
 out = os.environ["FAKE_WORKER_DIR"]
-with open(os.path.join(out, str(os.getpid())), "w") as f:
-    f.write(" ".join(sys.argv[1:]))
-if os.environ.get("FAKE_WORKER_MODE") == "stubborn":
+if os.environ.get("FAKE_WORKER_MODE") == "stubborn":  # before the file says we are up
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# Written then renamed, so a reader never sees a created but still empty file.
+tmp = os.path.join(out, "." + str(os.getpid()))
+with open(tmp, "w") as f:
+    f.write(" ".join(sys.argv[1:]))
+os.replace(tmp, os.path.join(out, str(os.getpid())))
 if os.environ.get("FAKE_WORKER_MODE") == "crash":
     sys.exit(3)
 time.sleep(60)
@@ -37,7 +40,7 @@ def fake_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def argv_files(fake_python: Path) -> list[str]:
-    return [p.read_text() for p in (fake_python.parent / "argv").iterdir()]
+    return [p.read_text() for p in (fake_python.parent / "argv").iterdir() if not p.name.startswith(".")]
 
 
 async def wait_for(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]

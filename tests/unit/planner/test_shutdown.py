@@ -82,10 +82,10 @@ def test_workers_die_with_a_killed_planner(fake_python: Path) -> None:  # noqa: 
     try:
         assert planner.stdout is not None and planner.stdout.readline().strip() == b"started"
         deadline = time.monotonic() + 10
-        while not list(argv_dir.iterdir()):
+        while not (pids := [p.name for p in argv_dir.iterdir() if not p.name.startswith(".")]):
             assert time.monotonic() < deadline, "the fake worker never started"
             time.sleep(0.05)
-        worker_pid = int(next(argv_dir.iterdir()).name)
+        worker_pid = int(pids[0])
     finally:
         planner.kill()
         planner.wait()

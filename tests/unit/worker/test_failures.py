@@ -40,7 +40,7 @@ class LockedDumpEngine(FakeEngine):
         self.was_released: bool | None = None
 
     def kv_events_dump(self) -> list[KvEvent]:
-        self.was_released = self.step_done.wait(timeout=3.0)
+        self.was_released = self.step_done.wait(timeout=10.0)
         return super().kv_events_dump()
 
 
@@ -55,7 +55,7 @@ async def test_kv_dump_waits_for_the_engine_off_the_event_loop() -> None:
         await asyncio.sleep(0.1)
         assert not dump.done()
         engine.step_done.set()
-        payload = await asyncio.wait_for(dump, 10.0)
+        payload = await asyncio.wait_for(dump, 30.0)
     finally:
         await client.close()
     assert engine.was_released is True
