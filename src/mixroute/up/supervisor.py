@@ -8,13 +8,15 @@ terminal reaches only `mixroute up`, which then stops the children in a known or
 On Linux each child also asks the kernel for SIGTERM if `mixroute up` dies without
 cleaning up (PR_SET_PDEATHSIG), so even `kill -9` of the supervisor leaves no orphans.
 The kernel ties that signal to the *thread* that forked the child: start children
-from the main thread only.
+from the main thread only. The request is made by a tiny exec wrapper (`_EXEC_WRAPPER`)
+rather than a `preexec_fn`: with a `preexec_fn`, Python runs every library's at-fork
+hooks in the child, and gRPC's (loaded by the etcd client that watches readiness)
+aborts there when its threads are busy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -24,8 +26,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,22 +42,20 @@ class ChildSpec:
     cwd: str | None = None
 
 
-def _load_libc() -> ctypes.CDLL | None:
+_EXEC_WRAPPER = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG, kept across exec
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the supervisor died before the request took effect
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _wrapped(argv: Sequence[str]) -> list[str]:
+    """`argv` behind the parent-death wrapper (Linux), or as is."""
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-# Loaded before any fork: the code run between fork and exec must stay minimal.
-_LIBC = _load_libc()
-
-
-def _die_with_parent() -> None:
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        return list(argv)
+    return [sys.executable, "-S", "-c", _EXEC_WRAPPER, str(os.getpid()), *argv]
 
 
 class Child:
@@ -84,16 +82,13 @@ class Child:
         env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
         try:
             self._proc = subprocess.Popen(
-                list(self.spec.argv),
+                _wrapped(self.spec.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.spec.cwd,
                 start_new_session=True,
-                # Children are started from the main thread before any helper thread
-                # exists; the hook is one libc call (see _die_with_parent).
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
         except OSError:
             self._log.close()

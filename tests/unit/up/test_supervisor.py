@@ -201,3 +201,23 @@ def test_children_die_when_the_supervisor_is_killed(tmp_path: Path) -> None:
 
 def test_tail_of_missing_file_is_empty(tmp_path: Path) -> None:
     assert tail_file(tmp_path / "nope.log") == ""
+
+
+def test_children_start_without_running_at_fork_hooks(tmp_path: Path) -> None:
+    """Libraries' Python at-fork hooks (gRPC's aborts when its threads are busy) must not
+    run between fork and exec of a child."""
+    code = f"""
+        import os, sys, time
+        from pathlib import Path
+        from mixroute.up.supervisor import ChildSpec, Supervisor
+        os.register_at_fork(after_in_child=lambda: os._exit(99))
+        sup = Supervisor(Path({str(tmp_path)!r}))
+        child = sup.start(ChildSpec("plain", [sys.executable, "-c", "print('child ran')"]))
+        while child.poll() is None:
+            time.sleep(0.02)
+        sup.stop(grace_s=1)
+        print("exit", child.poll())
+    """
+    result = subprocess.run(_script(code), capture_output=True, text=True, timeout=60, check=False)
+    assert result.stdout.strip().splitlines()[-1] == "exit 0", result.stdout + result.stderr
+    assert (tmp_path / "plain.log").read_text().strip() == "child ran"
