@@ -7,6 +7,8 @@ router over ext_proc. Plus the official `openai` client against the router.
 
 The tests of one variant share one stack and run in file order; the last stops it.
 `max_tokens` is bounded in each request so two CPU cores finish in reasonable time.
+The openai-client prompts are plainly benign questions: short imperatives ("Count from
+one to five.") score near the jailbreak threshold and would test the classifier instead.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ def test_openai_client_non_streaming(guide: Guide) -> None:
 
     client = openai.OpenAI(base_url=f"{guide.up.router_url}/v1", api_key="not-needed", timeout=600)
     completion = client.chat.completions.create(
-        model="MoM", messages=[{"role": "user", "content": "Name a primary color."}], max_tokens=16
+        model="MoM", messages=[{"role": "user", "content": "Explain what a CPU does."}], max_tokens=16
     )
     assert completion.model == SMOLLM2
     assert completion.choices[0].message.content
@@ -180,7 +182,7 @@ def test_openai_client_streaming(guide: Guide) -> None:
     client = openai.OpenAI(base_url=f"{guide.up.router_url}/v1", api_key="not-needed", timeout=600)
     stream = client.chat.completions.create(
         model="MoM",
-        messages=[{"role": "user", "content": "Count from one to five."}],
+        messages=[{"role": "user", "content": "How do plants make food?"}],
         max_tokens=16,
         stream=True,
     )
