@@ -267,4 +267,5 @@ class AsyncEngine:
             except RuntimeError:
                 pass
         self._streams.clear()
+        self.engine.close()
 

@@ -41,6 +41,9 @@ class EngineConfig(BaseModel):
     kv_hold_timeout_s: float = Field(default=30.0, gt=0.0)
     """How long a prefill-only request's blocks wait for export_kv/release_kv."""
     seed: int = 0
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """Processes the model is split over (heads and MLP columns); rank 0 is this process,
+    the others are spawned helpers (one GPU each on CUDA; gloo on the CPU)."""
 
     @field_validator("model_path")
     @classmethod

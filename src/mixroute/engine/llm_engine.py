@@ -18,7 +18,14 @@ from mixroute.engine.kv_cache.block_pool import BlockPool
 from mixroute.engine.kv_cache.kv_cache_manager import KvCacheManager, cdiv
 from mixroute.engine.kv_cache.kv_tensors import KvTensors, dtype_name
 from mixroute.engine.model.config import ModelConfig
+from mixroute.engine.model.llama import LlamaForCausalLM
 from mixroute.engine.model.loader import load_model
+from mixroute.engine.parallel import (
+    TensorParallelGroup,
+    TensorParallelRunner,
+    check_divisible,
+    load_sharded,
+)
 from mixroute.engine.runner import ModelRunner
 from mixroute.engine.sampler import Sampler
 from mixroute.engine.scheduler import ScheduledBatch, Scheduler
@@ -60,18 +67,36 @@ class LLMEngine:
         assert config.max_num_batched_tokens is not None  # filled in by EngineConfig
         self.max_num_batched_tokens: int = config.max_num_batched_tokens
         self.eos_token_ids = mc.eos_token_ids
-        self.model = load_model(config.model_path, self.device, self.dtype, fuse=config.fuse_projections)
-        self.model.init_rope(self.max_model_len + 1, self.device, self.dtype)
-        self.num_blocks = config.num_blocks or self._derive_num_blocks()
+        self.tp_size = config.tensor_parallel_size
+        self.local_kv_heads = mc.num_kv_heads // self.tp_size
+        self.tp_group: TensorParallelGroup | None = None
+        if self.tp_size > 1:
+            self.model = self._load_tensor_parallel()
+        else:
+            self.model = load_model(config.model_path, self.device, self.dtype, fuse=config.fuse_projections)
+            self.model.init_rope(self.max_model_len + 1, self.device, self.dtype)
+        try:
+            self.num_blocks = config.num_blocks or self._derive_num_blocks()
+            if self.tp_group is not None:
+                self.tp_group.start(self.num_blocks)
+        except BaseException:
+            self.close()
+            raise
         self.kv_tensors = KvTensors(
-            mc.num_layers, self.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim, self.dtype, self.device
+            mc.num_layers, self.num_blocks, self.block_size, self.local_kv_heads, mc.head_dim, self.dtype, self.device
         )
         self.pool = BlockPool(self.num_blocks, enable_caching=config.enable_prefix_caching, worker_id=config.worker_id)
         self.kv = KvCacheManager(self.pool, self.block_size)
         self.scheduler = Scheduler(
             self.kv, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens
         )
-        self.runner = ModelRunner(self.model, self.kv_tensors, self.block_size, self.device, self._use_triton())
+        self.runner = (
+            ModelRunner(self.model, self.kv_tensors, self.block_size, self.device, self._use_triton())
+            if self.tp_group is None
+            else TensorParallelRunner(
+                self.model, self.kv_tensors, self.block_size, self.device, self._use_triton(), self.tp_group
+            )
+        )
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.seqs: dict[str, Sequence] = {}
         self.held: dict[str, HeldKv] = {}
@@ -81,6 +106,26 @@ class LLMEngine:
             "engine ready model=%s blocks=%d block_size=%d max_model_len=%d dtype=%s device=%s",
             config.served_model_name, self.num_blocks, self.block_size, self.max_model_len, config.dtype, config.device,
         )
+
+    def _load_tensor_parallel(self) -> LlamaForCausalLM:
+        """Start the helper ranks and load this process's shard (rank 0)."""
+        if self.device.type == "cuda" and torch.cuda.device_count() < self.tp_size:
+            raise ConfigError(
+                f"tensor_parallel_size {self.tp_size} needs {self.tp_size} GPUs; torch sees {torch.cuda.device_count()}"
+            )
+        check_divisible(self.model_config, self.tp_size)
+        self.tp_group = TensorParallelGroup(self.config, self.max_model_len + 1)
+        try:
+            return load_sharded(self.config, self.tp_group.tp, self.device, self.dtype, self.max_model_len + 1)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the tensor-parallel helper processes (no-op without tensor parallelism)."""
+        if self.tp_group is not None:
+            self.tp_group.close()
+            self.tp_group = None
 
     def _use_triton(self) -> bool:
         from mixroute.engine import triton_attention
@@ -98,7 +143,9 @@ class LLMEngine:
 
     def _derive_num_blocks(self) -> int:
         mc = self.model_config
-        per_block = KvTensors.bytes_per_block(mc.num_layers, self.block_size, mc.num_kv_heads, mc.head_dim, self.dtype)
+        per_block = KvTensors.bytes_per_block(
+            mc.num_layers, self.block_size, self.local_kv_heads, mc.head_dim, self.dtype
+        )
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             budget = free - total * (1.0 - self.config.gpu_memory_utilization)
@@ -131,6 +178,8 @@ class LLMEngine:
         if params.seed is not None:
             seq.generator = torch.Generator(device="cpu")
             seq.generator.manual_seed(params.seed)
+        if self.tp_size > 1 and (imported is not None or request.prefill_only):
+            raise EngineError("KV export/import (disaggregated prefill) is not supported with tensor parallelism yet")
         if imported is not None:
             self._validate_import(imported, prompt)
             seq.imported = imported
