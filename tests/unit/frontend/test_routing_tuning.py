@@ -122,9 +122,10 @@ def test_predicted_blocks_keep_a_group_together_before_events_arrive() -> None:
     first = sel.select("a", [1, 2], prepare_prompt(_prompt(0), BS))
     sel.first_token("a")  # prefill done; the worker's stored events are still in flight
     second = sel.select("b", [1, 2], prepare_prompt(_prompt(1), BS))
-    # Predicted: 225 blocks on the first worker. Its cost 25 + (250 + 25) = 300 beats the
-    # idle worker's 250 + 250 = 500; without the prediction it would be 250 + 500 = 750.
-    assert (second.worker_id, second.overlap_blocks) == (first.worker_id, 225)
+    # Predicted: 224 blocks on the first worker (225 rounded down to the stride of 8). Its
+    # cost 26 + (250 + 26) = 302 beats the idle worker's 250 + 250 = 500; without the
+    # prediction it would be 250 + 500 = 750.
+    assert (second.worker_id, second.overlap_blocks) == (first.worker_id, 224)
 
 
 def test_predictions_expire() -> None:
@@ -140,16 +141,19 @@ def test_predictions_expire() -> None:
 def test_predicted_blocks_match_leading_blocks_and_refresh() -> None:
     from mixroute.frontend.routing.selector import PredictedBlocks
 
-    pred = PredictedBlocks(ttl_s=10.0)
+    pred = PredictedBlocks(ttl_s=10.0, stride=8)
     keys = chain_keys(hash_prompt(_prompt(0), BS)[0])
     other = chain_keys(hash_prompt(_prompt(1), BS)[0])
     pred.record(1, keys, now=0.0)
     pred.record(2, keys[:100], now=5.0)
-    assert pred.find_matches(other) == {1: 225, 2: 100}
+    assert pred.find_matches(keys[:100]) == {1: 96, 2: 100}  # a recorded prompt's last block is kept
+    assert pred.find_matches(keys) == {1: 250, 2: 96}
+    assert pred.find_matches(other) == {1: 224, 2: 96}  # 225 and 100 shared, rounded down to 8s
+    assert pred.find_matches(keys[:3]) == {}  # shorter than a stride: its last block was never kept
     pred.record(1, keys[:50], now=8.0)  # refreshes the first 50 blocks only
     pred.expire(12.0)
-    assert pred.find_matches(keys) == {1: 50, 2: 100}
+    assert pred.find_matches(keys) == {1: 48, 2: 96}
     pred.forget_worker(2)
-    assert pred.find_matches(keys) == {1: 50}
+    assert pred.find_matches(keys) == {1: 48}
     pred.expire(20.0)
     assert pred.find_matches(keys) == {}

@@ -53,10 +53,12 @@ ROUTER_MODES: tuple[str, ...] = ("kv", "round-robin", "random")
 
 DEFAULT_OVERLAP_WEIGHT = 4.0
 """Weight of `prefill_blocks` in the KV cost (1.0 would be DESIGN.md's cost). Tuned on
-Workload A (bench/results/routing-tuning.md): 1 -> 49% cache hit, 3 -> 59%, 4 -> 63%,
+Workload A (bench/results/routing-tuning.md): 1 -> 49% cache hit, 3 -> 59%, 4 -> 59-63%,
 6 -> 63% with a more uneven spread; 67.5% is the most that run allows."""
 OVERLAP_WEIGHT_ENV = "MIXROUTE_KV_OVERLAP_WEIGHT"
 PREDICT_TTL_S = 10.0
+PREDICT_STRIDE = 8
+"""Predictions keep every 8th block (and the last): matches are found to within 7 blocks."""
 
 
 def default_overlap_weight() -> float:
@@ -133,17 +135,30 @@ class PredictedBlocks:
     """Prompt blocks just sent to workers, by chain key (`load.chain_keys`), each
     forgotten `ttl_s` after its latest recording.
 
-    A flat map rather than a radix index: recording costs one dict store per block, which
-    matters because every decision records (the index's node objects cost ~10x more)."""
+    A flat map rather than a radix index, holding every `stride`-th block of a prompt and
+    its last one: recording costs one dict store per kept block, which matters because
+    every decision records, and a lookup costs a binary search per worker (see
+    `find_matches`). A match is rounded down to a kept block (at most stride - 1 short)."""
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, stride: int = PREDICT_STRIDE) -> None:
         self.ttl_s = ttl_s
+        self.stride = stride
         self._blocks: dict[int, dict[int, float]] = {}
         """Chain key -> worker -> expiry."""
         self._queue: deque[tuple[float, int, list[int]]] = deque()
 
+    def _kept(self, n: int) -> list[int]:
+        """Positions of an n-block prompt that predictions keep."""
+        stride = self.stride
+        kept = list(range(stride - 1, n, stride))
+        if n % stride:
+            kept.append(n - 1)
+        return kept
+
     def record(self, worker_id: int, keys: list[int], now: float) -> None:
         self.expire(now)
+        stride = self.stride
+        keys = keys[stride - 1 :: stride] + ([keys[-1]] if len(keys) % stride else [])
         expire_at = now + self.ttl_s
         blocks = self._blocks
         for k in keys:
@@ -166,27 +181,27 @@ class PredictedBlocks:
                         del blocks[k]
 
     def find_matches(self, keys: Sequence[int]) -> dict[int, int]:
-        """Leading blocks of `keys` predicted per worker (workers with 0 omitted)."""
-        scores: dict[int, int] = {}
+        """Leading blocks of `keys` predicted per worker (workers with 0 omitted).
+
+        A chain key names its whole prefix, and every recording (and so every refresh and
+        expiry) covers a prefix of its chain, so the positions of `keys` a worker holds are
+        always a leading run: a binary search per worker finds its end."""
         blocks = self._blocks
-        first = blocks.get(keys[0]) if keys else None
+        kept = self._kept(len(keys))
+        first = blocks.get(keys[kept[0]]) if kept else None
         if not first:
-            return scores
-        current = set(first)
-        depth = 0
-        for k in keys:
-            holders = blocks.get(k)
-            if holders is None:
-                break
-            kept = current.intersection(holders)
-            for w in current - kept:
-                scores[w] = depth
-            if not kept:
-                return scores
-            current = kept
-            depth += 1
-        for w in current:
-            scores[w] = depth
+            return {}
+        scores: dict[int, int] = {}
+        for w in first:
+            lo, hi = 0, len(kept) - 1  # kept[lo] is held; the run ends at or before hi
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                holders = blocks.get(keys[kept[mid]])
+                if holders is not None and w in holders:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            scores[w] = kept[lo] + 1
         return scores
 
     def forget_worker(self, worker_id: int) -> None:
