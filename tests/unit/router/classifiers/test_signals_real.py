@@ -87,6 +87,10 @@ def test_pii_obvious_examples(signals: classifiers.Signals) -> None:
     assert ("US_SSN", "123-45-6789") in found
     assert ("EMAIL_ADDRESS", "jane.doe@example.com") in found
     assert signals.pii.detect("What is the boiling point of water?") == []
+    text = "Can someone call me on 53 459 91 54? My card is 2223 0000 4840 0011."
+    found = {(e.entity_type, text[e.start : e.end]) for e in signals.pii.detect(text)}
+    assert ("PHONE_NUMBER", "53 459 91 54") in found
+    assert ("CREDIT_CARD", "2223 0000 4840 0011") in found
     assert signals.pii.detect("") == []
 
 
