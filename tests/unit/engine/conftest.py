@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from mixroute.protocol.messages import (
 )
 from mixroute.testing.tiny_model import build_tiny_model
 
-ARCHS = ("llama", "qwen2")
+ARCHS: tuple[Literal["llama", "qwen2"], ...] = ("llama", "qwen2")
 MAX_TOKENS = 10
 
 
