@@ -525,6 +525,17 @@ def write_report(state: dict[str, Any], path: Path) -> None:
         "    python3 scripts/train_router_classifiers.py",
         "    python3 bench/router_accuracy.py",
         "",
+        "This report was produced part by part with the commands below; `/tmp/sig` held",
+        "MiniLM embeddings of the full corpora (what `scripts/train_router_classifiers.py",
+        "--embeddings-dir /tmp/sig` writes; here encoded on a GPU, see the notes), and the",
+        "nanoguard scores came from `--part nanoguard --nanoguard-device cuda",
+        "--nanoguard-dump ng.json` on an H100:",
+        "",
+        "    python3 bench/router_accuracy.py --part category --part jailbreak --embeddings-dir /tmp/sig",
+        "    python3 bench/router_accuracy.py --part pii --pii-seed 2026 --pii-sentences 3000",
+        "    python3 bench/router_accuracy.py --part latency --latency-reps 30",
+        "    python3 bench/router_accuracy.py --part nanoguard --nanoguard-scores ng.json",
+        "",
     ]
     if "category" in state:
         lines += category_section(state["category"])
