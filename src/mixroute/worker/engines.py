@@ -27,11 +27,13 @@ def _torch_engine(args: argparse.Namespace, worker_id: int) -> Engine:
             num_blocks=args.num_blocks,
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_num_seqs=args.max_num_seqs or 64,
-            max_num_batched_tokens=args.max_num_batched_tokens or 2048,
+            # None lets the engine pick its device default (512 on CPU, 2048 on CUDA).
+            max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len,
             enable_prefix_caching=not args.no_prefix_caching,
             worker_id=worker_id,
             seed=args.seed,
+            tensor_parallel_size=args.tensor_parallel_size,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

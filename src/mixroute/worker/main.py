@@ -57,8 +57,13 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     worker_type: WorkerType = "prefill" if args.is_prefill_worker else args.worker_type
     if args.model is None and args.engine != "mocker":
         raise ConfigError("--model is required: a model directory (try `mixroute model prepare`)")
-    if args.tensor_parallel_size != 1:
-        raise ConfigError("--tensor-parallel-size other than 1 is not supported by the torch engine")
+    if args.tensor_parallel_size < 1:
+        raise ConfigError("--tensor-parallel-size must be at least 1")
+    if args.tensor_parallel_size > 1 and (args.engine != "torch" or worker_type != "both"):
+        raise ConfigError(
+            "--tensor-parallel-size > 1 needs --engine torch and --worker-type both "
+            "(KV export/import is not sharded yet)"
+        )
     num_engines = getattr(args, "num_workers", 1) or 1
     if num_engines > 1 and args.engine != "mocker":
         raise ConfigError("--num-workers > 1 needs --engine mocker (one torch engine per process)")

@@ -21,13 +21,15 @@ def test_prefill_flag_and_components() -> None:
     assert (settings.worker_type, settings.component, settings.namespace) == ("prefill", "prefill", "ns1")
     assert settings_from_args(_parse("--model", "/m", "--worker-type", "decode")).component == "backend"
     assert settings_from_args(_parse("--model", "/m")).component == "backend"
+    assert settings_from_args(_parse("--model", "/m", "--tensor-parallel-size", "2")).worker_type == "both"
 
 
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
         ((), "--model is required"),
-        (("--model", "/m", "--tensor-parallel-size", "2"), "tensor-parallel"),
+        (("--model", "/m", "--worker-type", "decode", "--tensor-parallel-size", "2"), "tensor-parallel"),
+        (("--model", "/m", "--tensor-parallel-size", "0"), "at least 1"),
         (("--model", "/m", "--num-workers", "3"), "mocker"),
         (("--engine", "mocker", "--num-workers", "3", "--http-port", "9000"), "--http-port"),
     ],
