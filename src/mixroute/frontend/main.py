@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--router-mode", choices=ROUTER_MODES, default="kv")
+    parser.add_argument(
+        "--kv-overlap-weight",
+        type=float,
+        default=None,
+        help="weight of prefill blocks in the KV cost; 1 is the plain DESIGN cost, higher keeps "
+        "prefix groups on fewer workers (default: env MIXROUTE_KV_OVERLAP_WEIGHT or 4)",
+    )
     parser.add_argument("--kv-temperature", type=float, default=0.0, help="softmax temperature over costs (0: lowest wins)")
     parser.add_argument("--approx-ttl", type=float, default=120.0, help="seconds a decision is remembered when a worker sends no KV events")
     parser.add_argument(
@@ -96,18 +103,30 @@ class _RouterRecord(msgspec.Struct, kw_only=True):
     http_address: str
 
 
+def router_settings_from_args(args: argparse.Namespace) -> RouterSettings:
+    if args.kv_overlap_weight is not None and args.kv_overlap_weight < 0:
+        raise ConfigError("--kv-overlap-weight must be >= 0")
+    if args.kv_temperature < 0:
+        raise ConfigError("--kv-temperature must be >= 0")
+    return RouterSettings(
+        args.router_mode,
+        args.kv_temperature,
+        args.approx_ttl,
+        use_kv_events=not args.no_kv_events,
+        overlap_weight=args.kv_overlap_weight,
+    )
+
+
 async def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    if args.kv_temperature < 0:
-        raise ConfigError("--kv-temperature must be >= 0")
+    settings = router_settings_from_args(args)
     limits = limits_from_args(args)
     router_id = args.router_id or f"{secrets.randbits(48):x}"
     runtime = await open_runtime(args)
     discovery = runtime.discovery
     subscriber = await runtime.event_subscriber(name=f"mixroute-frontend-{router_id}")
     client = runtime.request_client
-    settings = RouterSettings(args.router_mode, args.kv_temperature, args.approx_ttl, use_kv_events=not args.no_kv_events)
     registry = ModelRegistry(args.namespace, settings, tokenizer_executor())
     feed = KvEventFeed(args.namespace, subscriber, client, registry.worker)
     registry.on_worker_added = feed.worker_added

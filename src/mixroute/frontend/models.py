@@ -48,6 +48,8 @@ class RouterSettings:
     temperature: float = 0.0
     approx_ttl_s: float = 120.0
     use_kv_events: bool = True
+    overlap_weight: float | None = None
+    """None: the selector's default (env MIXROUTE_KV_OVERLAP_WEIGHT or DEFAULT_OVERLAP_WEIGHT)."""
 
 
 @dataclass(slots=True)
@@ -201,6 +203,7 @@ class ModelRegistry:
                 approx_ttl_s=s.approx_ttl_s,
                 name=name,
                 use_kv_events=s.use_kv_events,
+                overlap_weight=s.overlap_weight,
             )
 
         pool = ModelPool(entry, decode=selector(s.mode, COMPONENT_BACKEND), prefill=selector(s.mode, COMPONENT_PREFILL))

@@ -48,6 +48,20 @@ def test_frontend_flags() -> None:
         parser.parse_args(["--router-mode", "fastest"])
 
 
+def test_frontend_kv_overlap_weight_reaches_the_selector() -> None:
+    from mixroute.frontend.routing.selector import DEFAULT_OVERLAP_WEIGHT, WorkerSelector
+
+    parser = argparse.ArgumentParser()
+    frontend_main.add_arguments(parser)
+    settings = frontend_main.router_settings_from_args(parser.parse_args(["--kv-overlap-weight", "1.5"]))
+    assert WorkerSelector("kv", overlap_weight=settings.overlap_weight).overlap_weight == 1.5
+    default = frontend_main.router_settings_from_args(parser.parse_args([]))
+    assert default.overlap_weight is None
+    assert WorkerSelector("kv", overlap_weight=default.overlap_weight).overlap_weight == DEFAULT_OVERLAP_WEIGHT
+    with pytest.raises(ConfigError, match="--kv-overlap-weight"):
+        frontend_main.router_settings_from_args(parser.parse_args(["--kv-overlap-weight", "-1"]))
+
+
 def test_frontend_limit_flags() -> None:
     parser = argparse.ArgumentParser()
     frontend_main.add_arguments(parser)
