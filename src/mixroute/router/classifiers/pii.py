@@ -195,6 +195,12 @@ def _phone_recognizers() -> list[Any]:
     ]
 
 
+_UNMAPPED_SPACY_LABELS = (
+    "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "FAC", "PRODUCT", "EVENT",
+    "WORK_OF_ART", "LAW", "LANGUAGE",
+)
+
+
 def build_analyzer(spacy_model: str = SPACY_MODEL_PACKAGE) -> Any:
     """A Presidio `AnalyzerEngine` wired for offline use (English only)."""
     import spacy.util
@@ -210,6 +216,9 @@ def build_analyzer(spacy_model: str = SPACY_MODEL_PACKAGE) -> Any:
         nlp_configuration={
             "nlp_engine_name": "spacy",
             "models": [{"lang_code": "en", "model_name": spacy_model}],
+            # spaCy labels with no Presidio type: ignored here, or Presidio logs a
+            # warning for each one in every analysed text.
+            "ner_model_configuration": {"labels_to_ignore": list(_UNMAPPED_SPACY_LABELS)},
         }
     ).create_engine()
     # The dependency parser is a third of spaCy's time and nothing Presidio uses
