@@ -16,10 +16,6 @@ import pytest
 
 from mixroute.up.ports import free_port
 
-# The stack needs the runtime's file discovery and the router's config loader.
-pytest.importorskip("mixroute.runtime.discovery.file")
-pytest.importorskip("mixroute.router.config")
-
 RUNNER = str(Path(__file__).with_name("run_up_with_fakes.py"))
 ROUTER_CONFIG = """
 default_model: fake-model

@@ -9,10 +9,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytest.importorskip("mixroute.frontend.main")
-pytest.importorskip("mixroute.worker.main")
-pytest.importorskip("mixroute.router.main")
-
 
 def _registered(discovery_dir: Path) -> dict[str, bytes]:
     from mixroute.runtime.discovery import open_discovery
