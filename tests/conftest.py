@@ -76,3 +76,13 @@ def nats_server():  # type: ignore[no-untyped-def]
         yield server
     finally:
         server.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop milvus-lite servers while pytest's streams are open: its own atexit hook logs
+    after they are closed and prints a logging traceback under the summary line."""
+    import sys
+
+    manager = sys.modules.get("milvus_lite.server_manager")
+    if manager is not None:
+        manager.server_manager_instance.release_all()
