@@ -6,9 +6,6 @@ Not thread-safe: one thread owns it (AsyncEngine's engine thread, or a test/benc
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from dataclasses import dataclass
 
 import torch
 
@@ -16,6 +13,7 @@ from mixroute.engine.api import KvExport
 from mixroute.engine.config import EngineConfig
 from mixroute.engine.kv_cache.block_pool import BlockPool
 from mixroute.engine.kv_cache.kv_cache_manager import KvCacheManager, cdiv
+from mixroute.engine.kv_cache.kv_holds import KvHolds
 from mixroute.engine.kv_cache.kv_tensors import KvTensors, dtype_name
 from mixroute.engine.model.config import ModelConfig
 from mixroute.engine.model.llama import LlamaForCausalLM
@@ -36,21 +34,12 @@ from mixroute.protocol.messages import (
     FinishReason,
     GenerateFrame,
     GenerateRequest,
-    KvExportHeader,
-    KvTransferHandle,
     LoadMetrics,
-    Usage,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_DEFAULT_MODEL_LEN = 8192
-
-
-@dataclass(slots=True)
-class HeldKv:
-    seq: Sequence
-    deadline: float
 
 
 class LLMEngine:
@@ -99,7 +88,7 @@ class LLMEngine:
         )
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.seqs: dict[str, Sequence] = {}
-        self.held: dict[str, HeldKv] = {}
+        self.held = KvHolds(self.kv, self.block_size, config.worker_id, config.kv_hold_timeout_s)
         self.last_step_was_idle = False
         """True when the last step could schedule nothing (every block held): the caller backs off."""
         log.info(
@@ -297,75 +286,34 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: FinishReason) -> GenerateFrame:
         self.scheduler.remove(seq)
         del self.seqs[seq.request_id]
-        seq.finish_reason = reason
-        usage = Usage(
-            prompt_tokens=seq.num_prompt_tokens,
-            completion_tokens=seq.num_output_tokens,
-            cached_tokens=max(seq.num_cached_tokens, 0),
-            imported_tokens=seq.num_imported_tokens,
-        )
-        frame = GenerateFrame(finish_reason=reason, usage=usage)
-        if seq.prefill_only and reason != "abort" and seq.num_computed_tokens >= seq.num_prompt_tokens:
-            frame.kv_transfer = self._hold(seq)
-        else:
-            self.kv.free(seq)
-        return frame
+        return self.held.finish(seq, reason)
 
     # ---- KV hold / export (disaggregated prefill) ----
 
-    def _hold(self, seq: Sequence) -> KvTransferHandle:
-        transfer_id = uuid.uuid4().hex
-        self.held[transfer_id] = HeldKv(seq, time.monotonic() + self.config.kv_hold_timeout_s)
-        num_blocks = cdiv(seq.num_prompt_tokens, self.block_size)
-        seq.update_hashes(self.block_size)
-        return KvTransferHandle(
-            source_address="",
-            worker_id=self.config.worker_id,
-            transfer_id=transfer_id,
-            block_ids=tuple(seq.block_ids[:num_blocks]),
-            num_tokens=seq.num_prompt_tokens,
-            block_hashes=tuple(seq.seq_hashes[: seq.num_prompt_tokens // self.block_size]),
-            first_token_id=seq.token_ids[seq.num_prompt_tokens],
-        )
-
     def export_kv(self, transfer_id: str) -> KvExport:
-        held = self.held.pop(transfer_id)  # KeyError if unknown or expired
-        seq = held.seq
+        seq = self.held.take(transfer_id)  # KeyError if unknown or expired
         try:
-            num_blocks = cdiv(seq.num_prompt_tokens, self.block_size)
             mc = self.model_config
-            header = KvExportHeader(
-                transfer_id=transfer_id,
-                token_ids=seq.token_ids[: seq.num_prompt_tokens],
-                num_tokens=seq.num_prompt_tokens,
-                block_size=self.block_size,
-                num_blocks=num_blocks,
+            header = self.held.export_header(
+                transfer_id,
+                seq,
                 num_layers=mc.num_layers,
                 num_kv_heads=mc.num_kv_heads,
                 head_dim=mc.head_dim,
                 dtype=dtype_name(self.dtype),
-                block_hashes=list(seq.seq_hashes[: seq.num_prompt_tokens // self.block_size]),
-                first_token_id=seq.token_ids[seq.num_prompt_tokens],
             )
-            return KvExport(header=header, layers=self.kv_tensors.export_blocks(seq.block_ids[:num_blocks]))
+            return KvExport(header=header, layers=self.kv_tensors.export_blocks(seq.block_ids[: header.num_blocks]))
         finally:
             self.kv.free(seq)
 
     def release_kv(self, transfer_id: str) -> None:
-        held = self.held.pop(transfer_id, None)
-        if held is not None:
-            self.kv.free(held.seq)
+        self.held.release(transfer_id)
 
     def expire_held(self, now: float | None = None) -> int:
-        now = time.monotonic() if now is None else now
-        expired = [t for t, h in self.held.items() if h.deadline <= now]
-        for transfer_id in expired:
-            log.warning("kv hold expired transfer_id=%s", transfer_id)
-            self.release_kv(transfer_id)
-        return len(expired)
+        return self.held.expire(now)
 
     def next_hold_deadline(self) -> float | None:
-        return min((h.deadline for h in self.held.values()), default=None)
+        return self.held.next_deadline()
 
     # ---- observability ----
 

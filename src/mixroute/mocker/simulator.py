@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 import random
-import time
-import uuid
 from dataclasses import dataclass
 
 from mixroute.engine.api import KvExport
 from mixroute.engine.kv_cache.block_pool import BlockPool
 from mixroute.engine.kv_cache.kv_cache_manager import KvCacheManager, cdiv
+from mixroute.engine.kv_cache.kv_holds import KvHolds
 from mixroute.engine.scheduler import ScheduledBatch, Scheduler
 from mixroute.engine.sequence import Sequence
 from mixroute.errors import EngineError, RequestTooLongError
@@ -32,10 +31,7 @@ from mixroute.protocol.messages import (
     GenerateFrame,
     GenerateRequest,
     KvEvent,
-    KvExportHeader,
-    KvTransferHandle,
     LoadMetrics,
-    Usage,
 )
 
 log = logging.getLogger(__name__)
@@ -51,12 +47,6 @@ class StepResult:
     """Simulated time of the step (already divided by the speedup ratio)."""
     num_prefill_tokens: int = 0
     num_decode_seqs: int = 0
-
-
-@dataclass(slots=True)
-class HeldKv:
-    seq: Sequence
-    deadline: float
 
 
 class Simulator:
@@ -78,7 +68,7 @@ class Simulator:
         )
         self.timing = config.timing
         self.seqs: dict[str, Sequence] = {}
-        self.held: dict[str, HeldKv] = {}
+        self.held = KvHolds(self.kv, config.block_size, config.worker_id, config.kv_hold_timeout_s)
         self._rng = random.Random(config.seed ^ config.worker_id)
         eos = set(self.eos_token_ids)
         self._output_vocab = [t for t in range(min(self.vocab_size, 4096)) if t not in eos] or [0]
@@ -209,75 +199,26 @@ class Simulator:
     def _finish(self, seq: Sequence, reason: FinishReason) -> GenerateFrame:
         self.scheduler.remove(seq)
         del self.seqs[seq.request_id]
-        seq.finish_reason = reason
-        usage = Usage(
-            prompt_tokens=seq.num_prompt_tokens,
-            completion_tokens=seq.num_output_tokens,
-            cached_tokens=max(seq.num_cached_tokens, 0),
-            imported_tokens=seq.num_imported_tokens,
-        )
-        frame = GenerateFrame(finish_reason=reason, usage=usage)
-        if (
-            seq.prefill_only
-            and reason != "abort"
-            and seq.num_computed_tokens >= seq.num_prompt_tokens
-        ):
-            frame.kv_transfer = self._hold(seq)
-        else:
-            self.kv.free(seq)
-        return frame
+        return self.held.finish(seq, reason)
 
     # ---- disaggregation: hold / export / release ----
 
-    def _hold(self, seq: Sequence) -> KvTransferHandle:
-        transfer_id = uuid.uuid4().hex
-        self.held[transfer_id] = HeldKv(seq, time.monotonic() + self.config.kv_hold_timeout_s)
-        num_blocks = cdiv(seq.num_prompt_tokens, self.block_size)
-        seq.update_hashes(self.block_size)
-        return KvTransferHandle(
-            source_address="",
-            worker_id=self.config.worker_id,
-            transfer_id=transfer_id,
-            block_ids=tuple(seq.block_ids[:num_blocks]),
-            num_tokens=seq.num_prompt_tokens,
-            block_hashes=tuple(seq.seq_hashes[: seq.num_prompt_tokens // self.block_size]),
-            first_token_id=seq.token_ids[seq.num_prompt_tokens],
-        )
-
     def export_kv(self, transfer_id: str) -> KvExport:
         """The held prompt's export (header only: a mocker has no tensors); frees the blocks."""
-        held = self.held.pop(transfer_id)  # KeyError if unknown or expired
-        seq = held.seq
+        seq = self.held.take(transfer_id)  # KeyError if unknown or expired
         try:
-            header = KvExportHeader(
-                transfer_id=transfer_id,
-                token_ids=seq.token_ids[: seq.num_prompt_tokens],
-                num_tokens=seq.num_prompt_tokens,
-                block_size=self.block_size,
-                num_blocks=cdiv(seq.num_prompt_tokens, self.block_size),
-                num_layers=0,
-                num_kv_heads=0,
-                head_dim=0,
-                dtype=MOCK_DTYPE,
-                block_hashes=list(seq.seq_hashes[: seq.num_prompt_tokens // self.block_size]),
-                first_token_id=seq.token_ids[seq.num_prompt_tokens],
+            header = self.held.export_header(
+                transfer_id, seq, num_layers=0, num_kv_heads=0, head_dim=0, dtype=MOCK_DTYPE
             )
             return KvExport(header=header, layers=[])
         finally:
             self.kv.free(seq)
 
     def release_kv(self, transfer_id: str) -> None:
-        held = self.held.pop(transfer_id, None)
-        if held is not None:
-            self.kv.free(held.seq)
+        self.held.release(transfer_id)
 
     def expire_held(self, now: float | None = None) -> int:
-        now = time.monotonic() if now is None else now
-        expired = [t for t, h in self.held.items() if h.deadline <= now]
-        for transfer_id in expired:
-            log.warning("kv hold expired transfer_id=%s", transfer_id)
-            self.release_kv(transfer_id)
-        return len(expired)
+        return self.held.expire(now)
 
     # ---- observability ----
 
