@@ -25,6 +25,7 @@ from typing import Self
 
 from mixroute.errors import ConfigError
 from mixroute.logs import kv
+from mixroute.runtime.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,9 @@ def _spawn(binary: str, args: list[str], work_dir: Path, name: str) -> subproces
     env = dict(os.environ)
     env.setdefault("ETCD_UNSUPPORTED_ARCH", os.uname().machine)
     try:
+        # die_with_parent: `kill -9` of whoever started the server must not leave it running.
         return subprocess.Popen(
-            [path, *args],
+            die_with_parent([path, *args]),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

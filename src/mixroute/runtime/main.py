@@ -60,9 +60,11 @@ async def _inspect(args: argparse.Namespace) -> int:
 async def _infra() -> int:
     from mixroute.runtime.infra import EtcdProcess, NatsProcess
 
-    etcd = await asyncio.to_thread(EtcdProcess.start)
+    # Started on this (the main) thread, not a worker thread: the servers' parent-death
+    # signal is tied to the thread that forked them. Blocking here is startup only.
+    etcd = EtcdProcess.start()
     try:
-        nats = await asyncio.to_thread(NatsProcess.start)
+        nats = NatsProcess.start()
     except BaseException:
         etcd.stop()
         raise

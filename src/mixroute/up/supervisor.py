@@ -6,12 +6,8 @@ terminal reaches only `mixroute up`, which then stops the children in a known or
 (router and frontend before workers, infrastructure last so leases can be revoked).
 
 On Linux each child also asks the kernel for SIGTERM if `mixroute up` dies without
-cleaning up (PR_SET_PDEATHSIG), so even `kill -9` of the supervisor leaves no orphans.
-The kernel ties that signal to the *thread* that forked the child: start children
-from the main thread only. The request is made by a tiny exec wrapper (`_EXEC_WRAPPER`)
-rather than a `preexec_fn`: with a `preexec_fn`, Python runs every library's at-fork
-hooks in the child, and gRPC's (loaded by the etcd client that watches readiness)
-aborts there when its threads are busy.
+cleaning up (PR_SET_PDEATHSIG, see `mixroute.runtime.parent_death`), so even `kill -9`
+of the supervisor leaves no orphans. Children are started from the main thread only.
 """
 
 from __future__ import annotations
@@ -20,12 +16,13 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from mixroute.runtime.parent_death import die_with_parent
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,22 +37,6 @@ class ChildSpec:
     stage: int = 1
     """Stop order: higher stages stop first (infrastructure is stage 0, stopped last)."""
     cwd: str | None = None
-
-
-_EXEC_WRAPPER = """
-import ctypes, os, signal, sys
-ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG, kept across exec
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(1)  # the supervisor died before the request took effect
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
-
-
-def _wrapped(argv: Sequence[str]) -> list[str]:
-    """`argv` behind the parent-death wrapper (Linux), or as is."""
-    if not sys.platform.startswith("linux"):
-        return list(argv)
-    return [sys.executable, "-S", "-c", _EXEC_WRAPPER, str(os.getpid()), *argv]
 
 
 class Child:
@@ -82,7 +63,7 @@ class Child:
         env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
         try:
             self._proc = subprocess.Popen(
-                _wrapped(self.spec.argv),
+                die_with_parent(self.spec.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,

@@ -10,7 +10,6 @@ process this connector started.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import signal
 import sys
@@ -22,6 +21,7 @@ from typing import IO
 from mixroute.logs import kv
 from mixroute.planner.connectors.base import ScaleError
 from mixroute.planner.policy import Pool
+from mixroute.runtime.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,13 @@ class LocalConnector:
             log_file = open(self.log_dir / f"{pool}-worker-{self._started}.log", "ab")  # noqa: SIM115, ASYNC230
         cmd = self.command(pool)
         try:
+            # die_with_parent: a planner killed outright (SIGKILL) must not leave its workers running.
             proc = await asyncio.create_subprocess_exec(
-                *cmd,
+                *die_with_parent(cmd),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file if log_file else asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.STDOUT if log_file else asyncio.subprocess.DEVNULL,
                 start_new_session=True,
-                # A planner killed outright (SIGKILL) must not leave its workers running.
-                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             if log_file:
@@ -130,18 +129,6 @@ class LocalConnector:
         for pool in list(self._procs):
             procs, self._procs[pool] = self._procs[pool], []
             await asyncio.gather(*(self._stop(p) for p in procs))
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the planner (its parent) dies (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: shutdown still stops workers through close()
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _quote(cmd: Sequence[str]) -> str:
