@@ -99,3 +99,20 @@ def test_milvus_store_evicts_oldest_and_filters_scope(tmp_path):
     assert store.lookup("scope-b", vectors[2], 0.9, now=105.0) is None
     assert store.lookup("scope-a", vectors[2], 0.9, now=170.0) is None  # expired
     store.close()
+
+
+def test_milvus_store_lru_keeps_the_entry_that_was_hit(tmp_path):
+    from mixroute.router.cache import CachedAnswer
+    from mixroute.router.cache.milvus import MilvusCacheStore
+
+    vectors = np.eye(3, 8, dtype=np.float32)
+    for eviction, survivor, evicted in (("lru", 0, 1), ("fifo", 1, 0)):
+        store = MilvusCacheStore(str(tmp_path / f"{eviction}.db"), "lru_test", 2, eviction)
+        store.store("s", vectors[0], CachedAnswer(content="a0", model="m"), now=100.0, ttl=60)
+        store.store("s", vectors[1], CachedAnswer(content="a1", model="m"), now=101.0, ttl=60)
+        assert store.lookup("s", vectors[0], 0.9, now=102.0) is not None  # a0 is now the freshest use
+        store.store("s", vectors[2], CachedAnswer(content="a2", model="m"), now=103.0, ttl=60)
+        hit = store.lookup("s", vectors[survivor], 0.9, now=104.0)
+        assert hit is not None and hit.answer.content == f"a{survivor}", eviction
+        assert store.lookup("s", vectors[evicted], 0.9, now=104.0) is None, eviction
+        store.close()

@@ -2,14 +2,17 @@
 
 One collection, inner-product metric on unit vectors (= cosine). Scope and expiry are
 scalar fields used in the search filter, so a hit never crosses scopes and never
-returns an expired answer. Eviction when over `max_entries` drops the oldest entries
-first (Milvus has no cheap "touch", so `lru` behaves as `fifo` here). Every call
-blocks: the SemanticCache runs them in a thread.
+returns an expired answer. Eviction when over `max_entries` drops expired entries, then
+the least recently used (`lru`, default) or the oldest (`fifo`). Milvus has no cheap
+"touch", so the time of an entry's last hit is kept in this process (a map bounded by the
+collection's size); entries not hit since this process started count from their
+creation. Every call blocks: the SemanticCache runs them in a thread.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Literal
 
 import numpy as np
 
@@ -20,7 +23,9 @@ from mixroute.router.cache.base import CachedAnswer, CacheHit
 class MilvusCacheStore:
     is_blocking = True
 
-    def __init__(self, uri: str, collection: str, max_entries: int) -> None:
+    def __init__(
+        self, uri: str, collection: str, max_entries: int, eviction: Literal["lru", "fifo"] = "lru"
+    ) -> None:
         try:
             from pymilvus import MilvusClient
             from pymilvus.exceptions import MilvusException
@@ -32,6 +37,8 @@ class MilvusCacheStore:
             raise ConfigError(f"cache.milvus.uri {uri!r}: cannot open Milvus: {exc}") from None
         self.collection = collection
         self.max_entries = max_entries
+        self.eviction = eviction
+        self._last_hit: dict[int, float] = {}
         self._lock = threading.Lock()  # milvus-lite's client is not safe across threads
         self._has_collection = self._client.has_collection(collection)
         self._num_entries = self._count() if self._has_collection else 0
@@ -65,6 +72,9 @@ class MilvusCacheStore:
         if not hits or float(hits[0]["distance"]) < threshold:
             return None
         entity = hits[0]["entity"]
+        if self.eviction == "lru":
+            with self._lock:
+                self._last_hit[int(hits[0]["id"])] = now
         answer = CachedAnswer(
             content=entity["content"], model=entity["model"], finish_reason=entity["finish_reason"]
         )
@@ -90,9 +100,17 @@ class MilvusCacheStore:
         if excess <= 0:
             return
         rows = self._client.query(self.collection, filter="id >= 0", output_fields=["id", "created_at"])
-        oldest = sorted(rows, key=lambda r: r["created_at"])[:excess]
-        self._client.delete(self.collection, ids=[r["id"] for r in oldest])
-        self._num_entries -= len(oldest)
+        live = {int(r["id"]) for r in rows}
+        self._last_hit = {i: t for i, t in self._last_hit.items() if i in live}
+
+        def last_used(row: dict[str, float]) -> float:
+            return max(row["created_at"], self._last_hit.get(int(row["id"]), 0.0))
+
+        victims = [int(r["id"]) for r in sorted(rows, key=last_used)[:excess]]
+        self._client.delete(self.collection, ids=victims)
+        for victim in victims:
+            self._last_hit.pop(victim, None)
+        self._num_entries -= len(victims)
 
     def close(self) -> None:
         with self._lock:

@@ -28,7 +28,9 @@ def make_store(config: CacheConfig) -> CacheStore:
     if config.backend == "milvus":
         from mixroute.router.cache.milvus import MilvusCacheStore
 
-        return MilvusCacheStore(config.milvus.uri, config.milvus.collection, config.max_entries)
+        return MilvusCacheStore(
+            config.milvus.uri, config.milvus.collection, config.max_entries, config.eviction
+        )
     return MemoryCacheStore(config.max_entries, config.eviction)
 
 
