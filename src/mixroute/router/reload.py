@@ -50,14 +50,18 @@ class ConfigSource:
     async def watch(self, metrics: RouterMetrics | None = None, stop: asyncio.Event | None = None) -> None:
         """Reload on every change of the file until `stop` is set (or the task is cancelled).
 
-        Watches the directory, not the file, so editors that replace the file by rename
-        (and ConfigMap symlink swaps) are seen too.
+        Watches the file's own directory (not the file, not subdirectories): editors that
+        replace the file by rename are seen, and so is a Kubernetes ConfigMap update, which
+        swaps the directory's `..data` symlink (the mounted file is a link through it).
+        Not recursive, so log files written in subdirectories never wake it. A change that
+        leaves the parsed config equal is not a reload (`reload` compares).
         """
         if self.path is None:
             return
         from watchfiles import awatch
 
-        target = self.path.resolve()
-        async for changes in awatch(target.parent, stop_event=stop, debounce=200, step=50):
-            if any(Path(p).resolve() == target or Path(p).name == target.name for _, p in changes):
+        directory = self.path.absolute().parent
+        name = self.path.name
+        async for changes in awatch(directory, stop_event=stop, debounce=200, step=50, recursive=False):
+            if any(Path(p).name == name or Path(p).name.startswith("..") for _, p in changes):
                 self.reload(metrics)

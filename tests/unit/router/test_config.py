@@ -51,3 +51,35 @@ def test_not_yaml_and_not_a_mapping():
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read router config"):
         load_config(tmp_path / "absent.yaml")
+
+
+async def test_watch_follows_a_configmap_style_symlink_swap(tmp_path):
+    """Kubernetes mounts `config.yaml -> ..data/config.yaml` and updates by swapping `..data`."""
+    import asyncio
+    import os
+
+    from mixroute.router.reload import ConfigSource
+
+    def version_dir(name: str, text: str) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(text)
+
+    version_dir("..v1", CONFIG_YAML)
+    os.symlink("..v1", tmp_path / "..data")
+    os.symlink("..data/config.yaml", tmp_path / "config.yaml")
+    source = ConfigSource(tmp_path / "config.yaml")
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(source.watch(stop=stop))
+    try:
+        await asyncio.sleep(0.5)  # the watch is running
+        version_dir("..v2", CONFIG_YAML.replace("default_model: small", "default_model: big", 1))
+        os.symlink("..v2", tmp_path / "..data_tmp")
+        os.rename(tmp_path / "..data_tmp", tmp_path / "..data")
+        for _ in range(100):
+            if source.current.default_model == "big":
+                break
+            await asyncio.sleep(0.05)
+        assert source.current.default_model == "big" and source.version == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, 5)
