@@ -113,6 +113,18 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
 
     def num_pending_prefill_tokens(self) -> int:
-        return sum(
-            max(s.num_prompt_tokens - s.num_computed_tokens, 0) for s in (*self.running, *self.waiting)
-        )
+        """Prompt tokens this worker still has to compute: what routers and the planner read
+        as its queued prefill work (`LoadMetrics.num_active_prefill_tokens`).
+
+        A waiting sequence's prompt prefix that the prefix cache holds will not be computed,
+        so it is not counted (a worker that just got a cache hit must not look busier than
+        one that got a miss), nor is a prompt whose KV is imported from a prefill worker.
+        Probing the cache only reads it: blocks are not touched and no event is emitted."""
+        num_tokens = sum(max(s.num_prompt_tokens - s.num_computed_tokens, 0) for s in self.running)
+        block_size = self.kv.block_size
+        for s in self.waiting:
+            if s.imported is not None:
+                continue
+            num_cached = max(len(self.kv.find_cached_prefix(s)) * block_size, s.num_computed_tokens)
+            num_tokens += max(s.num_prompt_tokens - num_cached, 0)
+        return num_tokens

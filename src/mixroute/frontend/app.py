@@ -38,8 +38,8 @@ _json = msgspec.json.Encoder()
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _json_response(body: Any, status: int = 200) -> Response:
-    return Response(_json.encode(body), status_code=status, media_type="application/json")
+def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json.encode(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def _error_response(exc: ApiError) -> Response:
@@ -151,12 +151,15 @@ class OpenAiApi:
             # Fail before the 200 is sent if the very first step fails (no worker, bad request).
             first = await _first_or_error(deltas)
             self.metrics.requests.labels(entry.name, endpoint, "200").inc()
+            # The worker was chosen before the first frame, so the headers can name it.
             return StreamingResponse(
-                _sse(shape, first, deltas, body.include_usage), media_type="text/event-stream", headers=_SSE_HEADERS
+                _sse(shape, first, deltas, body.include_usage),
+                media_type="text/event-stream",
+                headers={**_SSE_HEADERS, **prompt.route.headers()},
             )
         result = await _collect_unless_disconnected(request, deltas)
         self.metrics.requests.labels(entry.name, endpoint, "200").inc()
-        return _json_response(shape.whole(result))
+        return _json_response(shape.whole(result), headers=prompt.route.headers())
 
     def routes(self) -> list[Route]:
         return [

@@ -8,6 +8,7 @@ request is idempotent until output has been sent to the client).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from mixroute.errors import PeerGoneError, UnavailableError
@@ -73,8 +74,10 @@ class RoutedBackend:
             candidates = [w for w in workers if w not in excluded]
             if not candidates:
                 raise UnavailableError(f"no {selector.name} worker is available for {pool.entry.name}")
+            started = time.perf_counter()
             decision = selector.select(request.request_id, candidates, prompt)
             worker_id = decision.worker_id
+            prompt.route.record(selector.name, worker_id, (time.perf_counter() - started) * 1e6, decision.overlap_blocks)
             self.metrics.router_decisions.labels(pool.entry.name, selector.name, f"{worker_id:x}").inc()
             self.metrics.router_overlap_blocks.labels(pool.entry.name, selector.name).observe(decision.overlap_blocks)
             info = workers[worker_id]

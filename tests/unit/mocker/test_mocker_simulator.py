@@ -127,3 +127,19 @@ def test_bad_requests_are_rejected_clearly() -> None:
     sim.add_request(_req("a", [1, 2]))
     with pytest.raises(EngineError, match="already running"):
         sim.add_request(_req("a", [1, 2]))
+
+
+def test_reported_pending_prefill_excludes_cached_prompt_tokens() -> None:
+    """A waiting request whose prefix is cached reports only its uncached tokens: a worker
+    that just got a cache hit must not look busier to routers than one that got a miss."""
+    sim = Simulator(MockerConfig(num_blocks=256, max_num_batched_tokens=64))
+    prompt = list(range(320))  # 20 full blocks
+    sim.add_request(_req("a", prompt))
+    _run(sim)
+    assert sim.load_metrics().num_active_prefill_tokens == 0
+    sim.add_request(_req("hit", prompt + [999] * 40))  # 320 cached + 40 new
+    sim.add_request(_req("miss", [7] * 360))
+    assert sim.load_metrics().num_active_prefill_tokens == 40 + 360
+    assert sim.pool.num_active == 0  # probing the cache took no block references
+    sim.step()  # budget 64: "hit" is admitted (40 computed), "miss" starts (24 of 360)
+    assert sim.load_metrics().num_active_prefill_tokens == 360 - 24
