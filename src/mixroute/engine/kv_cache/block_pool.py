@@ -6,6 +6,10 @@
   the front of the queue reaches it.
 - The pool is the only producer of KV events. Every change to the cached set emits one,
   with a monotonic id, so a subscriber that replays them rebuilds the same set.
+- With an offload tier (`offload`, see kv_cache/offload.py) an evicted cached block is
+  copied to host memory / disk instead of forgotten. The advertised set is the union of
+  the tiers: a block is `stored` when it enters the first tier and `removed` when it leaves
+  the last one, so the router counts a prefix the worker can load instead of recompute.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mixroute.protocol.messages import (
     KvCleared,
@@ -22,6 +27,9 @@ from mixroute.protocol.messages import (
     KvStored,
     StoredBlock,
 )
+
+if TYPE_CHECKING:
+    from mixroute.engine.kv_cache.offload import KvOffload
 
 
 @dataclass(slots=True, eq=False)
@@ -47,6 +55,8 @@ class BlockPool:
         self._events: list[KvEvent] = []
         self._next_event_id = 0
         self._cache_counter = 0
+        self.offload: KvOffload | None = None
+        """Set by the engine when host/disk offload is configured."""
 
     # ---- allocation ----
 
@@ -63,17 +73,26 @@ class BlockPool:
         if count > len(self._free):
             raise ValueError(f"asked for {count} blocks, {len(self._free)} free")
         out: list[Block] = []
-        evicted: list[int] = []
+        evicted: list[tuple[int, int, int | None, int]] = []
+        evicted_ids: list[int] = []
         for _ in range(count):
             block_id, _ = self._free.popitem(last=False)
             block = self.blocks[block_id]
             if block.block_hash is not None:
-                evicted.append(block.block_hash)
+                assert block.tokens_hash is not None
+                evicted.append((block.block_hash, block.tokens_hash, block.parent_hash, block.cached_order))
+                evicted_ids.append(block_id)
                 self._uncache(block)
             block.ref_count = 1
             out.append(block)
         if evicted:
-            self._emit(KvRemoved(block_hashes=evicted))
+            if self.offload is not None:
+                # Copied out before any forward pass reuses the blocks; gone only if pushed out of every tier.
+                gone = [h for h in self.offload.save(evicted, evicted_ids) if h not in self._cached]
+            else:
+                gone = [h for h, *_ in evicted]
+            if gone:
+                self._emit(KvRemoved(block_hashes=gone))
         return out
 
     def touch(self, blocks: Iterable[Block]) -> None:
@@ -106,16 +125,20 @@ class BlockPool:
         run_parent = parent_hash
         prev = parent_hash
         for block, seq_hash, local in zip(blocks, seq_hashes, local_hashes, strict=True):
-            if block.block_hash is None and seq_hash not in self._cached:
+            is_new = block.block_hash is None and seq_hash not in self._cached
+            if is_new:
                 block.block_hash, block.tokens_hash, block.parent_hash = seq_hash, local, prev
                 block.cached_order = self._cache_counter
                 self._cache_counter += 1
                 self._cached[seq_hash] = block
+            # A block loaded back from the offload tiers was never un-advertised.
+            if is_new and (self.offload is None or seq_hash not in self.offload):
                 if not run:
                     run_parent = prev
                 run.append(StoredBlock(seq_hash, local))
             elif run:
-                # Another request cached this content first; our copy stays private.
+                # Another request cached this content first (our copy stays private), or it
+                # is advertised already: close the run so each event's chain is contiguous.
                 self._emit(KvStored(parent_hash=run_parent, blocks=run))
                 run = []
             prev = seq_hash
@@ -123,14 +146,19 @@ class BlockPool:
             self._emit(KvStored(parent_hash=run_parent, blocks=run))
 
     def cached_hashes(self) -> set[int]:
-        return set(self._cached)
+        """The advertised set: device blocks and, with offload, host/disk entries."""
+        if self.offload is None:
+            return set(self._cached)
+        return set(self._cached) | {h for h, _ in self.offload.entries()}
 
     def reset_cache(self) -> bool:
-        """Forget every cached block that no request holds; False if some are held."""
+        """Forget every cached block that no request holds (every tier); False if some are held."""
         if any(b.ref_count > 0 for b in self._cached.values()):
             return False
         for block in list(self._cached.values()):
             self._uncache(block)
+        if self.offload is not None:
+            self.offload.clear()
         self._emit(KvCleared())
         return True
 
@@ -159,9 +187,18 @@ class BlockPool:
         A subscriber applies them, then continues with events whose id is greater.
         """
         last = self.last_event_id
-        out = [KvEvent(worker_id=self.worker_id, event_id=last, data=KvCleared())]
-        for block in sorted(self._cached.values(), key=lambda b: b.cached_order):
+        # seq_hash -> (cached_order, parent_hash, tokens_hash), over every tier.
+        union: dict[int, tuple[int, int | None, int]] = {}
+        if self.offload is not None:
+            for seq_hash, entry in self.offload.entries():
+                union[seq_hash] = (entry.cached_order, entry.parent_hash, entry.tokens_hash)
+        for block in self._cached.values():
             assert block.block_hash is not None and block.tokens_hash is not None
-            stored = KvStored(parent_hash=block.parent_hash, blocks=[StoredBlock(block.block_hash, block.tokens_hash)])
+            known = union.get(block.block_hash)
+            if known is None or block.cached_order < known[0]:
+                union[block.block_hash] = (block.cached_order, block.parent_hash, block.tokens_hash)
+        out = [KvEvent(worker_id=self.worker_id, event_id=last, data=KvCleared())]
+        for seq_hash, (_, parent, tokens) in sorted(union.items(), key=lambda item: item[1][0]):
+            stored = KvStored(parent_hash=parent, blocks=[StoredBlock(seq_hash, tokens)])
             out.append(KvEvent(worker_id=self.worker_id, event_id=last, data=stored))
         return out

@@ -39,7 +39,41 @@ class KvCacheManager:
             if block is None:
                 break
             hits.append(block)
+        if self.pool.offload is not None and len(hits) < max_blocks:
+            hits += self._load_offloaded(seq, hits, max_blocks)
         return hits
+
+    def _load_offloaded(self, seq: Sequence, hits: list[Block], max_blocks: int) -> list[Block]:
+        """Bring the blocks that continue `hits` from host memory / disk back to the device.
+
+        They become ordinary cached device blocks (no reference held), returned as hits.
+        Loads only as many as there are free blocks beyond the request's own needs, so
+        loading never starves the request it is for.
+        """
+        offload = self.pool.offload
+        assert offload is not None
+        start = len(hits)
+        wanted = offload.chain(seq.seq_hashes[start:max_blocks])
+        needed_after = cdiv(seq.num_tokens, self.block_size) - start - len(wanted)
+        revived = sum(1 for b in hits if b.ref_count == 0)
+        room = self.pool.num_free - revived - max(needed_after, 0)
+        wanted = wanted[: max(room, 0)]
+        if not wanted:
+            return []
+        data = offload.read(wanted)  # before allocating: making room may push these out of host memory
+        if data is None:
+            return []
+        self.pool.touch(hits)  # allocating below evicts from the free queue, where these wait
+        try:
+            blocks = self.pool.allocate(len(wanted))
+        finally:
+            self.pool.free(reversed(hits))
+        offload.write_device([b.block_id for b in blocks], data)
+        parent = seq.seq_hashes[start - 1] if start > 0 else None
+        end = start + len(blocks)
+        self.pool.cache_blocks(blocks, seq.seq_hashes[start:end], seq.local_hashes[start:end], parent)
+        self.pool.free(reversed(blocks))
+        return blocks
 
     def allocate(self, seq: Sequence, num_new_tokens: int, cached: list[Block] | None = None) -> list[int] | None:
         """Grow `seq`'s blocks to hold its computed tokens, `cached` hits and `num_new_tokens`."""

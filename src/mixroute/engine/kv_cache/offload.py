@@ -1,0 +1,247 @@
+"""KvOffload: the KV cache's second and third tiers, host memory and disk.
+
+A cached block that the device pool evicts (to reuse its memory) is first copied here,
+so a later request with the same prefix loads it back instead of recomputing it:
+- host tier: a preallocated CPU tensor of `num_host_blocks` slots (pinned when the KV
+  cache is on CUDA), least recently used slot reused first;
+- disk tier (optional): a host entry pushed out of memory is written to one file per
+  block under `disk_dir`, up to `num_disk_blocks` files, least recently used deleted first.
+
+Entries are keyed by the block's sequence hash and keep its tokens hash and parent hash,
+so the pool can advertise (and dump) them like device blocks: to the router, a block is
+cached on a worker while it is in any tier (see BlockPool). Copies are synchronous: the
+pool calls `save` while choosing blocks to reuse, before any forward pass writes them,
+and `read` + `write_device` while admitting a request, before its forward pass.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mixroute.errors import ConfigError
+
+
+class _KvLayers(Protocol):
+    """What the offload needs of the device cache (KvTensors has it)."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(slots=True)
+class OffloadEntry:
+    tokens_hash: int
+    parent_hash: int | None
+    cached_order: int
+    slot: int = -1
+    """Host slot, or -1 when the entry is only on disk."""
+    on_disk: bool = False
+
+
+class KvOffload:
+    def __init__(
+        self,
+        kv: _KvLayers,
+        num_host_blocks: int,
+        *,
+        disk_dir: str | Path | None = None,
+        num_disk_blocks: int = 0,
+    ) -> None:
+        if num_host_blocks < 1:
+            raise ConfigError("KV offload needs at least one host block")
+        if disk_dir is not None and num_disk_blocks < 1:
+            raise ConfigError("KV offload to disk needs num_disk_blocks >= 1")
+        self._kv = kv
+        k0 = kv.layers[0][0]
+        self.device = k0.device
+        self.dtype = k0.dtype
+        self.block_shape = tuple(k0.shape[1:])  # block_size, kv_heads, head_dim
+        self.num_layers = len(kv.layers)
+        self.num_host_blocks = num_host_blocks
+        self.num_disk_blocks = num_disk_blocks if disk_dir is not None else 0
+        self._host = torch.empty(
+            (num_host_blocks, self.num_layers, 2, *self.block_shape),
+            dtype=self.dtype,
+            pin_memory=self.device.type == "cuda",
+        )
+        self._free_slots = list(range(num_host_blocks - 1, -1, -1))
+        self._in_host: OrderedDict[int, None] = OrderedDict()
+        self._on_disk: OrderedDict[int, None] = OrderedDict()
+        self._entries: dict[int, OffloadEntry] = {}
+        self.disk_dir: Path | None = None
+        if disk_dir is not None:
+            self.disk_dir = Path(disk_dir)
+            try:
+                # Files of an earlier process are not trusted: start empty.
+                if self.disk_dir.exists():
+                    shutil.rmtree(self.disk_dir)
+                self.disk_dir.mkdir(parents=True)
+            except OSError as exc:
+                raise ConfigError(f"KV offload disk directory {self.disk_dir}: {exc}") from exc
+        self.stats = {"saved": 0, "loaded_host": 0, "loaded_disk": 0, "to_disk": 0, "dropped": 0}
+
+    # ---- what is here ----
+
+    def __contains__(self, seq_hash: int) -> bool:
+        return seq_hash in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def num_host_used(self) -> int:
+        return len(self._in_host)
+
+    @property
+    def num_disk_used(self) -> int:
+        return len(self._on_disk)
+
+    def entries(self) -> Iterable[tuple[int, OffloadEntry]]:
+        return self._entries.items()
+
+    def chain(self, seq_hashes: Sequence[int]) -> list[int]:
+        """The leading hashes of `seq_hashes` held in some tier."""
+        out: list[int] = []
+        for seq_hash in seq_hashes:
+            if seq_hash not in self._entries:
+                break
+            out.append(seq_hash)
+        return out
+
+    # ---- device -> here ----
+
+    def save(self, blocks: Sequence[tuple[int, int, int | None, int]], block_ids: Sequence[int]) -> list[int]:
+        """Copy evicted device blocks (seq_hash, tokens_hash, parent_hash, cached_order) in.
+
+        Returns the hashes this made leave every offload tier (pushed out of host memory
+        with no disk tier, or out of the disk tier): the caller decides whether they are
+        gone from the worker.
+        """
+        dropped: list[int] = []
+        pending: dict[int, tuple[int, int]] = {}  # seq_hash -> (block_id, slot), copied in one batch
+        for (seq_hash, tokens_hash, parent_hash, order), block_id in zip(blocks, block_ids, strict=True):
+            entry = self._entries.get(seq_hash)
+            if entry is not None and entry.slot >= 0:
+                self._in_host.move_to_end(seq_hash)  # same content is already here
+                continue
+            if not self._free_slots and next(iter(self._in_host)) in pending:
+                self._copy_in(pending)  # the slot to reuse is one of this batch's: fill it first
+            slot = self._take_slot(dropped, keep=seq_hash)
+            if entry is None:
+                entry = OffloadEntry(tokens_hash, parent_hash, order)
+                self._entries[seq_hash] = entry
+            entry.slot = slot
+            self._in_host[seq_hash] = None
+            pending[seq_hash] = (block_id, slot)
+        self._copy_in(pending)
+        return [h for h in dropped if h not in self._entries]
+
+    def _copy_in(self, pending: dict[int, tuple[int, int]]) -> None:
+        if not pending:
+            return
+        index = torch.tensor([b for b, _ in pending.values()], dtype=torch.long, device=self.device)
+        slots = torch.tensor([s for _, s in pending.values()], dtype=torch.long)
+        for layer, (k, v) in enumerate(self._kv.layers):
+            self._host[slots, layer, 0] = k.index_select(0, index).cpu()
+            self._host[slots, layer, 1] = v.index_select(0, index).cpu()
+        self.stats["saved"] += len(pending)
+        pending.clear()
+
+    def _take_slot(self, dropped: list[int], keep: int) -> int:
+        if self._free_slots:
+            return self._free_slots.pop()
+        victim, _ = self._in_host.popitem(last=False)
+        entry = self._entries[victim]
+        slot, entry.slot = entry.slot, -1
+        if self.disk_dir is not None:
+            if not entry.on_disk:
+                self._write_disk(victim, slot, dropped, keep)
+            else:
+                self._on_disk.move_to_end(victim)
+        else:
+            del self._entries[victim]
+            dropped.append(victim)
+            self.stats["dropped"] += 1
+        return slot
+
+    def _write_disk(self, seq_hash: int, slot: int, dropped: list[int], keep: int) -> None:
+        assert self.disk_dir is not None
+        while len(self._on_disk) >= self.num_disk_blocks:
+            victim, _ = self._on_disk.popitem(last=False)
+            self._path(victim).unlink(missing_ok=True)
+            entry = self._entries[victim]
+            entry.on_disk = False
+            if entry.slot < 0 and victim != keep:
+                del self._entries[victim]
+                dropped.append(victim)
+                self.stats["dropped"] += 1
+        try:
+            self._host[slot].view(torch.uint8).numpy().tofile(self._path(seq_hash))
+        except OSError:
+            # A full or failing disk loses this entry, never the request.
+            del self._entries[seq_hash]
+            dropped.append(seq_hash)
+            self.stats["dropped"] += 1
+            return
+        self._entries[seq_hash].on_disk = True
+        self._on_disk[seq_hash] = None
+        self.stats["to_disk"] += 1
+
+    def _path(self, seq_hash: int) -> Path:
+        assert self.disk_dir is not None
+        return self.disk_dir / f"{seq_hash:016x}.kv"
+
+    # ---- here -> device ----
+
+    def read(self, seq_hashes: Sequence[int]) -> torch.Tensor | None:
+        """The blocks' contents, [n, layers, 2, block_size, kv_heads, head_dim] on the CPU,
+        or None if one of them cannot be read (a disk file gone): the caller recomputes."""
+        out = torch.empty((len(seq_hashes), self.num_layers, 2, *self.block_shape), dtype=self.dtype)
+        for i, seq_hash in enumerate(seq_hashes):
+            entry = self._entries[seq_hash]
+            if entry.slot >= 0:
+                out[i] = self._host[entry.slot]
+                self._in_host.move_to_end(seq_hash)
+                self.stats["loaded_host"] += 1
+                continue
+            try:
+                raw = np.fromfile(self._path(seq_hash), dtype=np.uint8)
+                out[i].view(torch.uint8).view(-1).copy_(torch.from_numpy(raw))
+            except (OSError, RuntimeError):
+                return None
+            self._on_disk.move_to_end(seq_hash)
+            self.stats["loaded_disk"] += 1
+        return out
+
+    def write_device(self, block_ids: Sequence[int], data: torch.Tensor) -> None:
+        """Copy `read`'s result into device blocks."""
+        index = torch.tensor(list(block_ids), dtype=torch.long, device=self.device)
+        moved = data.to(self.device, non_blocking=False)
+        for layer, (k, v) in enumerate(self._kv.layers):
+            k.index_copy_(0, index, moved[:, layer, 0])
+            v.index_copy_(0, index, moved[:, layer, 1])
+
+    # ---- whole cache ----
+
+    def clear(self) -> list[int]:
+        """Forget everything; returns the hashes that were held."""
+        held = list(self._entries)
+        for seq_hash in self._on_disk:
+            self._path(seq_hash).unlink(missing_ok=True)
+        self._entries.clear()
+        self._in_host.clear()
+        self._on_disk.clear()
+        self._free_slots = list(range(self.num_host_blocks - 1, -1, -1))
+        return held
+
+    def close(self) -> None:
+        self.clear()
+        if self.disk_dir is not None:
+            shutil.rmtree(self.disk_dir, ignore_errors=True)

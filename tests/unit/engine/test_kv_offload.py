@@ -1,0 +1,154 @@
+"""KV offload to host memory and disk: evicted cached blocks are copied out, loaded back
+with the same contents on a later prefix hit, and advertised as one set over all tiers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mixroute.engine.kv_cache.block_pool import BlockPool
+from mixroute.engine.kv_cache.kv_cache_manager import KvCacheManager
+from mixroute.engine.kv_cache.kv_tensors import KvTensors
+from mixroute.engine.kv_cache.offload import KvOffload
+from mixroute.engine.sequence import Sequence
+from mixroute.errors import ConfigError
+from mixroute.protocol.hashing import HASH_SEED
+from mixroute.protocol.messages import KvRemoved, SamplingParams
+
+from .conftest import replay
+
+BLOCK = 4
+
+
+def seq(tokens: list[int], rid: str = "s") -> Sequence:
+    return Sequence(request_id=rid, token_ids=list(tokens), num_prompt_tokens=len(tokens),
+                    sampling=SamplingParams(), hash_seed=HASH_SEED)
+
+
+def make(num_blocks: int, host: int, tmp_path=None, disk: int = 0):
+    tensors = KvTensors(2, num_blocks, BLOCK, 2, 3, torch.float32, torch.device("cpu"))
+    pool = BlockPool(num_blocks)
+    pool.offload = KvOffload(
+        tensors, host, disk_dir=None if tmp_path is None else tmp_path / "kv", num_disk_blocks=disk
+    )
+    return tensors, pool, KvCacheManager(pool, BLOCK)
+
+
+def compute(kv: KvCacheManager, tensors: KvTensors, s: Sequence) -> None:
+    """Admit `s` and 'compute' its prompt: each block's K/V is a function of its tokens."""
+    hits = kv.find_cached_prefix(s)
+    assert kv.allocate(s, s.num_tokens - len(hits) * BLOCK, hits) is not None
+    for i, block_id in enumerate(s.block_ids):
+        tokens = s.token_ids[i * BLOCK : (i + 1) * BLOCK]
+        if i >= len(hits):
+            for layer, (k, v) in enumerate(tensors.layers):
+                k[block_id] = expected_block(tokens, layer, 0)
+                v[block_id] = expected_block(tokens, layer, 1)
+    s.num_computed_tokens = s.num_tokens
+    kv.commit(s)
+
+
+def expected_block(tokens: list[int], layer: int, which: int) -> torch.Tensor:
+    value = float(sum(t * (7 + j) for j, t in enumerate(tokens)) + 1000 * layer + 100 * which)
+    return torch.full((BLOCK, 2, 3), value) + torch.arange(BLOCK).view(BLOCK, 1, 1)
+
+
+def assert_contents(tensors: KvTensors, s: Sequence, num_blocks: int) -> None:
+    for i in range(num_blocks):
+        tokens = s.token_ids[i * BLOCK : (i + 1) * BLOCK]
+        for layer, (k, v) in enumerate(tensors.layers):
+            assert torch.equal(k[s.block_ids[i]], expected_block(tokens, layer, 0)), (i, layer)
+            assert torch.equal(v[s.block_ids[i]], expected_block(tokens, layer, 1)), (i, layer)
+
+
+def test_evicted_prefix_comes_back_from_host_memory_with_its_contents() -> None:
+    tensors, pool, kv = make(num_blocks=6, host=8)
+    first = seq(list(range(17)), "a")  # 4 full blocks + 1 partial
+    compute(kv, tensors, first)
+    kv.free(first)
+    other = seq(list(range(100, 121)), "b")  # needs 6 blocks: evicts every cached block of `a`
+    compute(kv, tensors, other)
+    kv.free(other)
+    assert all(pool.lookup(h) is None for h in first.seq_hashes[:4])
+    assert len(pool.offload) >= 4
+    events = pool.drain_events()
+    # Nothing of `a` was ever un-advertised: it went to host memory, not away.
+    removed = {h for e in events if isinstance(e.data, KvRemoved) for h in e.data.block_hashes}
+    assert not removed & set(first.seq_hashes[:4])
+    assert replay(events) == pool.cached_hashes() == replay(pool.dump_events())
+
+    again = seq(list(range(17)) + [5, 6, 7], "c")
+    hits = kv.find_cached_prefix(again)
+    assert len(hits) == 4
+    assert kv.allocate(again, again.num_tokens - 16, hits) is not None
+    assert_contents(tensors, again, 4)
+    assert pool.offload.stats["loaded_host"] == 4
+    kv.free(again)
+    assert pool.num_free == 6
+    assert replay(events + pool.drain_events()) == pool.cached_hashes()
+
+
+def test_full_host_tier_without_disk_drops_the_oldest_and_says_so() -> None:
+    tensors, pool, kv = make(num_blocks=4, host=2)
+    seqs = [seq([1000 * n + i for i in range(8)], f"s{n}") for n in range(4)]  # 2 blocks each
+    events = []
+    for s in seqs:
+        compute(kv, tensors, s)
+        kv.free(s)
+        events += pool.drain_events()
+    # Device holds the last two sequences, host the one before; the first is gone everywhere.
+    assert replay(events) == pool.cached_hashes()
+    gone = {h for e in events if isinstance(e.data, KvRemoved) for h in e.data.block_hashes}
+    assert gone == set(seqs[0].seq_hashes[:2])
+    assert len(pool.offload) == 2 and pool.offload.stats["dropped"] == 2
+    assert len(kv.find_cached_prefix(seq(seqs[0].token_ids + [1]))) == 0
+
+
+def test_disk_tier_round_trip_and_cleanup(tmp_path) -> None:
+    tensors, pool, kv = make(num_blocks=4, host=1, tmp_path=tmp_path, disk=8)
+    seqs = [seq([1000 * n + i for i in range(8)], f"s{n}") for n in range(4)]
+    events = []
+    for s in seqs:
+        compute(kv, tensors, s)
+        kv.free(s)
+        events += pool.drain_events()
+    assert pool.offload.num_disk_used >= 3 and len(list((tmp_path / "kv").iterdir())) >= 3
+    assert not any(isinstance(e.data, KvRemoved) for e in events)  # nothing lost yet
+    again = seq(seqs[0].token_ids + [1], "again")
+    hits = kv.find_cached_prefix(again)
+    assert len(hits) == 2 and pool.offload.stats["loaded_disk"] >= 1
+    assert kv.allocate(again, 1, hits) is not None
+    assert_contents(tensors, again, 2)
+    kv.free(again)
+    assert replay(events + pool.drain_events()) == pool.cached_hashes()
+    pool.offload.close()
+    assert not (tmp_path / "kv").exists()
+
+
+def test_random_workload_keeps_events_and_contents_consistent(tmp_path) -> None:
+    rng = random.Random(3)
+    tensors, pool, kv = make(num_blocks=12, host=6, tmp_path=tmp_path, disk=6)
+    prefixes = [[rng.randrange(50000) for _ in range(12)] for _ in range(6)]
+    events = []
+    for n in range(60):
+        prompt = rng.choice(prefixes)[: rng.choice([4, 8, 12])] + [rng.randrange(50000) for _ in range(rng.randrange(1, 9))]
+        s = seq(prompt, f"r{n}")
+        compute(kv, tensors, s)
+        assert_contents(tensors, s, s.num_tokens // BLOCK)
+        kv.free(s)
+        events += pool.drain_events()
+        assert replay(events) == pool.cached_hashes()
+    assert pool.num_free == 12 and all(b.ref_count == 0 for b in pool.blocks)
+    assert pool.offload.stats["loaded_host"] + pool.offload.stats["loaded_disk"] > 0
+    assert replay(pool.dump_events()) == pool.cached_hashes()
+    assert pool.reset_cache() and pool.cached_hashes() == set() and len(pool.offload) == 0
+
+
+def test_bad_settings_are_clear_errors(tmp_path) -> None:
+    tensors = KvTensors(1, 2, BLOCK, 1, 1, torch.float32, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="at least one host block"):
+        KvOffload(tensors, 0)
+    with pytest.raises(ConfigError, match="num_disk_blocks"):
+        KvOffload(tensors, 1, disk_dir=tmp_path / "d", num_disk_blocks=0)
