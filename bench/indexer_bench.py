@@ -267,7 +267,7 @@ def main() -> int:
             f"Content: {a.num_groups} shared prefixes of {int(BLOCKS_PER_PROMPT * a.shared_ratio)} blocks; every stored "
             f"event is one 250-block prompt (a shared prefix + a unique tail); generating them took {gen_s:.1f} s "
             "(not counted). Match queries: a shared prefix followed by an unseen tail, so the walk goes "
-            f"{int(BLOCKS_PER_PROMPT * a.shared_ratio)} blocks deep and intersects the holders' sets at each step; "
+            f"{int(BLOCKS_PER_PROMPT * a.shared_ratio)} blocks deep and checks the holders' sets at each step (a subset test, a set intersection where holders drop out); "
             f"{a.num_queries} queries. Rates are given per second of this process's CPU time (what the code "
             "costs) and per second of wall time (which on this shared machine also counts time other processes "
             f"held the core); per-query times likewise (thread CPU time and wall time).\n\n{table}\n"

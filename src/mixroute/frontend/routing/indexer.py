@@ -69,25 +69,31 @@ class KvIndexer:
     def find_matches(self, local_hashes: Sequence[int]) -> dict[int, int]:
         """Number of leading blocks of `local_hashes` cached, per worker (workers with 0 omitted).
 
-        Cost is one dict lookup and one C-level set intersection per prompt block,
-        independent of how many blocks are indexed."""
+        Cost is one dict lookup and one C-level subset test per prompt block, independent of
+        how many blocks are indexed. Workers cache prompts whole, so along a chain the
+        holders rarely change: the subset test (no allocation) answers most steps, and a
+        new, smaller set is built only where some holder's run ends. `current` may be a
+        node's own set; it is only read, never changed."""
         scores: dict[int, int] = {}
         node = self._root.children.get(local_hashes[0]) if local_hashes else None
         if node is None:
             return scores
         current = node.workers
         depth = 1
-        for h in local_hashes[1:]:
+        rest = iter(local_hashes)
+        next(rest)
+        for h in rest:
             child = node.children.get(h)
             if child is None:
                 break
-            kept = current & child.workers
-            if len(kept) != len(current):
+            holders = child.workers
+            if not current <= holders:
+                kept = current & holders
                 for w in current - kept:
                     scores[w] = depth
                 if not kept:
                     return scores
-            current = kept
+                current = kept
             node = child
             depth += 1
         for w in current:
