@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
+
 from mixroute.engine.api import KvExport
 from mixroute.engine.config import EngineConfig
 from mixroute.engine.llm_engine import LLMEngine
@@ -28,7 +30,9 @@ from mixroute.protocol.messages import (
     GenerateRequest,
     KvCleared,
     KvEvent,
+    KvExportHeader,
     KvRemoved,
+    KvShareInfo,
     KvStored,
     LoadMetrics,
     StoredBlock,
@@ -56,6 +60,8 @@ class AsyncEngine:
         self.max_model_len: int = engine.max_model_len
         self.eos_token_ids: tuple[int, ...] = engine.eos_token_ids
         self.worker_id: int = config.worker_id
+        self.kv_device = engine.device
+        """Where this engine's KV cache lives (direct KV imports are copied to it)."""
         self._wakeup = threading.Condition()
         self._commands: list[Callable[[], None]] = []
         self._streams: dict[str, _Stream] = {}
@@ -109,6 +115,15 @@ class AsyncEngine:
 
     async def release_kv(self, transfer_id: str) -> None:
         await self._call(lambda: self.engine.release_kv(transfer_id))
+
+    # ---- direct (same-host) KV transfer; see mixroute.engine.kv_transfer ----
+
+    async def share_kv(self, host_id: str) -> KvShareInfo:
+        """On the engine thread: the first CPU share moves the cache into shared memory."""
+        return await self._call(lambda: self.engine.share_kv(host_id))
+
+    async def lend_kv(self, transfer_id: str) -> KvExportHeader:
+        return await self._call(lambda: self.engine.lend_kv(transfer_id))
 
     async def next_kv_events(self) -> list[KvEvent]:
         loop = asyncio.get_running_loop()
@@ -183,6 +198,8 @@ class AsyncEngine:
             pass  # the caller's event loop is closed; nobody is listening
 
     def _run(self) -> None:
+        if self.engine.device.type == "cuda":
+            torch.cuda.set_device(self.engine.device)  # per thread; Triton launches on it
         while True:
             with self._wakeup:
                 if self.engine.last_step_was_idle and not self._commands and not self._closed:
@@ -191,7 +208,7 @@ class AsyncEngine:
                     self._wakeup.wait(timeout=0.05)
                 while not self._commands and not self.engine.has_work and not self._closed:
                     self._wakeup.wait(timeout=self._idle_timeout())
-                    if self.engine.held:
+                    if self.engine.held or self.engine.loans:
                         break
                 commands, self._commands = self._commands, []
             if self._closed:

@@ -18,6 +18,9 @@ class EngineConfig(BaseModel):
     served_model_name: str | None = None
     """Name clients use; defaults to the directory name."""
     device: Literal["cpu", "cuda"] = "cpu"
+    device_index: int = Field(default=0, ge=0)
+    """Which GPU (CUDA ordinal as this process sees it) on cuda; tensor-parallel rank r uses
+    device_index + r. Ignored on cpu."""
     dtype: DType | None = None
     """None: float32 on CPU, bfloat16 on CUDA."""
     block_size: int = Field(default=16, ge=1, le=1024)

@@ -15,6 +15,9 @@ from mixroute.engine.kv_cache.block_pool import BlockPool
 from mixroute.engine.kv_cache.kv_cache_manager import KvCacheManager, cdiv
 from mixroute.engine.kv_cache.kv_holds import KvHolds
 from mixroute.engine.kv_cache.kv_tensors import KvTensors, dtype_name
+from mixroute.engine.kv_transfer.loans import KvLoans
+from mixroute.engine.kv_transfer.peer_kv import DirectKvExport
+from mixroute.engine.kv_transfer.shared_kv import SharedKvTensors
 from mixroute.engine.model.config import ModelConfig
 from mixroute.engine.model.llama import LlamaForCausalLM
 from mixroute.engine.model.loader import load_model
@@ -34,6 +37,8 @@ from mixroute.protocol.messages import (
     FinishReason,
     GenerateFrame,
     GenerateRequest,
+    KvExportHeader,
+    KvShareInfo,
     LoadMetrics,
 )
 
@@ -45,9 +50,17 @@ MAX_DEFAULT_MODEL_LEN = 8192
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.device = torch.device(config.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+        self.device = torch.device(config.device, config.device_index) if config.device == "cuda" else torch.device("cpu")
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+            if config.device_index + config.tensor_parallel_size > torch.cuda.device_count():
+                raise ConfigError(
+                    f"GPUs {config.device_index}..{config.device_index + config.tensor_parallel_size - 1} requested; "
+                    f"torch sees {torch.cuda.device_count()}"
+                )
+            # Kernels that read the thread's current device (Triton) must see ours.
+            torch.cuda.set_device(self.device)
         self.dtype: torch.dtype = getattr(torch, config.dtype or "float32")
         self.model_config = ModelConfig.from_dir(config.model_path)
         mc = self.model_config
@@ -71,7 +84,7 @@ class LLMEngine:
         except BaseException:
             self.close()
             raise
-        self.kv_tensors = KvTensors(
+        self.kv_tensors = SharedKvTensors(
             mc.num_layers, self.num_blocks, self.block_size, self.local_kv_heads, mc.head_dim, self.dtype, self.device
         )
         self.pool = BlockPool(self.num_blocks, enable_caching=config.enable_prefix_caching, worker_id=config.worker_id)
@@ -89,6 +102,7 @@ class LLMEngine:
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.seqs: dict[str, Sequence] = {}
         self.held = KvHolds(self.kv, self.block_size, config.worker_id, config.kv_hold_timeout_s)
+        self.loans = KvLoans(self.kv, config.kv_hold_timeout_s)
         self.last_step_was_idle = False
         """True when the last step could schedule nothing (every block held): the caller backs off."""
         log.info(
@@ -98,10 +112,6 @@ class LLMEngine:
 
     def _load_tensor_parallel(self) -> LlamaForCausalLM:
         """Start the helper ranks and load this process's shard (rank 0)."""
-        if self.device.type == "cuda" and torch.cuda.device_count() < self.tp_size:
-            raise ConfigError(
-                f"tensor_parallel_size {self.tp_size} needs {self.tp_size} GPUs; torch sees {torch.cuda.device_count()}"
-            )
         check_divisible(self.model_config, self.tp_size)
         self.tp_group = TensorParallelGroup(self.config, self.max_model_len + 1)
         try:
@@ -210,7 +220,11 @@ class LLMEngine:
         got = (h.block_size, h.num_layers, h.num_kv_heads, h.head_dim, h.dtype)
         if got != expected:
             raise EngineError(f"imported KV layout {got} does not match this engine's {expected}")
-        if h.num_blocks != cdiv(h.num_tokens, self.block_size) or len(imported.layers) != mc.num_layers:
+        if isinstance(imported, DirectKvExport) and imported.blocks is not None:
+            num_layers, num_blocks = imported.blocks.shape[0], imported.blocks.shape[2]
+        else:
+            num_layers, num_blocks = len(imported.layers), h.num_blocks
+        if h.num_blocks != cdiv(h.num_tokens, self.block_size) or num_blocks != h.num_blocks or num_layers != mc.num_layers:
             raise EngineError("imported KV has the wrong number of blocks or layers")
         if h.first_token_id is None:
             raise EngineError("imported KV carries no first token")
@@ -244,7 +258,10 @@ class LLMEngine:
             imported = seq.imported
             assert imported is not None
             num_blocks = imported.header.num_blocks
-            self.kv_tensors.import_blocks(seq.block_ids[:num_blocks], imported.layers)
+            if isinstance(imported, DirectKvExport) and imported.blocks is not None:
+                self.kv_tensors.import_tensor(seq.block_ids[:num_blocks], imported.blocks)
+            else:
+                self.kv_tensors.import_blocks(seq.block_ids[:num_blocks], imported.layers)
             seq.num_computed_tokens = imported.header.num_tokens
             seq.num_imported_tokens = seq.num_cached_tokens = imported.header.num_tokens
             self.kv.commit(seq)
@@ -291,29 +308,49 @@ class LLMEngine:
     # ---- KV hold / export (disaggregated prefill) ----
 
     def export_kv(self, transfer_id: str) -> KvExport:
-        seq = self.held.take(transfer_id)  # KeyError if unknown or expired
+        """Host-staged export: the blocks as bytes; frees them. Also takes back blocks lent
+        by `lend_kv` (a borrower whose direct copy failed falls back to this)."""
+        seq = self.loans.take(transfer_id) if transfer_id in self.loans else self.held.take(transfer_id)
         try:
-            mc = self.model_config
-            header = self.held.export_header(
-                transfer_id,
-                seq,
-                num_layers=mc.num_layers,
-                num_kv_heads=mc.num_kv_heads,
-                head_dim=mc.head_dim,
-                dtype=dtype_name(self.dtype),
-            )
+            header = self._export_header(transfer_id, seq)
             return KvExport(header=header, layers=self.kv_tensors.export_blocks(seq.block_ids[: header.num_blocks]))
         finally:
             self.kv.free(seq)
 
+    def _export_header(self, transfer_id: str, seq: Sequence) -> KvExportHeader:
+        mc = self.model_config
+        return self.held.export_header(
+            transfer_id, seq, num_layers=mc.num_layers, num_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim,
+            dtype=dtype_name(self.dtype),
+        )
+
+    def share_kv(self, host_id: str) -> KvShareInfo:
+        """The KV cache as a handle a same-host process maps (see `SharedKvTensors.share`)."""
+        if self.tp_size > 1:
+            raise EngineError("KV sharing is not supported with tensor parallelism yet")
+        return self.kv_tensors.share(host_id)
+
+    def lend_kv(self, transfer_id: str) -> KvExportHeader:
+        """Direct export: a header naming the held blocks in the shared cache; they stay
+        referenced until `release_kv`, `export_kv` or the hold timeout. KeyError if not held."""
+        seq = self.held.take(transfer_id)
+        self.loans.lend(transfer_id, seq)
+        header = self._export_header(transfer_id, seq)
+        header.transport = "direct"
+        header.block_ids = list(seq.block_ids[: header.num_blocks])
+        header.share_id = self.kv_tensors.share_id
+        return header
+
     def release_kv(self, transfer_id: str) -> None:
-        self.held.release(transfer_id)
+        if not self.loans.release(transfer_id):
+            self.held.release(transfer_id)
 
     def expire_held(self, now: float | None = None) -> int:
-        return self.held.expire(now)
+        return self.held.expire(now) + self.loans.expire(now)
 
     def next_hold_deadline(self) -> float | None:
-        return self.held.next_deadline()
+        deadlines = [d for d in (self.held.next_deadline(), self.loans.next_deadline()) if d is not None]
+        return min(deadlines, default=None)
 
     # ---- observability ----
 

@@ -197,7 +197,7 @@ def helper_main(rank: int, world_size: int, port: int, config_json: str, rope_le
     """A helper rank: build the shard, then (told the block count) the KV cache, then run every step rank 0 sends."""
     torch.set_num_threads(num_threads)
     config = EngineConfig.model_validate_json(config_json)
-    device = torch.device(config.device, rank) if config.device == "cuda" else torch.device("cpu")
+    device = torch.device(config.device, config.device_index + rank) if config.device == "cuda" else torch.device("cpu")
     dtype: torch.dtype = getattr(torch, config.dtype or "float32")
     try:
         tp = TensorParallel.connect(rank, world_size, port, device)
@@ -230,7 +230,7 @@ class TensorParallelGroup:
 
     def __init__(self, config: EngineConfig, rope_len: int) -> None:
         self.world_size = config.tensor_parallel_size
-        self.device = torch.device(config.device, 0) if config.device == "cuda" else torch.device("cpu")
+        self.device = torch.device(config.device, config.device_index) if config.device == "cuda" else torch.device("cpu")
         self.store = dist.TCPStore("127.0.0.1", 0, self.world_size, is_master=True, wait_for_workers=False,
                                    timeout=timedelta(seconds=STARTUP_TIMEOUT_S))
         ctx = mp.get_context("spawn")

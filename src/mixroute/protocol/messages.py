@@ -14,6 +14,10 @@ WIRE_VERSION = 1
 
 FinishReason = Literal["stop", "length", "abort", "error", "content_filter"]
 WorkerType = Literal["prefill", "decode", "both"]
+KvTransport = Literal["host", "direct"]
+"""How KV blocks move from a prefill to a decode worker: streamed over the request plane
+(`host`), or copied by the decode worker straight out of the prefill's shared KV cache
+(`direct`, same host only)."""
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +46,9 @@ class KvTransferHandle(msgspec.Struct, frozen=True, kw_only=True):
     """Sequence hashes of the full blocks, so the importer can register them in its prefix cache."""
     first_token_id: int | None = None
     """The token sampled by the prefill step (the decode worker emits it first)."""
+    host_id: str = ""
+    """The prefill worker's host (`mixroute.engine.kv_transfer.host.host_id`); a decode worker
+    on the same host may copy the blocks directly instead of streaming them. Empty: unknown."""
 
 
 class GenerateRequest(msgspec.Struct, kw_only=True):
@@ -94,6 +101,65 @@ class KvExportRequest(msgspec.Struct, kw_only=True):
 
     v: int = WIRE_VERSION
     transfer_id: str
+    transport: KvTransport = "host"
+    """`host`: stream the blocks (header + one chunk per layer), then free them. `direct`: answer
+    with a header alone naming the held block ids; the blocks stay lent to the caller (who
+    copies them out of the shared KV cache) until `kv_release` or the hold timeout."""
+
+
+class KvReleaseRequest(msgspec.Struct, kw_only=True):
+    """Decode worker -> prefill worker: done with the blocks lent by a `direct` export."""
+
+    v: int = WIRE_VERSION
+    transfer_id: str
+
+
+class KvShareRequest(msgspec.Struct, kw_only=True):
+    """Decode worker -> prefill worker: share your KV cache with me (same host only)."""
+
+    v: int = WIRE_VERSION
+    host_id: str
+    """The caller's host; the prefill refuses a caller on another host."""
+
+
+class CudaIpcHandle(msgspec.Struct, kw_only=True):
+    """What `torch.multiprocessing.reductions.rebuild_cuda_tensor` needs to map a CUDA
+    allocation of another process (cudaIpcOpenMemHandle), plus the device's UUID so the
+    receiver finds the same GPU whatever its CUDA_VISIBLE_DEVICES numbering."""
+
+    device_uuid: str
+    storage_handle: bytes
+    storage_size_bytes: int
+    storage_offset_bytes: int
+    ref_counter_handle: bytes
+    ref_counter_offset: int
+    event_handle: bytes | None = None
+    event_sync_required: bool = False
+
+
+class ShmHandle(msgspec.Struct, kw_only=True):
+    """A CPU tensor's storage in named shared memory (torch's file_system sharing)."""
+
+    manager_handle: bytes
+    storage_handle: bytes
+    storage_size_bytes: int
+
+
+class KvShareInfo(msgspec.Struct, kw_only=True):
+    """The prefill worker's whole KV cache, one tensor of shape
+    [num_layers, 2 (K, V), num_blocks, block_size, num_kv_heads, head_dim], as a handle that
+    a process on the same host maps without copying."""
+
+    v: int = WIRE_VERSION
+    share_id: str
+    """Changes when the engine behind the address changes (a cached mapping is then stale)."""
+    host_id: str
+    device: str
+    """"cpu" or "cuda"."""
+    shape: list[int]
+    dtype: str
+    cuda: CudaIpcHandle | None = None
+    shm: ShmHandle | None = None
 
 
 # ---- KV events (engine block pool -> event plane -> frontend indexer) ----
@@ -206,6 +272,11 @@ class KvExportHeader(msgspec.Struct, kw_only=True):
     """torch dtype name, e.g. "float32", "bfloat16"."""
     block_hashes: list[int] = []
     first_token_id: int | None = None
+    transport: KvTransport = "host"
+    """`direct`: no layer chunks follow; `block_ids` name the lent blocks in the shared cache."""
+    block_ids: list[int] = []
+    share_id: str = ""
+    """For `direct`: the `KvShareInfo.share_id` the block ids refer to."""
 
 
 class KvLayerChunk(msgspec.Struct, kw_only=True):

@@ -11,17 +11,29 @@ from mixroute.engine.api import Engine
 from mixroute.errors import ConfigError
 
 
+def parse_device(value: str) -> tuple[str, int]:
+    """`cpu`, `cuda` or `cuda:N` -> (device, index)."""
+    kind, _, index = value.partition(":")
+    if kind == "cpu" and not index:
+        return "cpu", 0
+    if kind == "cuda" and (not index or index.isdigit()):
+        return "cuda", int(index or 0)
+    raise ConfigError(f"--device {value!r}: use cpu, cuda or cuda:N")
+
+
 def _torch_engine(args: argparse.Namespace, worker_id: int) -> Engine:
     from pydantic import ValidationError
 
     from mixroute.engine.async_engine import AsyncEngine
     from mixroute.engine.config import EngineConfig
 
+    device, device_index = parse_device(args.device)
     try:
         config = EngineConfig(
             model_path=args.model,
             served_model_name=args.served_model_name,
-            device=args.device,
+            device=device,
+            device_index=device_index,
             dtype=args.dtype,
             block_size=args.block_size,
             num_blocks=args.num_blocks,

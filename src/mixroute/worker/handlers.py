@@ -4,7 +4,9 @@
   `kv_transfer` handle first pulls the prompt's KV from the prefill worker that holds it
   (`kv_export` there), then decodes without computing the prompt. A `prefill_only`
   request's final frame carries a handle naming this worker's address.
-- `kv_export`: a `KvExportRequest` in; a `KvExportHeader` then one `KvLayerChunk` per layer out.
+- `kv_export`: a `KvExportRequest` in; a `KvExportHeader` then one `KvLayerChunk` per layer out
+  (`transport="direct"`: the header alone, naming the lent block ids; see `kv_transfer.py`).
+- `kv_share`, `kv_release`: the direct (same-host) KV path, in `kv_transfer.py`.
 - `kv_dump`: one `KvEventBatch` out (a `cleared` event then `stored` events): what a
   router that missed events needs to rebuild its view of this worker. A threaded engine
   (torch) hands out the dump under its step lock, which a long step holds for seconds, so
@@ -28,6 +30,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from mixroute.engine.api import Engine, KvExport
+from mixroute.engine.kv_transfer.host import host_id as this_host_id
 from mixroute.errors import EngineError, OutOfBlocksError, RequestPlaneError, RequestTooLongError
 from mixroute.logs import kv
 from mixroute.protocol.messages import (
@@ -37,7 +40,6 @@ from mixroute.protocol.messages import (
     GenerateFrame,
     GenerateRequest,
     KvEventBatch,
-    KvExportHeader,
     KvExportRequest,
     KvLayerChunk,
     KvTransferHandle,
@@ -45,10 +47,18 @@ from mixroute.protocol.messages import (
     encode,
 )
 from mixroute.runtime.requests.base import RequestClient
+from mixroute.worker.kv_transfer import (
+    KV_EXPORT_ENDPOINT,
+    KvLender,
+    KvPuller,
+    KvTransferCounters,
+    TransportMode,
+)
 
 log = logging.getLogger(__name__)
 
-KV_EXPORT_ENDPOINT = "kv_export"
+__all__ = ["KV_DUMP_ENDPOINT", "KV_EXPORT_ENDPOINT", "WorkerCounters", "WorkerHandlers"]
+
 KV_DUMP_ENDPOINT = "kv_dump"
 
 
@@ -74,6 +84,7 @@ class WorkerCounters:
         self.cancelled = Counter(
             f"{p}_cancelled_requests", "requests whose caller went away before the end (aborted here)", registry=registry
         )
+        self.kv_transfer = KvTransferCounters(registry)
 
 
 class WorkerHandlers:
@@ -85,6 +96,8 @@ class WorkerHandlers:
         worker_id: int,
         *,
         is_engine_threaded: bool = True,
+        host_id: str | None = None,
+        kv_transport: TransportMode = "auto",
     ) -> None:
         self.engine = engine
         self.is_engine_threaded = is_engine_threaded
@@ -94,10 +107,16 @@ class WorkerHandlers:
         self.worker_id = worker_id
         self.address = ""
         """This worker's request-plane address, put in the KV handles it returns."""
+        self.host_id = this_host_id() if host_id is None else host_id
+        self.kv_puller = KvPuller(engine, client, counters.kv_transfer, host_id=self.host_id, mode=kv_transport)
+        self.kv_lender = KvLender(engine, counters.kv_transfer, host_id=self.host_id, mode=kv_transport)
+        self.kv_share = self.kv_lender.kv_share
+        self.kv_release = self.kv_lender.kv_release
         self._request = decoder(GenerateRequest)
         self._export_request = decoder(KvExportRequest)
-        self._header = decoder(KvExportHeader)
-        self._chunk = decoder(KvLayerChunk)
+        # Only a worker that can lend its blocks names its host: decode workers elsewhere
+        # (or of another engine) then go host-staged without asking.
+        self._handle_host_id = self.host_id if self.kv_lender.can_lend else ""
 
     async def generate(self, payload: bytes) -> AsyncIterator[bytes]:
         request = self._request.decode(payload)
@@ -125,7 +144,8 @@ class WorkerHandlers:
             async for frame in checked:
                 if frame.kv_transfer is not None:
                     frame.kv_transfer = msgspec.structs.replace(
-                        frame.kv_transfer, source_address=self.address, worker_id=self.worker_id
+                        frame.kv_transfer, source_address=self.address, worker_id=self.worker_id,
+                        host_id=self._handle_host_id,
                     )
                 if frame.usage is not None:
                     self._count(frame)
@@ -151,28 +171,17 @@ class WorkerHandlers:
         c.generated_tokens.inc(u.completion_tokens)
 
     async def pull_kv(self, handle: KvTransferHandle) -> KvExport:
-        """Fetch a finished prefill's blocks from the prefill worker that holds them."""
-        stream = self.client.stream(handle.source_address, KV_EXPORT_ENDPOINT, encode(KvExportRequest(transfer_id=handle.transfer_id)))
-        export: KvExport | None = None
-        try:
-            async for payload in stream:
-                if export is None:
-                    export = KvExport(self._header.decode(payload))
-                else:
-                    chunk = self._chunk.decode(payload)
-                    if chunk.layer != len(export.layers):
-                        raise EngineError(f"KV export out of order: layer {chunk.layer}, expected {len(export.layers)}")
-                    export.layers.append(chunk.data)
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-        if export is None or len(export.layers) != export.header.num_layers:
-            got = 0 if export is None else len(export.layers)
-            raise RequestPlaneError(f"incomplete KV export from {handle.source_address}: {got} layers")
+        """Fetch a finished prefill's blocks from the prefill worker that holds them
+        (directly when it shares this host, else host-staged: `kv_transfer.py`)."""
+        export = await self.kv_puller.pull(handle)
         log.debug("kv imported %s", kv(transfer_id=handle.transfer_id, num_tokens=export.header.num_tokens))
         return export
 
     async def kv_export(self, payload: bytes) -> AsyncIterator[bytes]:
         request = self._export_request.decode(payload)
+        if request.transport == "direct":
+            yield await self.kv_lender.lend(request.transfer_id)
+            return
         try:
             export = await self.engine.export_kv(request.transfer_id)
         except KeyError:

@@ -34,6 +34,7 @@ from mixroute.worker.handlers import (
     WorkerCounters,
     WorkerHandlers,
 )
+from mixroute.worker.kv_transfer import KV_RELEASE_ENDPOINT, KV_SHARE_ENDPOINT
 from mixroute.worker.publisher import WorkerPublisher
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,15 @@ class WorkerInstance:
             WorkerCounters(registry),
             self.worker_id,
             is_engine_threaded=self.args.engine in THREADED_ENGINES,
+            kv_transport=getattr(self.args, "kv_transport", "auto"),
         )
         self.server = await runtime.start_request_server(
             {
                 ENDPOINT_GENERATE: handlers.generate,
                 KV_EXPORT_ENDPOINT: handlers.kv_export,
                 KV_DUMP_ENDPOINT: handlers.kv_dump,
+                KV_SHARE_ENDPOINT: handlers.kv_share,
+                KV_RELEASE_ENDPOINT: handlers.kv_release,
             },
             port=port,
         )
@@ -106,7 +110,14 @@ class WorkerInstance:
             worker_type=s.worker_type,
             block_size=engine.block_size,
             http_address=http_address,
-            extra={"model_path": s.model_path, "max_model_len": str(engine.max_model_len), "engine": self.args.engine},
+            extra={
+                "model_path": s.model_path,
+                "max_model_len": str(engine.max_model_len),
+                "engine": self.args.engine,
+                # Same host id + a torch engine on both sides: KV moves directly (kv_transfer.py).
+                "host_id": handlers.host_id,
+                "kv_transport": "direct" if handlers.kv_lender.can_lend else "host",
+            },
         )
         self._key = instance_key(s.namespace, s.component, ENDPOINT_GENERATE, self.worker_id)
         await self.discovery.put(self._key, encode_json(info))

@@ -15,8 +15,9 @@ from mixroute.logs import kv, setup_logging
 from mixroute.protocol.messages import WorkerType
 from mixroute.runtime.loop import run_main
 from mixroute.runtime.options import add_runtime_arguments, open_runtime
-from mixroute.worker.engines import ENGINES
+from mixroute.worker.engines import ENGINES, parse_device
 from mixroute.worker.instance import WorkerInstance, WorkerSettings
+from mixroute.worker.kv_transfer import TRANSPORT_MODES
 
 log = logging.getLogger("mixroute.worker")
 
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--worker-type", choices=["prefill", "decode", "both"], default="both")
     m.add_argument("--is-prefill-worker", action="store_true", help="same as --worker-type prefill")
     m.add_argument("--engine", choices=sorted(ENGINES), default="torch")
-    m.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    m.add_argument("--device", default="cpu", help="cpu, cuda, or cuda:N (GPU N; tensor-parallel rank r uses N+r)")
     m.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     m.add_argument("--block-size", type=int, default=16)
     m.add_argument("--num-blocks", type=int, default=None)
@@ -43,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group("serving")
     r.add_argument("--port", type=int, default=0, help="request-plane port (0: random)")
     r.add_argument("--http-port", type=int, default=None, help="also serve the OpenAI API for this worker")
+    r.add_argument(
+        "--kv-transport", choices=list(TRANSPORT_MODES), default="auto",
+        help="disaggregated KV: auto = copy directly from a same-host prefill worker's cache "
+        "(CUDA IPC / shared memory), else stream it; host = always stream over the request plane",
+    )
     r.add_argument("--log-level", default=None)
     add_runtime_arguments(parser)
     try:
@@ -57,6 +63,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     worker_type: WorkerType = "prefill" if args.is_prefill_worker else args.worker_type
     if args.model is None and args.engine != "mocker":
         raise ConfigError("--model is required: a model directory (try `mixroute model prepare`)")
+    parse_device(args.device)
     if args.tensor_parallel_size < 1:
         raise ConfigError("--tensor-parallel-size must be at least 1")
     if args.tensor_parallel_size > 1 and (args.engine != "torch" or worker_type != "both"):

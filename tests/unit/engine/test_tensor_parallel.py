@@ -106,3 +106,29 @@ def test_tp_size_must_divide_heads(tmp_path: Path) -> None:
     path = build_tiny_model(tmp_path / "odd", "llama", num_heads=3, num_kv_heads=3, hidden_size=48)
     with pytest.raises(ConfigError, match="does not divide"):
         make_engine(path, tensor_parallel_size=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tp2_matches_tp1_greedy_on_two_gpus(tiny_dirs: dict[str, Path], dtype: str) -> None:
+    """NCCL: rank 0 on cuda:0, rank 1 on cuda:1; same greedy tokens as one GPU."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    prompts = make_prompts(6, seed=51, min_len=1, max_len=60)
+    shared = make_prompts(3, seed=52, min_len=5, max_len=20, prefix=prompts[0][:48])
+    overrides = {"device": "cuda", "dtype": dtype, "num_blocks": 64, "max_num_batched_tokens": 48}
+    single = make_engine(tiny_dirs["llama"], **overrides)
+    expected = [run_batch(single, prompts)[0], run_batch(single, shared, tag="s")[0]]
+    del single
+    engine = make_engine(tiny_dirs["llama"], tensor_parallel_size=2, **overrides)
+    procs = list(engine.tp_group.procs)  # type: ignore[union-attr]
+    try:
+        assert engine.kv_tensors.buffer.device == torch.device("cuda", 0)
+        got = [run_batch(engine, prompts)[0], run_batch(engine, shared, tag="s")[0]]
+        assert got == expected
+        assert_clean(engine, set())
+    finally:
+        engine.close()
+    for proc in procs:
+        proc.join(10)
+        assert proc.exitcode == 0
