@@ -237,7 +237,7 @@ def bench_transfer(args: argparse.Namespace) -> str:
     lines += [("Direct path (`PeerKv.copy_blocks`: gather of random block ids on cuda:0 through the CUDA IPC "
               "mapping, one copy to the other GPU, synchronize) vs host-staged without the network "
               "(`export_blocks` to host bytes + `import_blocks`), TinyLlama layout (22 layers, 4 kv heads x 64, "
-              "bf16, 16-token blocks: 180 KiB per block), median of 10 (direct) / 3 (staged):"), "",
+              "bf16, 16-token blocks: 352 KiB per block), median of 10 (direct) / 3 (staged):"), "",
               "| prompt tokens | blocks | MB | direct ms | direct GB/s | staged ms | staged GB/s |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
     return "\n".join(lines)
