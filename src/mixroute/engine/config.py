@@ -47,6 +47,13 @@ class EngineConfig(BaseModel):
     tensor_parallel_size: int = Field(default=1, ge=1)
     """Processes the model is split over (heads and MLP columns); rank 0 is this process,
     the others are spawned helpers (one GPU each on CUDA; gloo on the CPU)."""
+    kv_offload_host_blocks: int = Field(default=0, ge=0)
+    """Host-memory blocks that cached blocks evicted from the device cache are copied to,
+    to be loaded back on a later prefix hit instead of recomputed (0: no offload)."""
+    kv_offload_disk_dir: str | None = None
+    """Directory for a third tier: host entries pushed out are written here (emptied at start)."""
+    kv_offload_disk_blocks: int = Field(default=0, ge=0)
+    """Blocks the disk tier may hold."""
 
     @field_validator("model_path")
     @classmethod
@@ -67,4 +74,8 @@ class EngineConfig(BaseModel):
             self.dtype = "float32" if self.device == "cpu" else "bfloat16"
         if self.max_num_batched_tokens is None:
             self.max_num_batched_tokens = 512 if self.device == "cpu" else 2048
+        if self.kv_offload_disk_dir is not None and (self.kv_offload_host_blocks < 1 or self.kv_offload_disk_blocks < 1):
+            raise ValueError("kv_offload_disk_dir needs kv_offload_host_blocks >= 1 and kv_offload_disk_blocks >= 1")
+        if self.kv_offload_host_blocks and self.tensor_parallel_size > 1:
+            raise ValueError("KV offload is not supported with tensor_parallel_size > 1 yet")
         return self

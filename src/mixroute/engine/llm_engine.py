@@ -15,6 +15,7 @@ from mixroute.engine.kv_cache.block_pool import BlockPool
 from mixroute.engine.kv_cache.kv_cache_manager import KvCacheManager, cdiv
 from mixroute.engine.kv_cache.kv_holds import KvHolds
 from mixroute.engine.kv_cache.kv_tensors import KvTensors, dtype_name
+from mixroute.engine.kv_cache.offload import KvOffload
 from mixroute.engine.kv_transfer.loans import KvLoans
 from mixroute.engine.kv_transfer.peer_kv import DirectKvExport
 from mixroute.engine.kv_transfer.shared_kv import SharedKvTensors
@@ -88,6 +89,11 @@ class LLMEngine:
             mc.num_layers, self.num_blocks, self.block_size, self.local_kv_heads, mc.head_dim, self.dtype, self.device
         )
         self.pool = BlockPool(self.num_blocks, enable_caching=config.enable_prefix_caching, worker_id=config.worker_id)
+        if config.kv_offload_host_blocks:
+            self.pool.offload = KvOffload(
+                self.kv_tensors, config.kv_offload_host_blocks,
+                disk_dir=config.kv_offload_disk_dir, num_disk_blocks=config.kv_offload_disk_blocks,
+            )
         self.kv = KvCacheManager(self.pool, self.block_size)
         self.scheduler = Scheduler(
             self.kv, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens
@@ -121,7 +127,11 @@ class LLMEngine:
             raise
 
     def close(self) -> None:
-        """Stop the tensor-parallel helper processes (no-op without tensor parallelism)."""
+        """Stop the tensor-parallel helper processes; remove the disk offload tier's files."""
+        pool = getattr(self, "pool", None)
+        if pool is not None and pool.offload is not None:
+            pool.offload.close()
+            pool.offload = None
         if self.tp_group is not None:
             self.tp_group.close()
             self.tp_group = None

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Callable
+from typing import Literal
 
 from mixroute.engine.api import Engine
 from mixroute.errors import ConfigError
 
 
-def parse_device(value: str) -> tuple[str, int]:
+def parse_device(value: str) -> tuple[Literal["cpu", "cuda"], int]:
     """`cpu`, `cuda` or `cuda:N` -> (device, index)."""
     kind, _, index = value.partition(":")
     if kind == "cpu" and not index:
@@ -46,6 +47,9 @@ def _torch_engine(args: argparse.Namespace, worker_id: int) -> Engine:
             worker_id=worker_id,
             seed=args.seed,
             tensor_parallel_size=args.tensor_parallel_size,
+            kv_offload_host_blocks=args.kv_offload_host_blocks,
+            kv_offload_disk_dir=args.kv_offload_disk_dir,
+            kv_offload_disk_blocks=args.kv_offload_disk_blocks,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--enforce-eager", action="store_true", help="accepted for compatibility; the engine is eager")
     m.add_argument("--tensor-parallel-size", type=int, default=1)
     m.add_argument("--no-prefix-caching", action="store_true")
+    m.add_argument(
+        "--kv-offload-host-blocks", type=int, default=0,
+        help="host-memory blocks that cached KV blocks evicted from the device are copied to (0: off)",
+    )
+    m.add_argument("--kv-offload-disk-dir", default=None, help="also offload to files here (emptied at start)")
+    m.add_argument("--kv-offload-disk-blocks", type=int, default=0, help="blocks the disk tier may hold")
     m.add_argument("--seed", type=int, default=0)
     r = parser.add_argument_group("serving")
     r.add_argument("--port", type=int, default=0, help="request-plane port (0: random)")

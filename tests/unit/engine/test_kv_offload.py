@@ -152,3 +152,32 @@ def test_bad_settings_are_clear_errors(tmp_path) -> None:
         KvOffload(tensors, 0)
     with pytest.raises(ConfigError, match="num_disk_blocks"):
         KvOffload(tensors, 1, disk_dir=tmp_path / "d", num_disk_blocks=0)
+
+
+@pytest.mark.parametrize("tiers", ["host", "disk"])
+def test_engine_output_is_unchanged_when_the_prefix_comes_back_from_offload(tiers, tiny_dirs, reference, tmp_path) -> None:
+    """A tiny engine whose device cache is too small to keep a shared prefix across filler
+    requests: the prefix is loaded from host memory / disk (not recomputed), and greedy
+    output still equals HF `generate`."""
+    from .conftest import assert_clean, make_engine, make_prompts, run_batch
+
+    offload = {"kv_offload_host_blocks": 64} if tiers == "host" else {
+        "kv_offload_host_blocks": 1, "kv_offload_disk_dir": str(tmp_path / "kv"), "kv_offload_disk_blocks": 64}
+    engine = make_engine(tiny_dirs["llama"], block_size=4, num_blocks=24, **offload)
+    index: set[int] = set()
+    shared = make_prompts(1, seed=41, min_len=40, max_len=40)[0]  # 10 blocks
+    first = make_prompts(1, seed=42, prefix=shared, max_len=8)
+    outputs, _ = run_batch(engine, first, tag="a")
+    assert outputs[0] == reference.greedy("llama", first[0])
+    filler = make_prompts(3, seed=43, min_len=60, max_len=60)  # 45 blocks over 24: evicts everything
+    run_batch(engine, filler, tag="f", max_tokens=1)
+    again = make_prompts(2, seed=44, prefix=shared, max_len=8)
+    outputs, usage = run_batch(engine, again, tag="b")
+    for i, prompt in enumerate(again):
+        assert outputs[i] == reference.greedy("llama", prompt), f"prompt {i} differs"
+    assert all(u.cached_tokens >= 40 for u in usage.values())
+    stats = engine.pool.offload.stats
+    assert stats["loaded_host" if tiers == "host" else "loaded_disk"] >= 10
+    assert_clean(engine, index)
+    engine.close()
+    assert not (tmp_path / "kv").exists()
