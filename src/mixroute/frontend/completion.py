@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from mixroute.errors import (
@@ -87,10 +87,11 @@ async def generate_text(
     started = time.perf_counter()
     last = started
     num_tokens = 0
+    itl = metrics.itl.labels(model)
     frames = backend.generate(entry, request, prompt)
-    next_frame = _with_timeouts(frames, limits, request.request_id)
+    waits = _FrameWaits(frames, limits, request.request_id)
     try:
-        while (frame := await next_frame()) is not None:
+        while (frame := await waits.next()) is not None:
             if frame.error is not None:
                 raise _frame_error(frame, request.request_id)
             if frame.token_ids:
@@ -98,7 +99,7 @@ async def generate_text(
                 if num_tokens == 0:
                     metrics.ttft.labels(model).observe(now - started)
                 else:
-                    metrics.itl.labels(model).observe((now - last) / len(frame.token_ids))
+                    itl.observe((now - last) / len(frame.token_ids))
                 last = now
                 num_tokens += len(frame.token_ids)
             text = detok.add(frame.token_ids)
@@ -123,6 +124,7 @@ async def generate_text(
         log.warning("request failed %s", kv(request_id=request.request_id, error=exc))
         raise UnavailableError(_WORKER_FAILED) from exc
     finally:
+        waits.close()
         await frames.aclose()  # type: ignore[attr-defined]
 
 
@@ -139,30 +141,81 @@ def _finish(metrics: ApiMetrics, model: str, started: float, delta: TextDelta) -
 _WORKER_FAILED = "the worker failed to process the request; try again"
 
 
-def _with_timeouts(frames: AsyncIterator[GenerateFrame], limits: ApiLimits, request_id: str) -> Callable[[], Awaitable[GenerateFrame | None]]:
-    """`anext(frames, None)` under the idle and total timeouts. The timeout wraps only the
-    wait for a frame (never a `yield` to our consumer), and cancelling that wait closes
-    the backend stream, which aborts the request on the worker."""
-    idle = limits.request_idle_timeout_s or None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limits.request_timeout_s if limits.request_timeout_s else None
+class _FrameWaits:
+    """`anext(frames, None)` under the idle and total timeouts (`limits`).
 
-    async def next_frame() -> GenerateFrame | None:
-        if idle is None and deadline is None:
-            return await anext(frames, None)
-        until = min(t for t in (deadline, None if idle is None else loop.time() + idle) if t is not None)
+    One timer per request rather than one per frame: a request streams ~100 frames, and
+    arming and cancelling a timer around each wait was a visible share of the frontend's
+    CPU. The timer fires at the earliest moment a timeout could have passed; if the
+    request is then waiting too long for a frame, it cancels the waiting task (as
+    `asyncio.timeout` does), which closes the backend stream and so aborts the request on
+    the worker; otherwise it re-arms. The timeouts cover only waits for a frame, never a
+    `yield` to our consumer."""
+
+    def __init__(self, frames: AsyncIterator[GenerateFrame], limits: ApiLimits, request_id: str) -> None:
+        self._frames = frames
+        self._limits = limits
+        self._request_id = request_id
+        self._idle = limits.request_idle_timeout_s or None
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + limits.request_timeout_s if limits.request_timeout_s else None
+        self._waiter: asyncio.Task[object] | None = None
+        self._wait_started = 0.0
+        self._expired: str | None = None
+        """Which timeout cancelled the current wait ("idle" or "total")."""
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def next(self) -> GenerateFrame | None:
+        if self._idle is None and self._deadline is None:
+            return await anext(self._frames, None)
+        now = self._loop.time()
+        if self._deadline is not None and now >= self._deadline:
+            raise self._timed_out("total")
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiter, self._wait_started, self._expired = task, now, None
+        cancelling = task.cancelling()
+        if self._timer is None:
+            self._arm()
         try:
-            async with asyncio.timeout_at(until):
-                return await anext(frames, None)
-        except TimeoutError:
-            what = "total" if deadline is not None and until == deadline else "idle"
-            seconds = limits.request_timeout_s if what == "total" else limits.request_idle_timeout_s
-            log.warning("request timed out %s", kv(request_id=request_id, timeout=what, seconds=seconds))
-            raise UnavailableError(
-                f"the worker did not answer in time ({what} timeout of {seconds:g} s); try again", code="timeout"
-            ) from None
+            return await anext(self._frames, None)
+        except asyncio.CancelledError:
+            if self._expired is not None and task.uncancel() <= cancelling:
+                raise self._timed_out(self._expired) from None
+            raise
+        finally:
+            self._waiter = None
 
-    return next_frame
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        ends = [t for t in (self._deadline, None if self._idle is None else self._wait_started + self._idle) if t is not None]
+        self._timer = self._loop.call_at(min(ends), self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        task = self._waiter
+        if task is None:
+            return  # not waiting for a frame now; the next wait arms the timer again
+        now = self._loop.time()
+        # The loop's timers may fire a hair early: allow 1 ms.
+        if self._deadline is not None and now >= self._deadline - 1e-3:
+            self._expired = "total"
+        elif self._idle is not None and now - self._wait_started >= self._idle - 1e-3:
+            self._expired = "idle"
+        else:
+            self._arm()
+            return
+        task.cancel()
+
+    def _timed_out(self, what: str) -> UnavailableError:
+        limits = self._limits
+        seconds = limits.request_timeout_s if what == "total" else limits.request_idle_timeout_s
+        log.warning("request timed out %s", kv(request_id=self._request_id, timeout=what, seconds=seconds))
+        return UnavailableError(f"the worker did not answer in time ({what} timeout of {seconds:g} s); try again", code="timeout")
 
 
 def _frame_error(frame: GenerateFrame, request_id: str) -> ApiError:

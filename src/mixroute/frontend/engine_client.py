@@ -48,17 +48,13 @@ class RoutedBackend:
     def is_ready(self) -> bool:
         return self.registry.ready.is_set()
 
-    async def generate(self, model: ModelEntry, request: GenerateRequest, prompt: PreparedPrompt) -> AsyncIterator[GenerateFrame]:
+    def generate(self, model: ModelEntry, request: GenerateRequest, prompt: PreparedPrompt) -> AsyncIterator[GenerateFrame]:
+        # Hands out the inner generator itself: a wrapping generator would cost every
+        # frame one more hop. Closing it cancels the request as before.
         pool = self.registry.pool(model.name)
         if wants_disagg(pool, len(prompt.token_ids), self.disagg):
-            frames = generate_disaggregated(self, pool, request, prompt)
-        else:
-            frames = self.generate_on(pool, pool.decode, pool.workers, request, prompt)
-        try:
-            async for frame in frames:
-                yield frame
-        finally:
-            await frames.aclose()  # type: ignore[attr-defined]
+            return generate_disaggregated(self, pool, request, prompt)
+        return self.generate_on(pool, pool.decode, pool.workers, request, prompt)
 
     async def generate_on(
         self,
