@@ -6,15 +6,19 @@ last prompt of a 32-request burst waited hundreds of milliseconds for its tokens
 prompts waiting at any moment go to the tokenizer together, in one `encode_batch_fast`
 call, which tokenizes them in parallel across cores without holding the GIL.
 
-One batch runs at a time; prompts that arrive meanwhile form the next one. A lone prompt
-therefore waits for nothing, and batches only grow when requests pile up. A caller that
-goes away (cancelled) is dropped from the batch it waits for.
+One batch runs at a time; prompts that arrive meanwhile form the next one, oldest first,
+at most `max_batch_size` (default: one per CPU) in a batch. A lone prompt therefore waits
+for nothing, and batches only grow when requests pile up. The cap keeps the first prompts
+of a burst from waiting for the whole burst's tokens: a request dispatched early starts its
+prefill early, and a batch larger than the cores gains nothing. A caller that goes away
+(cancelled) is dropped from the batch it waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 
@@ -26,9 +30,10 @@ EncodeBatch = Callable[[list[str]], list[list[int]]]
 class EncodeBatcher:
     """Owned by one event loop (the frontend's); `encode` is its only entry point."""
 
-    def __init__(self, encode_batch: EncodeBatch, executor: Executor | None = None) -> None:
+    def __init__(self, encode_batch: EncodeBatch, executor: Executor | None = None, max_batch_size: int | None = None) -> None:
         self._encode_batch = encode_batch
         self._executor = executor
+        self._max_batch_size = max_batch_size or os.cpu_count() or 1
         self._waiting: list[tuple[str, asyncio.Future[list[int]]]] = []
         self._task: asyncio.Task[None] | None = None
         self.num_batches = 0
@@ -47,7 +52,9 @@ class EncodeBatcher:
         batch: list[tuple[str, asyncio.Future[list[int]]]] = []
         try:
             while self._waiting:
-                batch, self._waiting = [(t, f) for t, f in self._waiting if not f.done()], []
+                waiting = [(t, f) for t, f in self._waiting if not f.done()]
+                cut = self._max_batch_size
+                batch, self._waiting = waiting[:cut], waiting[cut:]
                 if not batch:
                     continue
                 self.num_batches += 1

@@ -44,21 +44,22 @@ async def _until(check) -> None:  # type: ignore[no-untyped-def]
 
 async def test_prompts_arriving_during_a_batch_form_the_next_one(executor) -> None:  # type: ignore[no-untyped-def]
     encode = Recorder()
-    batcher = EncodeBatcher(encode, executor)
+    batcher = EncodeBatcher(encode, executor, max_batch_size=3)
     first = asyncio.ensure_future(batcher.encode("a bb"))
     await _until(lambda: len(encode.batches) == 1)
-    rest = [asyncio.ensure_future(batcher.encode(f"{'x' * n} y")) for n in (1, 2, 3)]
+    rest = [asyncio.ensure_future(batcher.encode(f"{'x' * n} y")) for n in (1, 2, 3, 4)]
     await asyncio.sleep(0.05)
     encode.release.set()
     assert await first == [1, 2]
-    assert await asyncio.gather(*rest) == [[1, 1], [2, 1], [3, 1]]
-    assert encode.batches == [["a bb"], ["x y", "xx y", "xxx y"]]
-    assert (batcher.num_batches, batcher.max_batch_size) == (2, 3)
+    assert await asyncio.gather(*rest) == [[1, 1], [2, 1], [3, 1], [4, 1]]
+    # Oldest first, at most three a batch.
+    assert encode.batches == [["a bb"], ["x y", "xx y", "xxx y"], ["xxxx y"]]
+    assert (batcher.num_batches, batcher.max_batch_size) == (3, 3)
 
 
 async def test_a_failing_prompt_fails_only_its_caller_and_a_gone_caller_is_dropped(executor) -> None:  # type: ignore[no-untyped-def]
     encode = Recorder()
-    batcher = EncodeBatcher(encode, executor)
+    batcher = EncodeBatcher(encode, executor, max_batch_size=8)
     first = asyncio.ensure_future(batcher.encode("warm up"))
     await _until(lambda: len(encode.batches) == 1)
     good = asyncio.ensure_future(batcher.encode("fine text"))
