@@ -67,6 +67,8 @@ class SystemOutcome:
     """The same probe sent straight to one of the system's workers (HTTP-router systems)."""
     route_us: float | None = None
     aiperf: dict[str, float] | None = None
+    load_avg: float | None = None
+    """1-minute load average when the system's main run started."""
     error: str = ""
 
 
@@ -164,6 +166,7 @@ def run_system(
             f"[{time.strftime('%H:%M:%S')}] {label}: {wl.num_requests} requests, c={args.concurrency}",
             flush=True,
         )
+        out.load_avg = os.getloadavg()[0]
         cpu0, client0 = sum(g.cpu_seconds() for g in groups), time.process_time()
         main = asyncio.run(_run(url, wl, Arrival("closed", args.concurrency), label))
         out.server_cpu_ms = (sum(g.cpu_seconds() for g in groups) - cpu0) / wl.num_requests * 1e3
@@ -245,7 +248,10 @@ def write_report(
         (
             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, {time.time() - started:.0f} s in all, "
             f"on {platform.machine()} with {os.cpu_count()} cores shared with other work "
-            f"(load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())})."
+            f"(load average at the start: {', '.join(f'{x:.1f}' for x in args.load_at_start)}; at the end: "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; 1-minute load when each system started: "
+            + ", ".join(f"{o.label} {o.load_avg:.1f}" for o in outcomes if o.load_avg is not None)
+            + ")."
         ),
         "",
         "## Setup",
@@ -440,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         num_workers=args.num_workers, num_blocks=args.num_blocks, speedup_ratio=args.speedup_ratio
     )
     started = time.time()
+    args.load_at_start = os.getloadavg()
     outcomes = []
     labels = [s for s in args.systems.split(",") if s]
     for label in labels:
