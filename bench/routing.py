@@ -13,7 +13,6 @@ client. See bench/README.md for the flags.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -36,7 +35,7 @@ import http_routers
 import ours
 from proc import ProcGroup, free_port, is_installed
 from report import markdown_table, plot_throughput, plot_ttft_cdf
-from runner import Client, RunResult, percentile, run_workload, summarize
+from runner import Client, RunResult, percentile, run_async, run_workload, summarize
 from workloads import Arrival, BenchRequest, ensure_bench_model, workload_a
 
 ROOT = HERE.parent
@@ -168,7 +167,7 @@ def run_system(
         )
         out.load_avg = os.getloadavg()[0]
         cpu0, client0 = sum(g.cpu_seconds() for g in groups), time.process_time()
-        main = asyncio.run(_run(url, wl, Arrival("closed", args.concurrency), label))
+        main = run_async(_run(url, wl, Arrival("closed", args.concurrency), label))
         out.server_cpu_ms = (sum(g.cpu_seconds() for g in groups) - cpu0) / wl.num_requests * 1e3
         out.client_cpu_ms = (time.process_time() - client0) / wl.num_requests * 1e3
         if choice_log is not None:
@@ -189,14 +188,14 @@ def run_system(
         if label in args.sweep_systems:
             for i, c in enumerate(args.sweep):
                 sweep_wl = workload_a(max(c * 4, 128), seed=args.seed + 100 + i)
-                r = asyncio.run(_run(url, sweep_wl, Arrival("closed", c), label))
+                r = run_async(_run(url, sweep_wl, Arrival("closed", c), label))
                 if choice_log is not None:
                     fill_workers_from_log(r, choice_log)
                 r.save(run_dir / f"{label}-sweep-c{c}.jsonl")
                 out.results.append(r)
-        out.overhead_ms = asyncio.run(probe_ttft_ms(url))
+        out.overhead_ms = run_async(probe_ttft_ms(url))
         if direct_url is not None:
-            out.direct_ms = asyncio.run(probe_ttft_ms(direct_url))
+            out.direct_ms = run_async(probe_ttft_ms(direct_url))
         route = [r.route_us for r in main.records if r.route_us is not None]
         out.route_us = percentile(route, 50) if route else None
         if args.aiperf and label in args.aiperf_systems and is_installed("aiperf"):

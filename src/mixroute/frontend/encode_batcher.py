@@ -61,7 +61,7 @@ class EncodeBatcher:
                 self.max_batch_size = max(self.max_batch_size, len(batch))
                 try:
                     results = await loop.run_in_executor(self._executor, self._encode_batch, [t for t, _ in batch])
-                except Exception:  # noqa: BLE001 - one bad prompt must not fail the others: retry one by one
+                except Exception:  # one bad prompt must not fail the others: retry one by one
                     log.debug("batched tokenizing failed; retrying each prompt alone", exc_info=True)
                     results = None
                 if results is None:

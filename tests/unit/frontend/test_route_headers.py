@@ -23,8 +23,8 @@ from mixroute.frontend.routing.note import (
     WORKER_ID_HEADER,
     RouteNote,
 )
-from mixroute.protocol.names import instance_key
 from mixroute.protocol.messages import encode_json
+from mixroute.protocol.names import instance_key
 
 from .test_registry_feed_backend import NS, FakeClient, FakeDiscovery, _eventually, _info
 
