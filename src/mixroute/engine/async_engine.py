@@ -62,6 +62,8 @@ class AsyncEngine:
         self.worker_id: int = config.worker_id
         self.kv_device = engine.device
         """Where this engine's KV cache lives (direct KV imports are copied to it)."""
+        self.supports_direct_kv = engine.tp_size == 1
+        """Direct (same-host) KV transfer needs the whole cache in one process: not with TP."""
         self._wakeup = threading.Condition()
         self._commands: list[Callable[[], None]] = []
         self._streams: dict[str, _Stream] = {}

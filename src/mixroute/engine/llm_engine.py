@@ -27,6 +27,8 @@ from mixroute.engine.parallel import (
     TensorParallelRunner,
     check_divisible,
     load_sharded,
+    merge_kv_shards,
+    split_kv_layers,
 )
 from mixroute.engine.runner import ModelRunner
 from mixroute.engine.sampler import Sampler
@@ -187,8 +189,8 @@ class LLMEngine:
         if params.seed is not None:
             seq.generator = torch.Generator(device="cpu")
             seq.generator.manual_seed(params.seed)
-        if self.tp_size > 1 and (imported is not None or request.prefill_only):
-            raise EngineError("KV export/import (disaggregated prefill) is not supported with tensor parallelism yet")
+        if self.tp_size > 1 and isinstance(imported, DirectKvExport):
+            raise EngineError("direct KV import is not supported with tensor parallelism; use the host-staged export")
         if imported is not None:
             self._validate_import(imported, prompt)
             seq.imported = imported
@@ -268,10 +270,17 @@ class LLMEngine:
             imported = seq.imported
             assert imported is not None
             num_blocks = imported.header.num_blocks
+            block_ids = seq.block_ids[:num_blocks]
             if isinstance(imported, DirectKvExport) and imported.blocks is not None:
-                self.kv_tensors.import_tensor(seq.block_ids[:num_blocks], imported.blocks)
+                self.kv_tensors.import_tensor(block_ids, imported.blocks)
+            elif self.tp_group is not None:
+                mc = self.model_config
+                shards = split_kv_layers(imported.layers, self.tp_size, self.dtype, num_blocks, self.block_size,
+                                         mc.num_kv_heads, mc.head_dim)
+                self.tp_group.import_blocks(block_ids, shards[1:])
+                self.kv_tensors.import_blocks(block_ids, shards[0])
             else:
-                self.kv_tensors.import_blocks(seq.block_ids[:num_blocks], imported.layers)
+                self.kv_tensors.import_blocks(block_ids, imported.layers)
             seq.num_computed_tokens = imported.header.num_tokens
             seq.num_imported_tokens = seq.num_cached_tokens = imported.header.num_tokens
             self.kv.commit(seq)
@@ -323,7 +332,12 @@ class LLMEngine:
         seq = self.loans.take(transfer_id) if transfer_id in self.loans else self.held.take(transfer_id)
         try:
             header = self._export_header(transfer_id, seq)
-            return KvExport(header=header, layers=self.kv_tensors.export_blocks(seq.block_ids[: header.num_blocks]))
+            block_ids = seq.block_ids[: header.num_blocks]
+            layers = self.kv_tensors.export_blocks(block_ids)
+            if self.tp_group is not None:
+                shards = [layers, *self.tp_group.export_blocks(block_ids)]
+                layers = merge_kv_shards(shards, self.dtype, header.num_blocks, self.block_size, header.head_dim)
+            return KvExport(header=header, layers=layers)
         finally:
             self.kv.free(seq)
 
@@ -343,6 +357,8 @@ class LLMEngine:
     def lend_kv(self, transfer_id: str) -> KvExportHeader:
         """Direct export: a header naming the held blocks in the shared cache; they stay
         referenced until `release_kv`, `export_kv` or the hold timeout. KeyError if not held."""
+        if self.tp_size > 1:
+            raise EngineError("direct KV export is not supported with tensor parallelism; use the host-staged export")
         seq = self.held.take(transfer_id)
         self.loans.lend(transfer_id, seq)
         header = self._export_header(transfer_id, seq)

@@ -11,8 +11,14 @@ Each rank's KV cache holds only its kv heads.
 Rank 0 is the engine: it runs the scheduler, builds the step's input tensors and
 attention metadata, sends them to the helper ranks over a pipe (pickled, on the CPU),
 runs its shard of the forward pass, and samples. Helper ranks (`helper_main`, spawned
-processes) loop: receive a step, run the same forward on their shard, repeat until told
-to stop. Collectives use gloo on the CPU and NCCL on CUDA, over a group built from a
+processes) loop: receive a message, act on their shard, repeat until told to stop.
+Messages: `("step", inputs)` runs the forward; `("export", block_ids)` answers with the
+blocks' K/V bytes of the rank's kv heads; `("import", block_ids, layers)` writes them.
+
+KV export/import (disaggregation) uses the full-head layout on the wire whatever the TP
+size: rank 0 gathers every rank's heads (`merge_kv_shards`, heads in rank order) on
+export and splits them again on import (`split_kv_layers`), so a TP=2 prefill feeds a TP=1
+decode worker and the other way round. Collectives use gloo on the CPU and NCCL on CUDA, over a group built from a
 TCPStore on 127.0.0.1 (not the process-global default group, so one process may hold
 several engines).
 """
@@ -142,6 +148,29 @@ def shard_model(model: LlamaForCausalLM, tp: TensorParallel) -> None:
         mlp.down_proj = RowParallelLinear(_columns(mlp.down_proj, ffn, keep_bias=tp.rank == 0), tp)  # type: ignore[assignment]
 
 
+def merge_kv_shards(shards: list[list[bytes]], dtype: torch.dtype, num_blocks: int, block_size: int,
+                    head_dim: int) -> list[bytes]:
+    """Per layer: every rank's `[2, n, block_size, local_heads, head_dim]` joined on the head axis."""
+    out = []
+    for per_rank in zip(*shards, strict=True):
+        parts = [torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).view(2, num_blocks, block_size, -1, head_dim)
+                 for raw in per_rank]
+        out.append(torch.cat(parts, dim=3).contiguous().view(torch.uint8).numpy().tobytes())
+    return out
+
+
+def split_kv_layers(layers: list[bytes], world_size: int, dtype: torch.dtype, num_blocks: int, block_size: int,
+                    num_kv_heads: int, head_dim: int) -> list[list[bytes]]:
+    """The inverse of `merge_kv_shards`: per rank, per layer, that rank's kv heads."""
+    per_rank: list[list[bytes]] = [[] for _ in range(world_size)]
+    for raw in layers:
+        full = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
+        full = full.view(2, num_blocks, block_size, num_kv_heads, head_dim)
+        for rank, part in enumerate(full.chunk(world_size, dim=3)):
+            per_rank[rank].append(part.contiguous().view(torch.uint8).numpy().tobytes())
+    return per_rank
+
+
 def load_sharded(config: EngineConfig, tp: TensorParallel, device: torch.device, dtype: torch.dtype,
                  rope_len: int) -> LlamaForCausalLM:
     model = load_model(config.model_path, device, dtype, fuse=False)
@@ -221,8 +250,14 @@ def helper_main(rank: int, world_size: int, port: int, config_json: str, rope_le
                 return
             if not raw:
                 return  # the stop message
-            input_ids, positions, meta = _move(pickle.loads(raw), device)
-            model(input_ids, positions, meta, kv.layers)
+            message = pickle.loads(raw)
+            if message[0] == "step":
+                input_ids, positions, meta = _move(message[1], device)
+                model(input_ids, positions, meta, kv.layers)
+            elif message[0] == "export":
+                conn.send_bytes(pickle.dumps(kv.export_blocks(message[1])))
+            elif message[0] == "import":
+                kv.import_blocks(message[1], message[2])
 
 
 class TensorParallelGroup:
@@ -266,10 +301,33 @@ class TensorParallelGroup:
             conn.send_bytes(str(num_blocks).encode())
 
     def send_step(self, step: Step) -> None:
-        raw = pickle.dumps(_move(step, torch.device("cpu")) if self.device.type != "cpu" else step)
-        for rank, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True), start=1):
-            if not proc.is_alive():
-                raise EngineError(f"tensor parallel rank {rank} exited (code {proc.exitcode})")
+        cpu_step = _move(step, torch.device("cpu")) if self.device.type != "cpu" else step
+        self._send_all(pickle.dumps(("step", cpu_step)))
+
+    def export_blocks(self, block_ids: list[int]) -> list[list[bytes]]:
+        """Ranks 1..N-1's shards of the blocks, in rank order (one bytes per layer each)."""
+        self._send_all(pickle.dumps(("export", list(block_ids))))
+        shards = []
+        for rank, conn in enumerate(self.conns, start=1):
+            if not conn.poll(STARTUP_TIMEOUT_S):
+                raise EngineError(f"tensor parallel rank {rank} did not answer a KV export")
+            shards.append(pickle.loads(conn.recv_bytes()))
+        return shards
+
+    def import_blocks(self, block_ids: list[int], shards: list[list[bytes]]) -> None:
+        """`shards[r - 1]`: rank r's layers. Ordered before the next step on each pipe."""
+        for rank, (conn, shard) in enumerate(zip(self.conns, shards, strict=True), start=1):
+            self._check_alive(rank)
+            conn.send_bytes(pickle.dumps(("import", list(block_ids), shard)))
+
+    def _check_alive(self, rank: int) -> None:
+        proc = self.procs[rank - 1]
+        if not proc.is_alive():
+            raise EngineError(f"tensor parallel rank {rank} exited (code {proc.exitcode})")
+
+    def _send_all(self, raw: bytes) -> None:
+        for rank, conn in enumerate(self.conns, start=1):
+            self._check_alive(rank)
             conn.send_bytes(raw)
 
     def close(self, timeout: float = 10.0) -> None:

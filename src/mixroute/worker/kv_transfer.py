@@ -67,6 +67,8 @@ class DirectKvEngine(Protocol):
 
     kv_device: Any
     """torch.device of the KV cache."""
+    supports_direct_kv: bool
+    """False for a tensor-parallel engine (its cache is split over processes)."""
 
     async def share_kv(self, host_id: str) -> KvShareInfo: ...
 
@@ -90,6 +92,12 @@ class KvTransferCounters:
         self.lends = Counter(f"{p}_lends", "held KV lent to a same-host decode worker (direct export)", registry=registry)
 
 
+def _direct(engine: object, mode: TransportMode) -> DirectKvEngine | None:
+    if mode == "auto" and isinstance(engine, DirectKvEngine) and engine.supports_direct_kv:
+        return engine
+    return None
+
+
 def _nbytes_staged(export: KvExport) -> int:
     return sum(len(layer) for layer in export.layers)
 
@@ -104,7 +112,7 @@ class KvPuller:
         self.client = client
         self.counters = counters
         self.host_id = host_id
-        self.direct_engine = engine if mode == "auto" and isinstance(engine, DirectKvEngine) else None
+        self.direct_engine = _direct(engine, mode)
         self._peers: dict[str, PeerKv] = {}
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self._unusable: set[str] = set()
@@ -245,7 +253,7 @@ class KvLender:
     """The prefill side: the `kv_share` and `kv_release` endpoints and direct exports."""
 
     def __init__(self, engine: object, counters: KvTransferCounters, *, host_id: str, mode: TransportMode = "auto") -> None:
-        self.engine = engine if mode == "auto" and isinstance(engine, DirectKvEngine) else None
+        self.engine = _direct(engine, mode)
         self.counters = counters
         self.host_id = host_id
         self._share_request = decoder(KvShareRequest)

@@ -72,11 +72,8 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     parse_device(args.device)
     if args.tensor_parallel_size < 1:
         raise ConfigError("--tensor-parallel-size must be at least 1")
-    if args.tensor_parallel_size > 1 and (args.engine != "torch" or worker_type != "both"):
-        raise ConfigError(
-            "--tensor-parallel-size > 1 needs --engine torch and --worker-type both "
-            "(KV export/import is not sharded yet)"
-        )
+    if args.tensor_parallel_size > 1 and args.engine != "torch":
+        raise ConfigError("--tensor-parallel-size > 1 needs --engine torch")
     num_engines = getattr(args, "num_workers", 1) or 1
     if num_engines > 1 and args.engine != "mocker":
         raise ConfigError("--num-workers > 1 needs --engine mocker (one torch engine per process)")

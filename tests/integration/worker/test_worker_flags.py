@@ -34,3 +34,12 @@ def test_kv_transport_choices() -> None:
     assert _args("--kv-transport", "host").kv_transport == "host"
     with pytest.raises(SystemExit):
         _args("--kv-transport", "nvlink")
+
+
+def test_tensor_parallel_prefill_and_decode_workers_are_accepted() -> None:
+    """The Helm chart's multi-node example runs prefill and decode workers with TP=2."""
+    for worker_type in ("prefill", "decode"):
+        settings = settings_from_args(_args("--worker-type", worker_type, "--tensor-parallel-size", "2"))
+        assert settings.worker_type == worker_type
+    with pytest.raises(ConfigError, match="--engine torch"):
+        settings_from_args(_args("--engine", "mocker", "--tensor-parallel-size", "2"))

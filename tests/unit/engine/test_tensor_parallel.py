@@ -17,6 +17,7 @@ from mixroute.engine.async_engine import AsyncEngine
 from mixroute.engine.config import EngineConfig
 from mixroute.engine.llm_engine import LLMEngine
 from mixroute.errors import ConfigError, EngineError
+from mixroute.engine.api import KvExport
 from mixroute.protocol.messages import GenerateRequest, SamplingParams
 from mixroute.testing.tiny_model import build_tiny_model
 
@@ -58,13 +59,50 @@ def test_tp2_matches_tp1_greedy_and_helpers_exit(tiny_dirs: dict[str, Path]) -> 
         for a, b in zip(tp_logits, single_logits, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
         assert_clean(engine, set())
-        with pytest.raises(EngineError, match="tensor parallelism"):
-            engine.add_request(GenerateRequest(request_id="p", token_ids=[5, 6, 7], prefill_only=True))
     finally:
         engine.close()
     for proc in procs:
         proc.join(10)
         assert not proc.is_alive() and proc.exitcode == 0
+
+
+def _prefill_export(engine: LLMEngine, request_id: str, prompt: list[int]) -> KvExport:
+    engine.add_request(GenerateRequest(request_id=request_id, token_ids=prompt, prefill_only=True))
+    while engine.has_work:
+        for _, frame in engine.step():
+            if frame.kv_transfer is not None:
+                return engine.export_kv(frame.kv_transfer.transfer_id)
+    raise AssertionError("no handle")
+
+
+def _decode(engine: LLMEngine, request_id: str, prompt: list[int], imported: KvExport) -> list[int]:
+    engine.add_request(GenerateRequest(request_id=request_id, token_ids=prompt,
+                                       sampling=SamplingParams(max_tokens=10)), imported)
+    tokens: list[int] = []
+    while engine.has_work:
+        for _, frame in engine.step():
+            tokens.extend(frame.token_ids)
+    return tokens
+
+
+def test_tp2_kv_export_import_in_full_head_layout(tiny_dirs: dict[str, Path]) -> None:
+    """Disaggregation with TP: a TP=2 prefill's export (both ranks' heads) imports into a
+    TP=1 engine and the other way round; the tokens equal an aggregated TP=1 run."""
+    prompts = make_prompts(2, seed=33, min_len=20, max_len=50)
+    single = make_engine(tiny_dirs["qwen2"], num_blocks=64)
+    expected = run_batch(single, prompts)[0]
+    engine = make_engine(tiny_dirs["qwen2"], num_blocks=64, tensor_parallel_size=2)
+    try:
+        exported = _prefill_export(engine, "p0", prompts[0])
+        assert exported.header.num_kv_heads == single.model_config.num_kv_heads
+        assert _decode(single, "d0", prompts[0], exported) == expected[0]
+        assert _decode(engine, "d1", prompts[1], _prefill_export(single, "p1", prompts[1])) == expected[1]
+        with pytest.raises(EngineError, match="tensor parallelism"):
+            engine.lend_kv("any")
+        assert_clean(engine, set())
+    finally:
+        engine.close()
+    assert_clean(single, set())
 
 
 def test_tp2_async_engine_qwen2_and_dead_helper(tiny_dirs: dict[str, Path]) -> None:

@@ -28,7 +28,7 @@ def test_prefill_flag_and_components() -> None:
     ("argv", "needle"),
     [
         ((), "--model is required"),
-        (("--model", "/m", "--worker-type", "decode", "--tensor-parallel-size", "2"), "tensor-parallel"),
+        (("--model", "/m", "--engine", "mocker", "--tensor-parallel-size", "2"), "tensor-parallel"),
         (("--model", "/m", "--tensor-parallel-size", "0"), "at least 1"),
         (("--model", "/m", "--num-workers", "3"), "mocker"),
         (("--engine", "mocker", "--num-workers", "3", "--http-port", "9000"), "--http-port"),
