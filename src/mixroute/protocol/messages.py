@@ -20,6 +20,21 @@ KvTransport = Literal["host", "direct"]
 (`direct`, same host only)."""
 
 
+class Versioned(msgspec.Struct, kw_only=True):
+    """Base of every top-level message: `v` is its schema version. A message from a newer
+    major version fails to decode with a msgspec.ValidationError that names both versions
+    (msgspec runs `__post_init__` after decoding), instead of being read as if it were ours."""
+
+    v: int = WIRE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.v > WIRE_VERSION:
+            raise ValueError(
+                f"{type(self).__name__} has wire version {self.v}; this mixroute speaks {WIRE_VERSION}: "
+                "upgrade the older component"
+            )
+
+
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     max_tokens: int = 16
     temperature: float = 0.0
@@ -51,8 +66,7 @@ class KvTransferHandle(msgspec.Struct, frozen=True, kw_only=True):
     on the same host may copy the blocks directly instead of streaming them. Empty: unknown."""
 
 
-class GenerateRequest(msgspec.Struct, kw_only=True):
-    v: int = WIRE_VERSION
+class GenerateRequest(Versioned, kw_only=True):
     request_id: str
     token_ids: list[int]
     sampling: SamplingParams = SamplingParams()
@@ -96,10 +110,9 @@ ERROR_INTERNAL = "internal"
 """The worker failed; nothing about the request was wrong."""
 
 
-class KvExportRequest(msgspec.Struct, kw_only=True):
+class KvExportRequest(Versioned, kw_only=True):
     """Decode worker -> prefill worker: send me the blocks behind this handle (then free them)."""
 
-    v: int = WIRE_VERSION
     transfer_id: str
     transport: KvTransport = "host"
     """`host`: stream the blocks (header + one chunk per layer), then free them. `direct`: answer
@@ -107,17 +120,15 @@ class KvExportRequest(msgspec.Struct, kw_only=True):
     copies them out of the shared KV cache) until `kv_release` or the hold timeout."""
 
 
-class KvReleaseRequest(msgspec.Struct, kw_only=True):
+class KvReleaseRequest(Versioned, kw_only=True):
     """Decode worker -> prefill worker: done with the blocks lent by a `direct` export."""
 
-    v: int = WIRE_VERSION
     transfer_id: str
 
 
-class KvShareRequest(msgspec.Struct, kw_only=True):
+class KvShareRequest(Versioned, kw_only=True):
     """Decode worker -> prefill worker: share your KV cache with me (same host only)."""
 
-    v: int = WIRE_VERSION
     host_id: str
     """The caller's host; the prefill refuses a caller on another host."""
 
@@ -145,12 +156,11 @@ class ShmHandle(msgspec.Struct, kw_only=True):
     storage_size_bytes: int
 
 
-class KvShareInfo(msgspec.Struct, kw_only=True):
+class KvShareInfo(Versioned, kw_only=True):
     """The prefill worker's whole KV cache, one tensor of shape
     [num_layers, 2 (K, V), num_blocks, block_size, num_kv_heads, head_dim], as a handle that
     a process on the same host maps without copying."""
 
-    v: int = WIRE_VERSION
     share_id: str
     """Changes when the engine behind the address changes (a cached mapping is then stale)."""
     host_id: str
@@ -190,8 +200,7 @@ class KvCleared(msgspec.Struct, tag="cleared", kw_only=True):
 KvEventData = KvStored | KvRemoved | KvCleared
 
 
-class KvEvent(msgspec.Struct, kw_only=True):
-    v: int = WIRE_VERSION
+class KvEvent(Versioned, kw_only=True):
     worker_id: int
     event_id: int
     """Monotonic per worker; a gap means the receiver missed events and must ask for a dump."""
@@ -204,8 +213,7 @@ class KvEventBatch(msgspec.Struct, kw_only=True):
     events: list[KvEvent]
 
 
-class LoadMetrics(msgspec.Struct, kw_only=True):
-    v: int = WIRE_VERSION
+class LoadMetrics(Versioned, kw_only=True):
     worker_id: int
     num_active_blocks: int
     num_total_blocks: int
@@ -255,10 +263,9 @@ def decode_json(data: bytes, kind: type):  # type: ignore[no-untyped-def]
 # ---- KV transfer payload (prefill worker -> decode worker, over the request plane) ----
 
 
-class KvExportHeader(msgspec.Struct, kw_only=True):
+class KvExportHeader(Versioned, kw_only=True):
     """First frame of a KV export stream; one `KvLayerChunk` per layer follows."""
 
-    v: int = WIRE_VERSION
     transfer_id: str
     token_ids: list[int]
     """The prompt tokens whose KV is exported (the decode worker checks they match its request)."""

@@ -39,3 +39,15 @@ def test_generate_request_roundtrip_and_validation() -> None:
     assert m.decoder(m.GenerateRequest).decode(m.encode(req)) == req
     with pytest.raises(msgspec.ValidationError):
         m.decoder(m.GenerateRequest).decode(msgspec.msgpack.encode({"request_id": 1}))
+
+
+def test_a_newer_wire_version_is_rejected_with_both_versions_named() -> None:
+    from mixroute.protocol.messages import WIRE_VERSION, KvEventBatch, LoadMetrics, decoder
+
+    fields = {"worker_id": 1, "num_active_blocks": 0, "num_total_blocks": 8, "num_running": 0, "num_waiting": 0}
+    assert decoder(LoadMetrics).decode(msgspec.msgpack.encode({"v": WIRE_VERSION, **fields})).worker_id == 1
+    with pytest.raises(msgspec.ValidationError, match=f"wire version {WIRE_VERSION + 1}; this mixroute speaks {WIRE_VERSION}"):
+        decoder(LoadMetrics).decode(msgspec.msgpack.encode({"v": WIRE_VERSION + 1, **fields}))
+    event = {"v": WIRE_VERSION + 1, "worker_id": 1, "event_id": 0, "data": {"type": "cleared"}}
+    with pytest.raises(msgspec.ValidationError, match=r"KvEvent has wire version .* at `\$.events\[0\]`"):
+        decoder(KvEventBatch).decode(msgspec.msgpack.encode({"worker_id": 1, "events": [event]}))
