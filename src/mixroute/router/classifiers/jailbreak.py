@@ -7,15 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead
+from mixroute.router.classifiers.featurizer import Featurizer
+from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead, featurize
 
 
 class JailbreakClassifier:
     """`predict(texts, embeddings) -> [probability]`; `threshold` comes with the artifact
     (chosen on the validation splits for a false-positive rate under 2%)."""
 
-    def __init__(self, artifact: Path = ARTIFACTS_DIR / "jailbreak") -> None:
+    def __init__(
+        self, artifact: Path = ARTIFACTS_DIR / "jailbreak", featurizer: Featurizer | None = None
+    ) -> None:
         self.artifact = artifact
+        self.featurizer = featurizer or Featurizer()
         self._head: LinearHead | None = None
         self._lock = threading.Lock()
 
@@ -32,7 +36,7 @@ class JailbreakClassifier:
     def predict(self, texts: list[str], embeddings: np.ndarray) -> list[float]:
         if not texts:
             return []
-        proba = self.load().probabilities(texts, embeddings)
+        proba = self.load().probabilities(featurize(self.featurizer, texts), embeddings)
         return [float(p) for p in proba[:, 0]]
 
     def is_jailbreak(self, texts: list[str], embeddings: np.ndarray) -> list[bool]:

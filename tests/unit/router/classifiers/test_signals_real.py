@@ -34,9 +34,11 @@ def signals() -> classifiers.Signals:
 def test_embedder_contract(signals: classifiers.Signals) -> None:
     texts = ["What is the derivative of x^2?", "Bonjour", "a" * 5000]
     emb = signals.embedder.encode(texts)
-    assert emb.shape == (3, 384) and emb.dtype == np.float32
+    dim = signals.embedder.dim
+    assert dim == classifiers.EMBEDDING_DIM
+    assert emb.shape == (3, dim) and emb.dtype == np.float32
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    assert signals.embedder.encode([]).shape == (0, 384)
+    assert signals.embedder.encode([]).shape == (0, dim)
     with pytest.raises(TypeError):
         signals.embedder.encode("not a list")  # type: ignore[arg-type]
 
