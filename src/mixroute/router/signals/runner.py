@@ -1,15 +1,19 @@
-"""Runs the signals of one request concurrently, off the event loop.
+"""Runs the signals of one request off the event loop, in one hand-off to a worker thread.
 
-Two pieces of work go to the thread pool at once: PII detection over every message
-(history included), and one embedding batch (the last user turn first, then earlier
-user turns) whose vectors feed the category head, the jailbreak head and the semantic
-cache — the text is embedded once. Keyword rules are regexes and run inline.
+The worker runs PII detection over every message (history included) and then one
+embedding batch (the last user turn first, then earlier user turns) whose vectors feed
+the category head, the jailbreak head and the semantic cache — the text is embedded
+once. The two run one after the other rather than on two threads: both are mostly
+Python/numpy work holding the GIL, so on a small host two threads only add hand-offs
+and contention. Keyword rules are regexes and run inline. PII is looked for only among
+the types some model's policy forbids (`pii_scope.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -20,6 +24,7 @@ from mixroute.router.request import ChatRequest
 from mixroute.router.signals.keywords import match_rules
 from mixroute.router.signals.memo import LruMemo
 from mixroute.router.signals.models import SignalModels
+from mixroute.router.signals.pii_scope import actionable_pii_types
 
 # Earlier user turns screened for jailbreaks besides the last one (bounds the embedding cost).
 MAX_JAILBREAK_HISTORY = 3
@@ -39,41 +44,60 @@ class SignalResults:
     latency_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Work:
+    """What one request asks of the worker thread."""
+
+    pii_texts: list[str]
+    pii_types: frozenset[str] | None
+    pii_threshold: float
+    embed_texts: list[str]
+    with_jailbreak: bool
+
+
 class SignalRunner:
-    def __init__(self, models: SignalModels, num_threads: int = 4) -> None:
+    def __init__(self, models: SignalModels, num_threads: int = 2) -> None:
         self.models = models
         self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="router-signals")
-        self._pii_memo: LruMemo[str, list[tuple[str, float]]] = LruMemo()
+        # Keyed by (types looked for, text): a reload that changes the policies changes the key.
+        self._pii_memo: LruMemo[tuple[frozenset[str] | None, str], list[tuple[str, float]]] = LruMemo()
         self._jailbreak_memo: LruMemo[str, float] = LruMemo()
+        self._known_pii: Collection[str] | None = getattr(models.pii, "entities", None)
+        self._scope_of: tuple[RouterConfig | None, frozenset[str] | None] = (None, None)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def pii_types(self, config: RouterConfig) -> frozenset[str] | None:
+        """The PII types to look for under `config`; None: all the detector knows (it does
+        not say which those are, e.g. a test fake)."""
+        if self._known_pii is None:
+            return None
+        last_config, types = self._scope_of
+        if config is not last_config:
+            types = actionable_pii_types(config, self._known_pii)
+            self._scope_of = (config, types)
+        return types
+
     async def run(self, request: ChatRequest, config: RouterConfig) -> SignalResults:
-        loop = asyncio.get_running_loop()
         query = request.last_user_text()
-        history = request.texts("user")[:-1][-MAX_JAILBREAK_HISTORY:] if query else []
-        pii_future = None
-        if config.pii.enabled:
-            pii_future = loop.run_in_executor(self._pool, self._detect_pii, request.texts(), config.pii.threshold)
-        embed_future = None
-        needs_embedding = bool(config.categories) or config.jailbreak.enabled or config.cache.enabled
-        if query and needs_embedding:
-            embed_future = loop.run_in_executor(
-                self._pool, self._embed_and_classify, [query, *history], config.jailbreak.enabled
-            )
         results = SignalResults(
             embedding=None, keyword_rules=match_rules(config.keyword_rules, query),
             jailbreak_threshold=self.jailbreak_threshold(config),
         )
-        if embed_future is not None:
-            embedding, category, jailbreak, embed_ms = await embed_future
-            results.embedding = embedding
-            results.category, results.category_confidence = category
-            results.jailbreak_probability = jailbreak
-            results.latency_ms["embed_classify"] = embed_ms
-        if pii_future is not None:
-            results.pii_types, results.latency_ms["pii"] = await pii_future
+        pii_types = self.pii_types(config) if config.pii.enabled else frozenset()
+        needs_embedding = bool(config.categories) or config.jailbreak.enabled or config.cache.enabled
+        history = request.texts("user")[:-1][-MAX_JAILBREAK_HISTORY:] if query else []
+        work = _Work(
+            pii_texts=request.texts() if pii_types is None or pii_types else [],
+            pii_types=pii_types,
+            pii_threshold=config.pii.threshold,
+            embed_texts=[query, *history] if query and needs_embedding else [],
+            with_jailbreak=config.jailbreak.enabled,
+        )
+        if not work.pii_texts and not work.embed_texts:
+            return results
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, work, results)
         return results
 
     def jailbreak_threshold(self, config: RouterConfig) -> float:
@@ -81,34 +105,43 @@ class SignalRunner:
             return config.jailbreak.threshold
         return float(self.models.jailbreak.threshold)
 
-    def _detect_pii(self, texts: list[str], threshold: float) -> tuple[list[str], float]:
-        start = time.perf_counter()
+    def _compute(self, work: _Work, results: SignalResults) -> None:
+        """Runs on the worker thread; fills `results` (the event loop does not touch it meanwhile)."""
+        if work.pii_texts:
+            start = time.perf_counter()
+            results.pii_types = self._detect_pii(work.pii_texts, work.pii_types, work.pii_threshold)
+            results.latency_ms["pii"] = (time.perf_counter() - start) * 1e3
+        if work.embed_texts:
+            start = time.perf_counter()
+            self._embed_and_classify(work.embed_texts, work.with_jailbreak, results)
+            results.latency_ms["embed_classify"] = (time.perf_counter() - start) * 1e3
+
+    def _detect_pii(self, texts: list[str], pii_types: frozenset[str] | None, threshold: float) -> list[str]:
         types: set[str] = set()
         for text in texts:
-            found = self._pii_memo.get(text)
+            found = self._pii_memo.get((pii_types, text))
             if found is None:
-                found = [(e.entity_type, float(e.score)) for e in self.models.pii.detect(text)]
-                self._pii_memo.put(text, found)
+                entities = self.models.pii.detect(text) if pii_types is None else self.models.pii.detect(
+                    text, pii_types
+                )
+                found = [(e.entity_type, float(e.score)) for e in entities]
+                self._pii_memo.put((pii_types, text), found)
             types.update(t for t, score in found if score >= threshold)
-        return sorted(types), (time.perf_counter() - start) * 1e3
+        return sorted(types)
 
-    def _embed_and_classify(
-        self, texts: list[str], with_jailbreak: bool
-    ) -> tuple[np.ndarray, tuple[str, float], float, float]:
-        start = time.perf_counter()
+    def _embed_and_classify(self, texts: list[str], with_jailbreak: bool, results: SignalResults) -> None:
         # Earlier turns already scored (they were the query of an earlier request) are not re-embedded.
         known = [self._jailbreak_memo.get(t) for t in texts[1:]] if with_jailbreak else []
         fresh = [texts[0], *(t for t, p in zip(texts[1:], known) if p is None)]
         vectors = np.asarray(self.models.embedder.encode(fresh), dtype=np.float32)
         category, confidence = self.models.category.predict(fresh[:1], vectors[:1])[0]
-        jailbreak = 0.0
+        results.embedding = vectors[0]
+        results.category, results.category_confidence = category, float(confidence)
         if with_jailbreak:
             scores = [float(s) for s in self.models.jailbreak.predict(fresh, vectors)]
             for text, score in zip(fresh, scores):
                 self._jailbreak_memo.put(text, score)
-            jailbreak = max([*scores, *(p for p in known if p is not None)])
-        elapsed = (time.perf_counter() - start) * 1e3
-        return vectors[0], (category, float(confidence)), jailbreak, elapsed
+            results.jailbreak_probability = max([*scores, *(p for p in known if p is not None)])
 
     # Single-text classification for the /api/v1/classify/* endpoints.
 

