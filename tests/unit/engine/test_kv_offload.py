@@ -181,3 +181,32 @@ def test_engine_output_is_unchanged_when_the_prefix_comes_back_from_offload(tier
     assert_clean(engine, index)
     engine.close()
     assert not (tmp_path / "kv").exists()
+
+
+@pytest.mark.gpu
+def test_gpu_offload_round_trip_matches_a_device_hit(tiny_dirs, tmp_path) -> None:
+    """On CUDA (pinned host slots, host<->device copies): a prefix loaded back from host
+    memory or disk gives the same greedy tokens as the same prefix kept on the device."""
+    from .conftest import make_engine, make_prompts, run_batch
+
+    shared = make_prompts(1, seed=51, min_len=64, max_len=64)[0]
+    first = make_prompts(1, seed=52, prefix=shared, max_len=8)
+    filler = make_prompts(4, seed=53, min_len=60, max_len=60)
+    again = make_prompts(3, seed=54, prefix=shared, max_len=8)
+    results = {}
+    for name, extra in {
+        "device": {"num_blocks": 512},
+        "host": {"num_blocks": 40, "kv_offload_host_blocks": 128},
+        "disk": {"num_blocks": 40, "kv_offload_host_blocks": 1, "kv_offload_disk_dir": str(tmp_path / "kv"),
+                 "kv_offload_disk_blocks": 128},
+    }.items():
+        engine = make_engine(tiny_dirs["llama"], device="cuda", dtype="bfloat16", block_size=4, **extra)
+        run_batch(engine, first, tag="a")
+        run_batch(engine, filler, tag="f", max_tokens=1)
+        outputs, usage = run_batch(engine, again, tag="b")
+        assert all(u.cached_tokens >= 64 for u in usage.values()), name
+        if engine.pool.offload is not None:
+            assert engine.pool.offload.stats["loaded_host"] + engine.pool.offload.stats["loaded_disk"] >= 16
+        results[name] = outputs
+        engine.close()
+    assert results["host"] == results["device"] and results["disk"] == results["device"]

@@ -148,9 +148,12 @@ class KvOffload:
             return
         index = torch.tensor([b for b, _ in pending.values()], dtype=torch.long, device=self.device)
         slots = torch.tensor([s for _, s in pending.values()], dtype=torch.long)
-        for layer, (k, v) in enumerate(self._kv.layers):
-            self._host[slots, layer, 0] = k.index_select(0, index).cpu()
-            self._host[slots, layer, 1] = v.index_select(0, index).cpu()
+        # Gathered on the device into the host layout, then one device-to-host copy.
+        gathered = torch.stack(
+            [torch.stack((k.index_select(0, index), v.index_select(0, index)), dim=1) for k, v in self._kv.layers],
+            dim=1,
+        )
+        self._host.index_copy_(0, slots, gathered.cpu())
         self.stats["saved"] += len(pending)
         pending.clear()
 
@@ -203,13 +206,17 @@ class KvOffload:
     def read(self, seq_hashes: Sequence[int]) -> torch.Tensor | None:
         """The blocks' contents, [n, layers, 2, block_size, kv_heads, head_dim] on the CPU,
         or None if one of them cannot be read (a disk file gone): the caller recomputes."""
-        out = torch.empty((len(seq_hashes), self.num_layers, 2, *self.block_shape), dtype=self.dtype)
+        out = torch.empty(
+            (len(seq_hashes), self.num_layers, 2, *self.block_shape), dtype=self.dtype,
+            pin_memory=self.device.type == "cuda",
+        )
+        rows, slots = [], []
         for i, seq_hash in enumerate(seq_hashes):
             entry = self._entries[seq_hash]
             if entry.slot >= 0:
-                out[i] = self._host[entry.slot]
+                rows.append(i)
+                slots.append(entry.slot)
                 self._in_host.move_to_end(seq_hash)
-                self.stats["loaded_host"] += 1
                 continue
             try:
                 raw = np.fromfile(self._path(seq_hash), dtype=np.uint8)
@@ -218,12 +225,18 @@ class KvOffload:
                 return None
             self._on_disk.move_to_end(seq_hash)
             self.stats["loaded_disk"] += 1
+        if len(rows) == len(seq_hashes):
+            torch.index_select(self._host, 0, torch.tensor(slots), out=out)  # one gather, straight into `out`
+            self.stats["loaded_host"] += len(rows)
+        elif rows:
+            out.index_copy_(0, torch.tensor(rows), self._host.index_select(0, torch.tensor(slots)))
+            self.stats["loaded_host"] += len(rows)
         return out
 
     def write_device(self, block_ids: Sequence[int], data: torch.Tensor) -> None:
         """Copy `read`'s result into device blocks."""
         index = torch.tensor(list(block_ids), dtype=torch.long, device=self.device)
-        moved = data.to(self.device, non_blocking=False)
+        moved = data.to(self.device, non_blocking=data.is_pinned())
         for layer, (k, v) in enumerate(self._kv.layers):
             k.index_copy_(0, index, moved[:, layer, 0])
             v.index_copy_(0, index, moved[:, layer, 1])
