@@ -153,8 +153,9 @@ class RouterCore:
         route_headers = entry.headers
         category, model = route_headers["x-vsr-selected-category"], route_headers["x-vsr-selected-model"]
         self.metrics.decisions.labels("cache_hit", category, model).inc()
-        ms = f"{(time.perf_counter() - start) * 1e3:.1f}"
-        log.info("route %s", kv(decision="cache_hit", tier="exact", category=category, model=model, ms=ms))
+        if log.isEnabledFor(logging.INFO):
+            ms = f"{(time.perf_counter() - start) * 1e3:.1f}"
+            log.info("route %s", kv(decision="cache_hit", tier="exact", category=category, model=model, ms=ms))
         body, media_type = responses.completion(
             entry.answer.content, entry.answer.model, entry.answer.finish_reason, request.is_stream
         )
@@ -186,6 +187,8 @@ class RouterCore:
         forward: Forward | None = None, similarity: float | None = None,
     ) -> None:
         self.metrics.decisions.labels(decision, category or "none", model).inc()
+        if not log.isEnabledFor(logging.INFO):
+            return
         # PII types only, never the matched text.
         fields: dict[str, object] = {
             "decision": decision, "category": category or "none",

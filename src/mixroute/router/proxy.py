@@ -1,5 +1,9 @@
 """Standalone proxy front door: relays a forwarded request to its upstream over httpx.
 
+The relay talks to an httpx transport (connection pool) directly rather than through
+`httpx.AsyncClient`: the client's auth, redirect, cookie and URL-merging layers do nothing
+for a proxy and cost about a tenth of the router's own CPU per request.
+
 Streams are relayed chunk by chunk as they arrive (no buffering); a stream recorder
 assembles the answer on the side for the semantic cache. Upstream failures become an
 OpenAI-shaped 503. A client disconnect closes the upstream response, which cancels the
@@ -48,9 +52,9 @@ def _unavailable(endpoint: str, model: str, exc: Exception) -> Response:
 
 
 class Proxy:
-    def __init__(self, core: RouterCore, client: httpx.AsyncClient) -> None:
+    def __init__(self, core: RouterCore, transport: httpx.AsyncBaseTransport) -> None:
         self.core = core
-        self.client = client
+        self.transport = transport
 
     async def chat_completions(self, raw: bytes, client_headers: Mapping[str, str]) -> Response:
         lowered = {k.lower(): v for k, v in client_headers.items()}
@@ -62,12 +66,14 @@ class Proxy:
     async def _forward(self, upstream: Upstream, client_headers: Mapping[str, str]) -> Response:
         route = upstream.forward.route
         url = f"{upstream.forward.endpoint}/v1/chat/completions"
-        request = self.client.build_request(
+        timeout = self.core.config.upstream_timeout_s
+        request = httpx.Request(
             "POST", url, content=upstream.body, headers=_upstream_headers(client_headers),
-            timeout=httpx.Timeout(self.core.config.upstream_timeout_s, connect=5.0),
+            extensions={"timeout": {"connect": 5.0, "read": timeout, "write": timeout, "pool": timeout}},
         )
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self.transport.handle_async_request(request)
+            response.request = request
         except httpx.HTTPError as exc:
             self.core.metrics.upstream_errors.inc()
             log.warning("upstream unavailable %s", kv(endpoint=upstream.forward.endpoint, model=route.model,

@@ -46,8 +46,10 @@ class RouterServer:
     def __init__(self, core: RouterCore, options: ServerOptions) -> None:
         self.core = core
         self.options = options
-        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
-        self.app = build_app(core, Proxy(core, self.client))
+        self.transport = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64)
+        )
+        self.app = build_app(core, Proxy(core, self.transport))
         self.port: int | None = None
         self.extproc_port: int | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -89,7 +91,7 @@ class RouterServer:
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.client.aclose()
+        await self.transport.aclose()
         self.core.runner.close()
         if self.core.cache is not None:
             self.core.cache.close()

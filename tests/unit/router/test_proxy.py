@@ -49,7 +49,7 @@ def upstream():
 @pytest.fixture
 async def client(upstream):
     core = build_core(ConfigSource(None, parse_config(CONFIG_YAML)), fake_models())
-    proxy = Proxy(core, httpx.AsyncClient(transport=httpx.MockTransport(upstream)))
+    proxy = Proxy(core, httpx.MockTransport(upstream))
     app = build_app(core, proxy)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
         yield c
