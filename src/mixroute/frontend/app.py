@@ -8,6 +8,8 @@ explicitly, and skipping FastAPI's dependency machinery keeps added latency down
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import logging
 import time
 import uuid
@@ -171,7 +173,18 @@ class OpenAiApi:
         ]
 
 
+def preload_lazy_imports() -> None:
+    """Import now what the first request would otherwise import: anyio's asyncio backend
+    (Starlette's StreamingResponse loads it on first use) and tokenizers' decoders
+    (incremental detokenizing). Measured on the first streamed completion: ~35 ms of CPU
+    more than the next ones, holding the GIL while a burst of first requests waits."""
+    for name in ("anyio._backends._asyncio", "anyio.lowlevel", "anyio.streams.memory", "tokenizers.decoders"):
+        with contextlib.suppress(ImportError):  # a warm-up only; the request path imports what it needs
+            importlib.import_module(name)
+
+
 def create_app(backend: Backend, metrics: ApiMetrics, *, lifespan: Any = None, limits: ApiLimits | None = None) -> Starlette:
+    preload_lazy_imports()
     limits = limits if limits is not None else ApiLimits()
     api = OpenAiApi(backend, metrics, limits)
 

@@ -110,7 +110,9 @@ class ModelTokenizer:
         if (directory / "chat_template.jinja").is_file():
             template = (directory / "chat_template.jinja").read_text()
         special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-        return cls(Tokenizer.from_file(str(directory / "tokenizer.json")), path, chat_template=template, special=special)
+        tokenizer = cls(Tokenizer.from_file(str(directory / "tokenizer.json")), path, chat_template=template, special=special)
+        tokenizer.encode_batch_sync(["warm up the tokenizer's thread pool before the first request"])
+        return tokenizer
 
     @classmethod
     async def load(cls, path: str, executor: Executor | None = None) -> ModelTokenizer:
