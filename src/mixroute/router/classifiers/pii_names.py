@@ -119,8 +119,7 @@ def _sentence_start(doc: Any, i: int) -> bool:
     return _line_start(doc, i) or doc[i - 1].text in {".", "!", "?", ":", '"', "“", "(", "-", "–"}
 
 
-def _is_cued(doc: Any, i: int) -> bool:
-    text = doc.text
+def _is_cued(doc: Any, i: int, text: str) -> bool:
     # "Ms." is one token; "ms." (lower case) is "ms" + "."
     j = i - 2 if i > 1 and doc[i - 1].text == "." else i - 1
     previous = fold(doc[j].text.rstrip(".")) if j >= 0 else ""
@@ -177,11 +176,15 @@ def find_names(
     `other_entities` are (start_char, end_char, label) NER gave another label; see
     `_label_holds` for when a listed name overrides it (then with a score above NER's)."""
     out: list[tuple[int, int, float]] = []
+    text = doc.text  # built from the tokens on every access: once
     labels: dict[int, tuple[str | None, str]] = {}
-    for start, end, other in other_entities:
-        for t in doc:
-            if start <= t.idx < end:
-                labels[t.i] = (other, doc.text[start:end])
+    if other_entities:
+        first_token = {t.idx: t.i for t in doc}
+        for start, end, other in other_entities:
+            k = first_token.get(start)  # NER spans start on a token
+            while k is not None and k < len(doc) and doc[k].idx < end:
+                labels[k] = (other, text[start:end])
+                k += 1
     i = 0
     while i < len(doc):
         token = doc[i]
@@ -190,7 +193,7 @@ def find_names(
             continue
         end = _name_end(doc, i)
         label, entity_text = labels.get(i, (None, ""))
-        if _is_cued(doc, i):
+        if _is_cued(doc, i, text):
             score = SCORE_CUED
         elif _is_name_line(doc, i, end) and label in (None, "LOCATION", "ORGANIZATION"):
             score = SCORE_LISTED

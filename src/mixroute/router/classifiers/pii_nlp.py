@@ -11,9 +11,10 @@ most of the router's budget at 500 tokens. So this engine:
 - gives lower-cased token texts as "lemmas" (Presidio matches context words as
   substrings, so "phones" still finds "phone");
 - runs NER only when the caller asks for an NER type, and then only on windows of
-  tokens around name-like tokens (capitalised, not a stop word); text without any is not
-  run through NER at all. spaCy's NER looks a few tokens to each side, so a window of
-  `window` tokens each way gives it the same context it has in the whole text.
+  `window` tokens each way around name-like tokens (capitalised, not a stop word, not an
+  acronym, not a lone sentence opener), at most `ner_budget` tokens of windows per
+  text; text without any is not run through NER at all. spaCy's tok2vec looks four tokens
+  to each side, so a short window keeps most of the context NER has in the whole text.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ UNMAPPED_SPACY_LABELS = (
 # Presidio types that only spaCy's NER produces (the rest are patterns and checksums).
 NER_TYPES = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION", "DATE_TIME"})
 
-DEFAULT_WINDOW = 8
+DEFAULT_WINDOW = 3
+# spaCy's NER costs ~0.1 ms per token on a small CPU: at most this many tokens of windows
+# per text go through it (the first windows in the text). Names outside them are found
+# only by the name-list and cue recognizer (pii_names.py).
+DEFAULT_NER_BUDGET = 64
 # Above this share of the text covered by windows, one pass over the whole text is cheaper.
 _FULL_PASS_SHARE = 0.7
 
@@ -46,9 +51,36 @@ class NerSpan:
 
 
 def is_name_like(token: Any) -> bool:
-    """A token NER could call a name or place: capitalised word, not a stop word."""
+    """A token NER could call a name or place: capitalised word, not a stop word, not an
+    all-capitals acronym."""
     text = token.text
-    return len(text) > 1 and text[0].isupper() and token.is_alpha and not token.is_stop
+    return len(text) > 1 and text[0].isupper() and not text.isupper() and token.is_alpha and not token.is_stop
+
+
+def ner_candidates(doc: Any) -> list[bool]:
+    """Name-like tokens, except a lone one opening a sentence (sentences start with a
+    capital whatever they are) unless a capitalised word, a comma or a colon follows it."""
+    flags = [is_name_like(t) for t in doc]
+    for i, flagged in enumerate(flags):
+        if not flagged or i == 0 and len(doc) == 1:
+            continue
+        before = doc[i - 1] if i else None
+        opens = before is None or before.is_space or before.text in {".", "!", "?", '"', "“", "(", ":", "}}"}
+        if opens:
+            nxt = doc[i + 1] if i + 1 < len(doc) else None
+            flags[i] = nxt is not None and (nxt.text in {",", ":"} or is_name_like(nxt))
+    return flags
+
+
+def budgeted(ranges: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
+    """The first windows that fit in `budget` tokens in all (the rest are not run)."""
+    out, used = [], 0
+    for start, end in ranges:
+        if used + end - start > budget:
+            break
+        out.append((start, end))
+        used += end - start
+    return out
 
 
 def windows(flags: list[bool], window: int) -> list[tuple[int, int]]:
@@ -72,7 +104,7 @@ def plain_breaks(text: str) -> str:
     return text.replace("\\n", "  ").replace("\\t", "  ") if "\\" in text else text
 
 
-def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW) -> Any:
+def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW, ner_budget: int = DEFAULT_NER_BUDGET) -> Any:
     """A Presidio `SpacyNlpEngine` (English) with the behaviour described above; loaded."""
     import spacy
     from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
@@ -125,7 +157,7 @@ def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW) -> Any:
             return LazyNlpArtifacts(self, lambda: doc, self._entities(nlp, doc), language)
 
         def _entities(self, nlp: Any, doc: Any) -> list[NerSpan]:
-            ranges = windows([is_name_like(t) for t in doc], window)
+            ranges = budgeted(windows(ner_candidates(doc), window), ner_budget)
             if not ranges:
                 return []
             covered = sum(end - start for start, end in ranges)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixroute.router.classifiers.pii import PiiDetector, PiiEntity, resolve_overlaps
-from mixroute.router.classifiers.pii_nlp import is_name_like, windows
+from mixroute.router.classifiers.pii_nlp import budgeted, is_name_like, ner_candidates, windows
 from mixroute.router.classifiers.pii_recognizers import luhn_ok
 from mixroute.router.config import parse_config
 from mixroute.router.signals.pii_scope import actionable_pii_types
@@ -41,11 +41,22 @@ def test_windows_merge_and_clip() -> None:
     assert windows([True], 8) == [(0, 1)]
 
 
-def test_name_like_tokens() -> None:
+def test_name_like_tokens_and_ner_candidates() -> None:
     import spacy
 
-    doc = spacy.blank("en")("The answer, said Ebba Kaczmarek to a NASA clerk in Paris, is B. What now?")
-    assert [t.text for t in doc if is_name_like(t)] == ["Ebba", "Kaczmarek", "NASA", "Paris"]
+    nlp = spacy.blank("en")
+    doc = nlp("The answer, said Ebba Kaczmarek to a NASA clerk in Paris, is B. What now?")
+    assert [t.text for t in doc if is_name_like(t)] == ["Ebba", "Kaczmarek", "Paris"]
+    # A capitalised sentence opener is a candidate only when a name-like word, a comma or
+    # a colon follows it.
+    doc = nlp("Statements follow. Lukas, come here. Anna Berg left. Consider the Fourteenth Amendment.")
+    flagged = [t.text for t, flag in zip(doc, ner_candidates(doc)) if flag]
+    assert flagged == ["Lukas", "Anna", "Berg", "Fourteenth", "Amendment"]
+
+
+def test_ner_budget_keeps_the_first_windows() -> None:
+    assert budgeted([(0, 7), (10, 17), (20, 27)], 14) == [(0, 7), (10, 17)]
+    assert budgeted([(0, 7)], 6) == []
 
 
 def test_only_policy_forbidden_types_are_actionable() -> None:
