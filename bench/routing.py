@@ -42,14 +42,16 @@ ROOT = HERE.parent
 MODEL_NAME = "bench"
 DEFAULT_SYSTEMS = (
     "ours-kv",
-    "ours-round-robin",
-    "ours-random",
     "dynamo-kv",
     "smg-cache_aware",
-    "smg-round_robin",
+    "ours-round-robin",
     "vllm-router-cache_aware",
+    "ours-random",
+    "smg-round_robin",
     "vllm-router-round_robin",
 )
+"""The systems the goals compare run back to back first: on a shared machine the load
+drifts over the ~15 minutes of a run, and neighbours in time see the most similar load."""
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
