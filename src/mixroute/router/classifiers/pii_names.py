@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mixroute.errors import ConfigError
+from mixroute.router.classifiers.pii_nlp import light_tokens
 
 MIN_BIRTHS = 1000
 SCORE_LISTED = 0.6
@@ -169,14 +170,14 @@ def _label_holds(doc: Any, i: int, label: str, entity_text: str) -> bool:
 
 
 def find_names(
-    doc: Any, given: frozenset[str], other_entities: Sequence[tuple[int, int, str]] = ()
+    doc: Sequence[Any], text: str, given: frozenset[str], other_entities: Sequence[tuple[int, int, str]] = ()
 ) -> list[tuple[int, int, float]]:
-    """(start_char, end_char, score) of the names in a spaCy Doc (tokens only, no model).
+    """(start_char, end_char, score) of the names in `text`, given its tokens (spaCy
+    Tokens or `pii_nlp.Tok`; no model).
 
     `other_entities` are (start_char, end_char, label) NER gave another label; see
     `_label_holds` for when a listed name overrides it (then with a score above NER's)."""
     out: list[tuple[int, int, float]] = []
-    text = doc.text  # built from the tokens on every access: once
     labels: dict[int, tuple[str | None, str]] = {}
     if other_entities:
         first_token = {t.idx: t.i for t in doc}
@@ -225,6 +226,7 @@ def name_recognizer(lists: NameLists) -> Any:
             if "PERSON" not in entities or nlp_artifacts is None:
                 return []
             given = lists.load()
+            tokens = getattr(nlp_artifacts, "light", None) or light_tokens(nlp_artifacts.tokens)
             others = [(e.start_char, e.end_char, e.label_) for e in nlp_artifacts.entities if e.label_ != "PERSON"]
             return [
                 RecognizerResult(
@@ -234,7 +236,7 @@ def name_recognizer(lists: NameLists) -> Any:
                         RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
                     },
                 )
-                for start, end, score in find_names(nlp_artifacts.tokens, given, others)
+                for start, end, score in find_names(tokens, text, given, others)
             ]
 
     recognizer: Any = NameListRecognizer(

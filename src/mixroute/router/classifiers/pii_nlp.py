@@ -50,6 +50,25 @@ class NerSpan:
     end_char: int
 
 
+@dataclass(slots=True, frozen=True)
+class Tok:
+    """The attributes of a spaCy token the PII code reads, read once: each attribute of a
+    spaCy Token makes a new Python object, and the name rules look at each token often."""
+
+    text: str
+    idx: int
+    i: int
+    is_alpha: bool
+    is_stop: bool
+    is_space: bool
+    is_lower: bool
+    like_num: bool
+
+
+def light_tokens(doc: Any) -> list[Tok]:
+    return [Tok(t.text, t.idx, t.i, t.is_alpha, t.is_stop, t.is_space, t.is_lower, t.like_num) for t in doc]
+
+
 def is_name_like(token: Any) -> bool:
     """A token NER could call a name or place: capitalised word, not a stop word, not an
     all-capitals acronym."""
@@ -120,7 +139,14 @@ def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW, ner_budget: 
             self._doc_of = doc_of
             self._language = language
             self._tokens: Any = None
+            self._light: list[Tok] | None = None
             self._keywords: list[str] | None = None
+
+        @property
+        def light(self) -> list[Tok]:
+            if self._light is None:
+                self._light = light_tokens(self.tokens)
+            return self._light
 
         @property
         def tokens(self) -> Any:  # type: ignore[override]
@@ -154,10 +180,13 @@ def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW, ner_budget: 
             if not with_ner:
                 return LazyNlpArtifacts(self, lambda: nlp.make_doc(text), [], language)
             doc = nlp.make_doc(text)
-            return LazyNlpArtifacts(self, lambda: doc, self._entities(nlp, doc), language)
+            light = light_tokens(doc)
+            artifacts = LazyNlpArtifacts(self, lambda: doc, self._entities(nlp, doc, light), language)
+            artifacts._light = light
+            return artifacts
 
-        def _entities(self, nlp: Any, doc: Any) -> list[NerSpan]:
-            ranges = budgeted(windows(ner_candidates(doc), window), ner_budget)
+        def _entities(self, nlp: Any, doc: Any, tokens: list[Tok]) -> list[NerSpan]:
+            ranges = budgeted(windows(ner_candidates(tokens), window), ner_budget)
             if not ranges:
                 return []
             covered = sum(end - start for start, end in ranges)
@@ -166,7 +195,7 @@ def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW, ner_budget: 
             text = doc.text
             offsets, pieces = [], []
             for start, end in ranges:
-                first, last = doc[start].idx, doc[end - 1].idx + len(doc[end - 1])
+                first, last = tokens[start].idx, tokens[end - 1].idx + len(tokens[end - 1].text)
                 offsets.append(first)
                 pieces.append(text[first:last])
             out: list[NerSpan] = []
