@@ -145,7 +145,7 @@ def start_system(
             policy = label.removeprefix(router + "-")
             workers, urls = ours.start_http_workers(model_dir, MODEL_NAME, fleet, log_dir)
             try:
-                g = http_routers.start(router, policy, port, urls, model_dir, log_dir)
+                g, port = http_routers.start_on_free_port(router, policy, urls, model_dir, log_dir)
             except BaseException:
                 workers.stop()
                 raise

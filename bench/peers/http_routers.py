@@ -52,6 +52,22 @@ def start(
     return group
 
 
+def start_on_free_port(
+    router: str, policy: str, worker_urls: list[str], tokenizer_dir: Path, log_dir: Path, attempts: int = 3
+) -> tuple[ProcGroup, int]:
+    """`start` on a port picked just before the router binds it, again on a new port if the
+    router exits at start (another process took the port in between: workers bind random
+    ports while they start, so a port picked earlier can be gone)."""
+    for attempt in range(attempts):
+        port = free_port()
+        try:
+            return start(router, policy, port, worker_urls, tokenizer_dir, log_dir), port
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("router", choices=ROUTERS)
