@@ -67,6 +67,12 @@ DEFAULT_ENTITIES: tuple[str, ...] = (
 )
 DEFAULT_SCORE_THRESHOLD = 0.4
 
+# Types every pattern of which needs a digit: text without one is not scanned for them.
+DIGIT_TYPES = frozenset({
+    "US_SSN", "CREDIT_CARD", "PHONE_NUMBER", "IBAN_CODE", "IP_ADDRESS", "US_BANK_NUMBER",
+    "US_DRIVER_LICENSE", "US_ITIN", "US_PASSPORT", "CRYPTO", "MEDICAL_LICENSE",
+})  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class PiiEntity:
@@ -140,6 +146,8 @@ class PiiDetector:
         if not isinstance(text, str):
             raise TypeError("PiiDetector.detect takes one string")
         wanted = list(self.entities) if entities is None else [e for e in self.entities if e in entities]
+        if not any(c.isdigit() for c in text):
+            wanted = [e for e in wanted if e not in DIGIT_TYPES]
         if not wanted or not text.strip():
             return []
         self.load()

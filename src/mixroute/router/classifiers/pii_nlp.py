@@ -19,6 +19,7 @@ most of the router's budget at 500 tokens. So this engine:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ UNMAPPED_SPACY_LABELS = (
 
 # Presidio types that only spaCy's NER produces (the rest are patterns and checksums).
 NER_TYPES = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION", "DATE_TIME"})
+
+_WORD = re.compile(r"\w+|[^\w\s]")
 
 DEFAULT_WINDOW = 3
 # spaCy's NER costs ~0.1 ms per token on a small CPU: at most this many tokens of windows
@@ -130,37 +133,51 @@ def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW, ner_budget: 
 
     class LazyNlpArtifacts(NlpArtifacts):  # type: ignore[misc]
         """Tokens made on first use: Presidio reads them only to look for context words
-        around a pattern match, and most texts have no match at all."""
+        around a pattern match, and most texts have no match at all. Without NER the
+        tokens are plain regex words: spaCy's tokenizer makes a vocabulary entry for every
+        word it has not seen, several ms per prompt of new text."""
 
-        def __init__(self, engine: Any, doc_of: Any, entities: list[NerSpan], language: str) -> None:
+        def __init__(self, engine: Any, text: str, entities: list[NerSpan], language: str, doc: Any = None) -> None:
             self.nlp_engine = engine
             self.entities = entities  # type: ignore[assignment]  # read as .label_/.start_char/.end_char only
             self.scores = [engine.ner_model_configuration.default_score] * len(entities)
-            self._doc_of = doc_of
+            self._text = text
+            self._doc = doc
             self._language = language
-            self._tokens: Any = None
+            self._words: tuple[list[str], list[int]] | None = None
             self._light: list[Tok] | None = None
+            self._indices: list[int] | None = None
+            self._lemmas: list[str] | None = None
             self._keywords: list[str] | None = None
+
+        def _regex_words(self) -> tuple[list[str], list[int]]:
+            if self._words is None:
+                matches = list(_WORD.finditer(self._text))
+                self._words = [m.group() for m in matches], [m.start() for m in matches]
+            return self._words
 
         @property
         def light(self) -> list[Tok]:
             if self._light is None:
-                self._light = light_tokens(self.tokens)
+                self._light = light_tokens(self._doc) if self._doc is not None else []
             return self._light
 
         @property
         def tokens(self) -> Any:  # type: ignore[override]
-            if self._tokens is None:
-                self._tokens = self._doc_of()
-            return self._tokens
+            return self._doc if self._doc is not None else self._regex_words()[0]
 
         @property
         def tokens_indices(self) -> list[int]:  # type: ignore[override]
-            return [t.idx for t in self.tokens]
+            if self._indices is None:
+                self._indices = [t.idx for t in self.light] if self._doc is not None else self._regex_words()[1]
+            return self._indices
 
         @property
         def lemmas(self) -> list[str]:  # type: ignore[override]
-            return [t.lower_ for t in self.tokens]
+            if self._lemmas is None:
+                words = [t.text for t in self.light] if self._doc is not None else self._regex_words()[0]
+                self._lemmas = [w.lower() for w in words]
+            return self._lemmas
 
         @property
         def keywords(self) -> list[str]:  # type: ignore[override]
@@ -174,14 +191,23 @@ def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW, ner_budget: 
             for name in [p for p in nlp.pipe_names if p != "ner"]:
                 nlp.remove_pipe(name)
             self.nlp = {"en": nlp}  # type: ignore[assignment]
+            self._stop_words = frozenset(nlp.Defaults.stop_words)
+
+        # Presidio asks these for every token near a match; spaCy's answers go through its
+        # vocabulary, which makes an entry for each new word.
+        def is_stopword(self, word: str, language: str) -> bool:
+            return word.lower() in self._stop_words
+
+        def is_punct(self, word: str, language: str) -> bool:
+            return bool(word) and not any(c.isalnum() or c.isspace() for c in word)
 
         def process_text(self, text: str, language: str, with_ner: bool = True) -> Any:
             nlp = self.nlp[language]  # type: ignore[index]
             if not with_ner:
-                return LazyNlpArtifacts(self, lambda: nlp.make_doc(text), [], language)
+                return LazyNlpArtifacts(self, text, [], language)
             doc = nlp.make_doc(text)
             light = light_tokens(doc)
-            artifacts = LazyNlpArtifacts(self, lambda: doc, self._entities(nlp, doc, light), language)
+            artifacts = LazyNlpArtifacts(self, text, self._entities(nlp, doc, light), language, doc)
             artifacts._light = light
             return artifacts
 

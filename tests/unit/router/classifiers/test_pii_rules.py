@@ -114,3 +114,16 @@ def test_a_phone_deep_in_a_long_text_is_found(detector: PiiDetector) -> None:
     text = filler + "If anything is unclear, call me at 212-555-0187 tomorrow. " + filler
     found = [(e.entity_type, text[e.start : e.end]) for e in detector.detect(text)]
     assert found == [("PHONE_NUMBER", "212-555-0187")]
+
+
+@pytest.mark.slow
+def test_text_without_digits_is_not_scanned_for_number_types(
+    detector: PiiDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[object] = []
+    analyze = detector._analyzer.analyze
+    monkeypatch.setattr(detector._analyzer, "analyze", lambda **kw: calls.append(kw) or analyze(**kw))
+    assert detector.detect("No numbers here at all.", {"US_SSN", "CREDIT_CARD"}) == []
+    assert calls == []
+    assert [e.entity_type for e in detector.detect("SSN 123-45-6789", {"US_SSN"})] == ["US_SSN"]
+    assert len(calls) == 1
