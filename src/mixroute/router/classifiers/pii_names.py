@@ -131,8 +131,12 @@ def _name_end(doc: Any, i: int) -> int:
     """End (exclusive) of the name starting at token i: following capitalised words and
     initials, at most four tokens, never a street or company word."""
     end = i + 1
-    while end < len(doc) and end - i < 4 and (_is_word(doc[end]) or _is_initial(doc[end])):
-        if fold(doc[end].text) in STREET_WORDS | COMPANY_WORDS:
+    while end < len(doc) and end - i < 5:
+        token = doc[end]
+        if token.text == "." and _is_initial(doc[end - 1]) and end + 1 < len(doc) and _is_word(doc[end + 1]):
+            end += 1  # "D. Vučković" split as "D", ".", "Vučković"
+            continue
+        if not (_is_word(token) or _is_initial(token)) or fold(token.text) in STREET_WORDS | COMPANY_WORDS:
             break
         end += 1
     while end - 1 > i and _is_initial(doc[end - 1]):
@@ -226,7 +230,7 @@ def name_recognizer(lists: NameLists) -> Any:
             if "PERSON" not in entities or nlp_artifacts is None:
                 return []
             given = lists.load()
-            tokens = getattr(nlp_artifacts, "light", None) or light_tokens(nlp_artifacts.tokens)
+            tokens = nlp_artifacts.light if hasattr(nlp_artifacts, "light") else light_tokens(nlp_artifacts.tokens)
             others = [(e.start_char, e.end_char, e.label_) for e in nlp_artifacts.entities if e.label_ != "PERSON"]
             return [
                 RecognizerResult(

@@ -72,6 +72,24 @@ def light_tokens(doc: Any) -> list[Tok]:
     return [Tok(t.text, t.idx, t.i, t.is_alpha, t.is_stop, t.is_space, t.is_lower, t.like_num) for t in doc]
 
 
+# Line breaks and runs of spaces are tokens (spaCy makes them SPACE tokens too); so is a
+# possessive "'s".
+_TOKEN = re.compile(r"\n\s*|[ \t]{2,}|['’]s\b|\w+|[^\w\s]")
+
+
+def regex_tokens(text: str, stop_words: frozenset[str]) -> list[Tok]:
+    """Tokens of the whole text without spaCy's tokenizer, which makes a vocabulary
+    entry (several microseconds) for every word it has not seen before."""
+    out = []
+    for i, m in enumerate(_TOKEN.finditer(text)):
+        word = m.group()
+        out.append(Tok(
+            word, m.start(), i, word.isalpha(), word.lower() in stop_words, word.isspace(),
+            word.islower(), word.replace(",", "").replace(".", "").isdigit(),
+        ))  # fmt: skip
+    return out
+
+
 def is_name_like(token: Any) -> bool:
     """A token NER could call a name or place: capitalised word, not a stop word, not an
     all-capitals acronym."""
@@ -132,51 +150,40 @@ def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW, ner_budget: 
     from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
 
     class LazyNlpArtifacts(NlpArtifacts):  # type: ignore[misc]
-        """Tokens made on first use: Presidio reads them only to look for context words
-        around a pattern match, and most texts have no match at all. Without NER the
-        tokens are plain regex words: spaCy's tokenizer makes a vocabulary entry for every
-        word it has not seen, several ms per prompt of new text."""
+        """Tokens made on first use, by a regex: Presidio reads them only to look for
+        context words around a pattern match (most texts have no match at all), and the
+        name rules read them when PERSON is asked for."""
 
-        def __init__(self, engine: Any, text: str, entities: list[NerSpan], language: str, doc: Any = None) -> None:
+        def __init__(
+            self, engine: Any, text: str, entities: list[NerSpan], language: str, light: list[Tok] | None = None
+        ) -> None:
             self.nlp_engine = engine
             self.entities = entities  # type: ignore[assignment]  # read as .label_/.start_char/.end_char only
             self.scores = [engine.ner_model_configuration.default_score] * len(entities)
             self._text = text
-            self._doc = doc
             self._language = language
-            self._words: tuple[list[str], list[int]] | None = None
-            self._light: list[Tok] | None = None
-            self._indices: list[int] | None = None
+            self._light = light
             self._lemmas: list[str] | None = None
             self._keywords: list[str] | None = None
-
-        def _regex_words(self) -> tuple[list[str], list[int]]:
-            if self._words is None:
-                matches = list(_WORD.finditer(self._text))
-                self._words = [m.group() for m in matches], [m.start() for m in matches]
-            return self._words
 
         @property
         def light(self) -> list[Tok]:
             if self._light is None:
-                self._light = light_tokens(self._doc) if self._doc is not None else []
+                self._light = regex_tokens(self._text, self.nlp_engine.stop_words)
             return self._light
 
         @property
         def tokens(self) -> Any:  # type: ignore[override]
-            return self._doc if self._doc is not None else self._regex_words()[0]
+            return [t.text for t in self.light]  # Presidio reads len() and position only
 
         @property
         def tokens_indices(self) -> list[int]:  # type: ignore[override]
-            if self._indices is None:
-                self._indices = [t.idx for t in self.light] if self._doc is not None else self._regex_words()[1]
-            return self._indices
+            return [t.idx for t in self.light]
 
         @property
         def lemmas(self) -> list[str]:  # type: ignore[override]
             if self._lemmas is None:
-                words = [t.text for t in self.light] if self._doc is not None else self._regex_words()[0]
-                self._lemmas = [w.lower() for w in words]
+                self._lemmas = [t.text.lower() for t in self.light]
             return self._lemmas
 
         @property
@@ -191,12 +198,12 @@ def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW, ner_budget: 
             for name in [p for p in nlp.pipe_names if p != "ner"]:
                 nlp.remove_pipe(name)
             self.nlp = {"en": nlp}  # type: ignore[assignment]
-            self._stop_words = frozenset(nlp.Defaults.stop_words)
+            self.stop_words = frozenset(nlp.Defaults.stop_words)
 
         # Presidio asks these for every token near a match; spaCy's answers go through its
         # vocabulary, which makes an entry for each new word.
         def is_stopword(self, word: str, language: str) -> bool:
-            return word.lower() in self._stop_words
+            return word.lower() in self.stop_words
 
         def is_punct(self, word: str, language: str) -> bool:
             return bool(word) and not any(c.isalnum() or c.isspace() for c in word)
@@ -205,20 +212,16 @@ def build_nlp_engine(model_name: str, window: int = DEFAULT_WINDOW, ner_budget: 
             nlp = self.nlp[language]  # type: ignore[index]
             if not with_ner:
                 return LazyNlpArtifacts(self, text, [], language)
-            doc = nlp.make_doc(text)
-            light = light_tokens(doc)
-            artifacts = LazyNlpArtifacts(self, text, self._entities(nlp, doc, light), language, doc)
-            artifacts._light = light
-            return artifacts
+            light = regex_tokens(text, self.stop_words)
+            return LazyNlpArtifacts(self, text, self._entities(nlp, text, light), language, light)
 
-        def _entities(self, nlp: Any, doc: Any, tokens: list[Tok]) -> list[NerSpan]:
+        def _entities(self, nlp: Any, text: str, tokens: list[Tok]) -> list[NerSpan]:
             ranges = budgeted(windows(ner_candidates(tokens), window), ner_budget)
             if not ranges:
                 return []
             covered = sum(end - start for start, end in ranges)
-            if covered > _FULL_PASS_SHARE * len(doc):
-                ranges = [(0, len(doc))]
-            text = doc.text
+            if covered > _FULL_PASS_SHARE * len(tokens):
+                ranges = [(0, len(tokens))]
             offsets, pieces = [], []
             for start, end in ranges:
                 first, last = tokens[start].idx, tokens[end - 1].idx + len(tokens[end - 1].text)
