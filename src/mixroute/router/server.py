@@ -39,7 +39,7 @@ class ServerOptions:
 
 
 def build_core(source: ConfigSource, models: SignalModels, metrics: RouterMetrics | None = None) -> RouterCore:
-    cache = SemanticCache(source.current.cache)
+    cache = SemanticCache(source.current.cache, getattr(models.embedder, "dim", None))
     return RouterCore(source, SignalRunner(models), metrics or RouterMetrics(), cache)
 
 

@@ -116,3 +116,17 @@ def test_milvus_store_lru_keeps_the_entry_that_was_hit(tmp_path):
         assert hit is not None and hit.answer.content == f"a{survivor}", eviction
         assert store.lookup("s", vectors[evicted], 0.9, now=104.0) is None, eviction
         store.close()
+
+
+def test_milvus_collection_of_another_dimension_is_a_clear_error(tmp_path):
+    from mixroute.errors import ConfigError
+    from mixroute.router.cache import CachedAnswer
+    from mixroute.router.cache.milvus import MilvusCacheStore
+
+    uri = str(tmp_path / "dims.db")
+    old = MilvusCacheStore(uri, "answers", 4)
+    old.store("s", np.eye(1, 8, dtype=np.float32)[0], CachedAnswer(content="a", model="m"), now=1.0, ttl=60)
+    old.close()
+    MilvusCacheStore(uri, "answers", 4, dim=8).close()
+    with pytest.raises(ConfigError, match="holds 8-d vectors but the router's embedder makes 6-d"):
+        MilvusCacheStore(uri, "answers", 4, dim=6)

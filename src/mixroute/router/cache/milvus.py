@@ -24,7 +24,8 @@ class MilvusCacheStore:
     is_blocking = True
 
     def __init__(
-        self, uri: str, collection: str, max_entries: int, eviction: Literal["lru", "fifo"] = "lru"
+        self, uri: str, collection: str, max_entries: int, eviction: Literal["lru", "fifo"] = "lru",
+        dim: int | None = None,
     ) -> None:
         try:
             from pymilvus import MilvusClient
@@ -42,6 +43,22 @@ class MilvusCacheStore:
         self._lock = threading.Lock()  # milvus-lite's client is not safe across threads
         self._has_collection = self._client.has_collection(collection)
         self._num_entries = self._count() if self._has_collection else 0
+        if self._has_collection and dim is not None:
+            stored = self._vector_dim()
+            if stored != dim:
+                self._client.close()
+                raise ConfigError(
+                    f"cache.milvus collection {collection!r} at {uri} holds {stored}-d vectors but the router's "
+                    f"embedder makes {dim}-d ones (the embedder changed): set another cache.milvus.collection "
+                    "or drop this one"
+                )
+
+    def _vector_dim(self) -> int | None:
+        info = self._client.describe_collection(self.collection)
+        for field in info.get("fields", []):
+            if field.get("name") == "vector":
+                return int(field.get("params", {}).get("dim", 0)) or None
+        return None
 
     def __len__(self) -> int:
         return self._num_entries

@@ -24,12 +24,13 @@ from mixroute.router.config import CacheConfig
 from mixroute.router.request import ChatRequest
 
 
-def make_store(config: CacheConfig) -> CacheStore:
+def make_store(config: CacheConfig, dim: int | None = None) -> CacheStore:
+    """`dim`: the embedder's vector size, checked against an existing Milvus collection."""
     if config.backend == "milvus":
         from mixroute.router.cache.milvus import MilvusCacheStore
 
         return MilvusCacheStore(
-            config.milvus.uri, config.milvus.collection, config.max_entries, config.eviction
+            config.milvus.uri, config.milvus.collection, config.max_entries, config.eviction, dim
         )
     return MemoryCacheStore(config.max_entries, config.eviction)
 
@@ -55,8 +56,8 @@ def cache_scope(
 
 
 class SemanticCache:
-    def __init__(self, config: CacheConfig) -> None:
-        self.store = make_store(config)
+    def __init__(self, config: CacheConfig, dim: int | None = None) -> None:
+        self.store = make_store(config, dim)
         self.backend = config.backend
         self.exact = ExactCache(config.max_entries)
 
