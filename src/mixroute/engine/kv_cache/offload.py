@@ -42,7 +42,6 @@ class OffloadEntry:
     cached_order: int
     slot: int = -1
     """Host slot, or -1 when the entry is only on disk."""
-    on_disk: bool = False
 
 
 class KvOffload:
@@ -94,10 +93,6 @@ class KvOffload:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    @property
-    def num_host_used(self) -> int:
-        return len(self._in_host)
 
     @property
     def num_disk_used(self) -> int:
@@ -164,7 +159,7 @@ class KvOffload:
         entry = self._entries[victim]
         slot, entry.slot = entry.slot, -1
         if self.disk_dir is not None:
-            if not entry.on_disk:
+            if victim not in self._on_disk:
                 self._write_disk(victim, slot, dropped, keep)
             else:
                 self._on_disk.move_to_end(victim)
@@ -180,7 +175,6 @@ class KvOffload:
             victim, _ = self._on_disk.popitem(last=False)
             self._path(victim).unlink(missing_ok=True)
             entry = self._entries[victim]
-            entry.on_disk = False
             if entry.slot < 0 and victim != keep:
                 del self._entries[victim]
                 dropped.append(victim)
@@ -193,7 +187,6 @@ class KvOffload:
             dropped.append(seq_hash)
             self.stats["dropped"] += 1
             return
-        self._entries[seq_hash].on_disk = True
         self._on_disk[seq_hash] = None
         self.stats["to_disk"] += 1
 
