@@ -4,7 +4,8 @@ One gRPC stream is one HTTP request. Envoy must send request headers, the reques
 BUFFERED, response headers, and the response body STREAMED (deploy/envoy/envoy.yaml):
 - request body -> `RouterCore.handle` -> an immediate response (block, cache hit, bad
   request) or a body mutation (rewritten body, new content-length, x-vsr-* request
-  headers for routing) with the route cache cleared;
+  headers for routing, x-mixroute-upstream naming the model's endpoint) with the route
+  cache cleared;
 - response headers -> x-vsr-* response headers;
 - response body chunks -> passed on unchanged, recorded for the semantic cache.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -57,13 +59,21 @@ def immediate(reply: Reply) -> pb.ProcessingResponse:
     ))
 
 
+UPSTREAM_HEADER = "x-mixroute-upstream"
+"""host:port of the chosen model's endpoint; deploy/envoy routes a request carrying it there."""
+
+
+def upstream_authority(endpoint: str) -> str:
+    """`http://host:port/any/prefix` -> `host:port` (Envoy resolves it, IP or DNS name)."""
+    return urlsplit(endpoint).netloc
+
+
 def forward(upstream: Upstream) -> pb.ProcessingResponse:
     route = upstream.forward.route
     headers = {
         "content-length": str(len(upstream.body)),
         "x-vsr-selected-model": route.model,
-        # host:port of the chosen upstream, for Envoy configs that route on it.
-        "x-mixroute-upstream": upstream.forward.endpoint.split("://", 1)[-1],
+        UPSTREAM_HEADER: upstream_authority(upstream.forward.endpoint),
     }
     return pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse(
         header_mutation=pb.HeaderMutation(set_headers=_header_values(headers)),
@@ -105,7 +115,12 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     body = responses.models_json(self.core.config)
                     yield immediate(Reply(200, body, responses.JSON_MEDIA_TYPE))
                     continue
-                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+                # Only the router names an upstream: a client-sent copy would let any
+                # caller steer Envoy to a host of its choice.
+                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=pb.CommonResponse(
+                    header_mutation=pb.HeaderMutation(remove_headers=[UPSTREAM_HEADER]),
+                    clear_route_cache=UPSTREAM_HEADER in exchange.headers,
+                )))
             elif kind == "request_body":
                 exchange.body += message.request_body.body
                 yield await self._on_request_body(exchange, message.request_body.end_of_stream)

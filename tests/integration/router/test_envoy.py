@@ -14,8 +14,11 @@ from string import Template
 
 import httpx
 import pytest
+import yaml
 
-from tests.integration.router.conftest import free_port, router_config, stop_process, wait_http
+from tests.integration.router.conftest import (
+    UpstreamProcess, free_port, router_config, stop_process, wait_http,
+)
 from tests.integration.router.test_proxy import BIOLOGY, JAILBREAK, LAW, MATH, SSN_TEXT, sse_content
 
 TEMPLATE = Path(__file__).parents[3] / "deploy" / "envoy" / "envoy.template.yaml"
@@ -155,3 +158,29 @@ def test_envoy_upstream_down_is_openai_shaped_503(start_router, tmp_path):
         # The router's own answers are not rewritten by Envoy's error mapper.
         blocked = _post(url, SSN_TEXT, "down")
         assert blocked.status_code == 200 and blocked.headers["x-vsr-pii-violation"] == "true"
+
+
+def test_envoy_sends_each_model_to_its_own_endpoint(start_router, upstream, tmp_path):
+    """A model with its own `endpoint` is reached through Envoy as through the proxy; a
+    client cannot name an upstream itself."""
+    upstream.reset()
+    other = UpstreamProcess()
+    try:
+        config = yaml.safe_load(router_config(upstream.url))
+        config["models"]["gpt-oss"]["endpoint"] = other.url  # law routes to gpt-oss
+        router = start_router(yaml.safe_dump(config), mode="both")
+        with running_envoy(tmp_path, router.server.extproc_port, upstream.port) as envoy_url:
+            via_proxy = _post(router.url, LAW, "proxy-own-endpoint")
+            via_envoy = _post(envoy_url, LAW, "envoy-own-endpoint")
+            assert via_proxy.headers["x-vsr-selected-model"] == via_envoy.headers["x-vsr-selected-model"] == "gpt-oss"
+            assert [m["body"]["user"] for m in other.received()] == ["proxy-own-endpoint", "envoy-own-endpoint"]
+            default = _post(envoy_url, MATH, "envoy-default-endpoint")
+            assert default.headers["x-vsr-selected-model"] == "qwen-big"
+            assert [m["body"]["user"] for m in upstream.received()] == ["envoy-default-endpoint"]
+            # A client-sent x-mixroute-upstream is stripped: this GET reaches the default
+            # upstream (its record lists the one request it got), not `other`.
+            steered = httpx.get(f"{envoy_url}/_received", headers={"x-mixroute-upstream": f"127.0.0.1:{other.port}"},
+                                timeout=10)
+            assert [m["body"]["user"] for m in steered.json()] == ["envoy-default-endpoint"]
+    finally:
+        stop_process(other.proc)
