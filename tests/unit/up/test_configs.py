@@ -87,8 +87,10 @@ def test_envoy_config_points_at_router_and_frontend() -> None:
             "address"
         ]["socket_address"]["port_value"]
 
-    assert port("frontend") == 18000
-    assert port("semantic_router") == 18051
+    assert port("upstream") == 18000  # the frontend
+    assert port("mixroute_extproc") == 18051
+    # Per-model endpoints: resolved from the header the router sets.
+    assert clusters["model_upstreams"]["cluster_type"]["name"] == "envoy.clusters.dynamic_forward_proxy"
     filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
     assert filters[0]["name"] == "envoy.filters.http.ext_proc"
     mode = filters[0]["typed_config"]["processing_mode"]
@@ -120,6 +122,20 @@ def test_envoy_reaches_servers_where_they_bind(host: str, upstream: str) -> None
     listener = config["static_resources"]["listeners"][0]
     assert listener["address"]["socket_address"]["address"] == host
     for cluster in config["static_resources"]["clusters"]:
+        if "load_assignment" not in cluster:
+            continue  # model_upstreams: hosts come from the router's x-mixroute-upstream
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         assert endpoint["address"]["socket_address"]["address"] == upstream
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_deploy_envoy_yaml_is_the_template_with_defaults() -> None:
+    from mixroute.router.envoy_template import envoy_config_text
+
+    shipped = (Path(__file__).parents[3] / "deploy" / "envoy" / "envoy.yaml").read_text()
+    filled = envoy_config_text(
+        listen_host="127.0.0.1", listen_port=8080, admin_port=9901, extproc_host="127.0.0.1",
+        extproc_port=50051, upstream_host="127.0.0.1", upstream_port=8000,
+    )
+    # Same config below the comment header: regenerate envoy.yaml when the template changes.
+    assert shipped[shipped.index("admin:"):] == filled[filled.index("admin:"):]
