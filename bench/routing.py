@@ -84,21 +84,31 @@ async def _run(url: str, workload, arrival: Arrival, label: str) -> RunResult:  
         await client.close()
 
 
-async def probe_ttft_ms(url: str, num_requests: int = 24, keep_last: int = 16) -> float:
-    """Median TTFT of one 4,000-token prompt sent one at a time, max_tokens 1, after every
-    worker has cached it: what the system adds on top of a cached prefill."""
+PROBE_REQUESTS = 48
+PROBE_WARMUP = 8
+"""The first probes fill the workers' caches (round-robin needs one per worker)."""
+
+
+async def probe_ttft_ms(
+    url: str, direct_url: str, num_requests: int = PROBE_REQUESTS, warmup: int = PROBE_WARMUP
+) -> tuple[float, float]:
+    """Median TTFT of one 4,000-token prompt sent one at a time, max_tokens 1, once every
+    worker has cached it, through the system and straight to a worker's own API
+    (`direct_url`), alternating request by request so that both see the same load on the
+    machine: (system ms, direct ms). Their difference is what the system adds."""
     prompt = workload_a(1, seed=999).requests()[0].token_ids
-    client = Client(url, MODEL_NAME)
-    ttfts = []
+    system, direct = Client(url, MODEL_NAME), Client(direct_url, MODEL_NAME)
+    ttfts: tuple[list[float], list[float]] = ([], [])
     try:
         for i in range(num_requests):
-            rec = await client.send(BenchRequest(f"probe-{i}", prompt, 1, 0), time.perf_counter())
-            if rec.ok and rec.ttft_s is not None:
-                ttfts.append(rec.ttft_s * 1e3)
+            for client, out in ((system, ttfts[0]), (direct, ttfts[1])):
+                rec = await client.send(BenchRequest(f"probe-{i}", prompt, 1, 0), time.perf_counter())
+                if i >= warmup and rec.ok and rec.ttft_s is not None:
+                    out.append(rec.ttft_s * 1e3)
     finally:
-        await client.close()
-    tail = ttfts[-keep_last:]
-    return percentile(tail, 50) if tail else float("nan")
+        await system.close()
+        await direct.close()
+    return tuple(percentile(t, 50) if t else float("nan") for t in ttfts)  # type: ignore[return-value]
 
 
 def fill_workers_from_log(result: RunResult, log: Path) -> None:
@@ -128,8 +138,12 @@ def start_system(
     port = free_port()
     model_dir = args.model_dir
     if label.startswith("ours-"):
-        mode = label.removeprefix("ours-")
-        g = ours.start_frontend_stack(model_dir, MODEL_NAME, fleet, port, log_dir, mode)
+        # ours-MODE, or ours-MODE-Np: N frontend processes (`--processes N`).
+        found = re.fullmatch(r"ours-(kv|round-robin|random)(?:-(\d+)p)?", label)
+        if found is None:
+            raise ValueError(f"unknown system {label!r}")
+        mode, processes = found[1], int(found[2] or 1)
+        g, port = ours.start_frontend_stack(model_dir, MODEL_NAME, fleet, log_dir, mode, processes)
         return [g], f"http://127.0.0.1:{port}", log_dir / f"{g.name}-frontend.log", None
     if label.startswith("dynamo-"):
         if not is_installed("dynamo"):
@@ -195,9 +209,12 @@ def run_system(
                     fill_workers_from_log(r, choice_log)
                 r.save(run_dir / f"{label}-sweep-c{c}.jsonl")
                 out.results.append(r)
-        out.overhead_ms = run_async(probe_ttft_ms(url))
-        if direct_url is not None:
-            out.direct_ms = run_async(probe_ttft_ms(direct_url))
+        if direct_url is None:
+            probe_group, direct_url = ours.start_probe_worker(
+                args.model_dir, MODEL_NAME, fleet, log_dir
+            )
+            groups.append(probe_group)
+        out.overhead_ms, out.direct_ms = run_async(probe_ttft_ms(url, direct_url))
         route = [r.route_us for r in main.records if r.route_us is not None]
         out.route_us = percentile(route, 50) if route else None
         if args.aiperf and label in args.aiperf_systems and is_installed("aiperf"):
@@ -297,10 +314,12 @@ def write_report(
         "## Per-request routing overhead",
         "",
         (
-            "Probe: one 4,000-token prompt sent 24 times one at a time with max_tokens 1; median TTFT of the last 16 "
-            "(the prompt is cached on every worker by then). `added` = probe TTFT minus the same probe sent straight "
-            "to a mocker worker's own OpenAI endpoint, measured right after it in the smg / vllm-router runs "
-            f"(median {_fmt(baseline)} ms; `direct` column): tokenizing, routing, proxying. "
+            f"Probe: one 4,000-token prompt sent {PROBE_REQUESTS} times one at a time with max_tokens 1, through the "
+            "system and straight to a mocker worker's own OpenAI endpoint (`direct`), alternating request by request "
+            f"so both see the same load on the machine; medians of the last {PROBE_REQUESTS - PROBE_WARMUP} (the prompt "
+            "is cached on every worker by then). The direct worker is one of the system's own for smg / vllm-router, "
+            "a separate single mocker worker started for the probe otherwise. `added` = probe minus direct: "
+            "tokenizing, routing, proxying. "
             "`select` = the time our frontend reports spending on the worker choice alone (`x-mixroute-route-us`). "
             "CPU per request: user+system CPU of all the system's processes (router/frontend and workers) during "
             "the main run, divided by its requests; on two shared cores this, more than routing, sets TTFT at c=32."
@@ -310,7 +329,7 @@ def write_report(
         "|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
-        base = o.direct_ms if o.direct_ms is not None else baseline
+        base = o.direct_ms
         added = None if o.overhead_ms is None or base is None else o.overhead_ms - base
         lines.append(
             f"| {o.label} | {_fmt(o.overhead_ms)} | {_fmt(o.direct_ms)} | {_fmt(added)} | {_fmt(o.route_us, '{:.0f}')} | "

@@ -49,11 +49,19 @@ def _wait_log_lines(
 
 
 def start_frontend_stack(
-    model_dir: Path, model_name: str, fleet: FleetSpec, port: int, log_dir: Path, router_mode: str
-) -> ProcGroup:
-    """N mockers in one worker process behind `mixroute frontend --router-mode MODE`."""
+    model_dir: Path,
+    model_name: str,
+    fleet: FleetSpec,
+    log_dir: Path,
+    router_mode: str,
+    processes: int = 1,
+) -> tuple[ProcGroup, int]:
+    """N mockers in one worker process behind `mixroute frontend --router-mode MODE`
+    (`--processes P` when `processes` > 1); returns the group and the frontend's port,
+    picked just before the frontend starts (the workers bind random ports of their own)."""
     run_dir = Path(tempfile.mkdtemp(prefix="mixroute-bench-"))
-    group = ProcGroup(f"ours-{router_mode}", log_dir)
+    suffix = f"-{processes}p" if processes > 1 else ""
+    group = ProcGroup(f"ours-{router_mode}{suffix}", log_dir)
     group.temp_dirs.append(run_dir)
     try:
         group.start(
@@ -62,19 +70,24 @@ def start_frontend_stack(
         _wait_log_lines(
             group, log_dir / f"{group.name}-worker.log", r"worker ready", fleet.num_workers, 120
         )
+        port = free_port()
         group.start(
             "frontend",
             [
                 *MIXROUTE, "frontend", "--host", "127.0.0.1", "--http-port", str(port),
                 "--router-mode", router_mode, "--discovery", f"file://{run_dir}",
+                "--processes", str(processes),
             ],
         )  # fmt: skip
         wait_for_model(group, f"http://127.0.0.1:{port}", model_name, timeout_s=120)
+        _wait_log_lines(
+            group, log_dir / f"{group.name}-frontend.log", r"frontend listening", processes, 120
+        )
         time.sleep(2.0)  # let the frontend see every instance and subscribe to its events
     except BaseException:
         group.stop()
         raise
-    return group
+    return group, port
 
 
 def start_http_workers(
@@ -100,6 +113,25 @@ def start_http_workers(
         group.stop()
         raise
     return group, urls
+
+
+def start_probe_worker(
+    model_dir: Path, model_name: str, fleet: FleetSpec, log_dir: Path
+) -> tuple[ProcGroup, str]:
+    """One mocker worker serving its own OpenAI API, registered where no router looks: the
+    'direct' baseline of the overhead probe for systems whose workers have no HTTP API."""
+    run_dir = Path(tempfile.mkdtemp(prefix="mixroute-bench-probe-"))
+    group = ProcGroup("probe-worker", log_dir)
+    group.temp_dirs.append(run_dir)
+    try:
+        port = free_port()
+        group.start("w0", _worker_argv(model_dir, model_name, fleet, run_dir, 1) + ["--http-port", str(port)])
+        url = f"http://127.0.0.1:{port}"
+        wait_for_model(group, url, model_name, timeout_s=180)
+    except BaseException:
+        group.stop()
+        raise
+    return group, url
 
 
 def wait_healthy(group: ProcGroup, url: str) -> None:

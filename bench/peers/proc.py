@@ -70,14 +70,16 @@ class ProcGroup:
                 )
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time used so far by the group's processes (and reaped children)."""
+        """User + system CPU time used so far by the group's processes and their
+        descendants (live ones, e.g. `mixroute frontend --processes N`, and reaped ones)."""
         total = 0
         for p in self.procs:
-            try:
-                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            for pid in _with_descendants(p.pid):
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
         return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -107,6 +109,20 @@ class ProcGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _with_descendants(pid: int) -> list[int]:
+    """`pid` and every live process below it (from /proc/PID/task/TID/children)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(x) for x in children.read_text().split())
+            except (OSError, ValueError):
+                continue
+    return out
 
 
 def wait_for_model(group: ProcGroup, base_url: str, model: str, timeout_s: float = 120.0) -> None:

@@ -8,8 +8,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
+import socket
+from multiprocessing.process import BaseProcess
 
 import msgspec
 
@@ -20,6 +23,7 @@ from mixroute.frontend.admission import (
     DEFAULT_REQUEST_IDLE_TIMEOUT_S,
     ApiLimits,
 )
+from mixroute.frontend import processes
 from mixroute.frontend.app import create_app
 from mixroute.frontend.disagg import DisaggSettings
 from mixroute.frontend.engine_client import RoutedBackend
@@ -58,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disagg-min-prompt-tokens", type=int, default=64, help="shorter prompts run aggregated")
     parser.add_argument("--no-disagg", action="store_true", help="never use prefill workers")
     parser.add_argument("--router-id", default=None, help="id under v1/kv_routers/{namespace}/ (default: random)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="frontend processes accepting on the one port (SO_REUSEPORT), each with its own event loop, "
+        "indexer and load view (default 1)",
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, help="larger request bodies get 413"
@@ -117,12 +128,24 @@ def router_settings_from_args(args: argparse.Namespace) -> RouterSettings:
     )
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(
+    args: argparse.Namespace,
+    *,
+    index: int = 0,
+    sock: socket.socket | None = None,
+    others: list[BaseProcess] | None = None,
+    parent_pid: int | None = None,
+) -> int:
+    """One frontend process. With `--processes N` > 1: process 0 gets the socket it bound
+    and the other processes (`others`) to watch; process i > 0 binds its own socket once
+    its view of the workers is ready, and watches process 0 (`parent_pid`)."""
     import uvicorn
 
     settings = router_settings_from_args(args)
     limits = limits_from_args(args)
     router_id = args.router_id or f"{secrets.randbits(48):x}"
+    if args.processes > 1:
+        router_id = f"{router_id}-{index}"
     runtime = await open_runtime(args)
     discovery = runtime.discovery
     subscriber = await runtime.event_subscriber(name=f"mixroute-frontend-{router_id}")
@@ -140,11 +163,21 @@ async def _serve(args: argparse.Namespace) -> int:
         asyncio.create_task(registry.run(discovery), name="discovery-watch"),
         asyncio.create_task(feed.run(), name="kv-event-feed"),
     ]
+    if others:
+        tasks.append(asyncio.create_task(processes.watch_others(others), name="frontend-processes"))
+    if parent_pid is not None:
+        tasks.append(asyncio.create_task(processes.watch_parent(parent_pid), name="first-frontend-process"))
     config = uvicorn.Config(app, host=args.host, port=args.http_port, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        server.should_exit = True
+        stopping.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, stop)
     record = _RouterRecord(
         router_id=router_id,
         mode=args.router_mode,
@@ -154,16 +187,27 @@ async def _serve(args: argparse.Namespace) -> int:
         http_address=f"http://{url_host(advertised_host(args.host, args.advertise_host))}:{args.http_port}",
     )
     await discovery.put(kv_router_key(args.namespace, router_id), msgspec.json.encode(record))
-    log.info("frontend listening %s", kv(address=record.http_address, mode=args.router_mode, router_id=router_id))
     try:
-        serve = asyncio.create_task(server.serve(), name="http")
+        if args.processes > 1 and sock is None:
+            # Listen only once the workers and models are known: the kernel sends new
+            # connections to listening sockets only, so none reaches a process not ready.
+            waits = [asyncio.create_task(registry.ready.wait()), asyncio.create_task(stopping.wait())]
+            done, _ = await asyncio.wait([*waits, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for wait in waits:
+                wait.cancel()
+            if stopping.is_set():
+                return 0
+            if not registry.ready.is_set():
+                return _background_failure(done)
+            sock = processes.bind_listener(args.host, args.http_port, reuse_port=True)
+        log.info(
+            "frontend listening %s",
+            kv(address=record.http_address, mode=args.router_mode, router_id=router_id, process=index, pid=os.getpid()),
+        )
+        serve = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]), name="http")
         done, _ = await asyncio.wait([serve, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not serve:
-                # Routing without its discovery watch or event feed would go stale silently.
-                error = None if task.cancelled() else task.exception()
-                log.error("background task ended; stopping %s", kv(task=task.get_name(), error=repr(error)))
-                return 1
+        if serve not in done:
+            return _background_failure(done)
         return 0
     finally:
         server.should_exit = True
@@ -174,10 +218,50 @@ async def _serve(args: argparse.Namespace) -> int:
         await runtime.close()
 
 
+def _background_failure(done: set[asyncio.Task[object]]) -> int:
+    # Routing without its discovery watch or event feed would go stale silently; a
+    # frontend process gone (or process 0 gone) leaves the set incomplete.
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        log.error("background task ended; stopping %s", kv(task=task.get_name(), error=repr(error)))
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level, component="frontend")
+    if args.processes < 1:
+        setup_logging(args.log_level, component="frontend")
+        log.error("frontend failed %s", kv(error="--processes must be >= 1"))
+        return 2
+    if args.processes == 1:
+        return run_process(args)
+    # Bind before starting the others: `--http-port 0` becomes one port for all of them.
+    setup_logging(args.log_level, component="frontend-0")
     try:
-        return run_main(_serve(args))
+        sock = processes.bind_listener(args.host, args.http_port, reuse_port=True)
+    except OSError as exc:
+        log.error("frontend failed %s", kv(error=f"cannot listen on {args.host}:{args.http_port}: {exc}"))
+        return 2
+    args.http_port = sock.getsockname()[1]
+    args.router_id = args.router_id or f"{secrets.randbits(48):x}"
+    others = processes.start_others(args, args.processes)
+    try:
+        return run_process(args, sock=sock, others=others)
+    finally:
+        processes.stop_others(others)
+
+
+def run_process(
+    args: argparse.Namespace,
+    *,
+    index: int = 0,
+    sock: socket.socket | None = None,
+    others: list[BaseProcess] | None = None,
+    parent_pid: int | None = None,
+) -> int:
+    """Run one frontend process until it is stopped; its exit code."""
+    setup_logging(args.log_level, component="frontend" if args.processes == 1 else f"frontend-{index}")
+    try:
+        return run_main(_serve(args, index=index, sock=sock, others=others, parent_pid=parent_pid))
     except MixrouteError as exc:
         log.error("frontend failed %s", kv(error=exc))
         return 2
