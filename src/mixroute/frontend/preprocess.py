@@ -33,9 +33,16 @@ INLINE_MAX_CHARS = 2048
 """Inputs shorter than this are tokenized on the event loop thread (see `encode`)."""
 
 
+TOKENIZER_THREADS = 2
+"""Threads tokenizing at once (the executor's size, and the batches run in parallel)."""
+LONE_PROMPT_GAP_S = 0.02
+"""A long prompt with no other arriving within this many seconds is tokenized inline
+(`EncodeBatcher`, `inline_gap_s`)."""
+
+
 def tokenizer_executor() -> Executor:
     """A small pool for tokenizer work; threads, because `tokenizers` releases the GIL."""
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+    return ThreadPoolExecutor(max_workers=TOKENIZER_THREADS, thread_name_prefix="tokenize")
 
 
 class PreparedPrompt:
@@ -154,7 +161,8 @@ class ModelTokenizer:
     # Short inputs are tokenized inline: handing work to a thread costs a GIL hand-off
     # (measured at milliseconds on a busy 2-CPU host, against ~50 us to encode a short
     # prompt), so only inputs long enough to stall the loop go to the executor, batched
-    # with the other long prompts waiting at that moment (`EncodeBatcher`).
+    # with the other long prompts waiting at that moment (`EncodeBatcher`; a long prompt
+    # arriving alone is tokenized inline too, see there).
 
     async def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         size = sum(len(str(m.get("content") or "")) for m in messages)
@@ -167,7 +175,9 @@ class ModelTokenizer:
         if len(text) < INLINE_MAX_CHARS:
             return self.encode_sync(text)
         if self._batcher is None:
-            self._batcher = EncodeBatcher(self.encode_batch_sync, self._executor)
+            self._batcher = EncodeBatcher(
+                self.encode_batch_sync, self._executor, max_parallel=TOKENIZER_THREADS, inline_gap_s=LONE_PROMPT_GAP_S
+            )
         return await self._batcher.encode(text)
 
 

@@ -82,3 +82,67 @@ async def test_long_prompts_go_through_the_batcher_with_the_same_ids(tokenizer: 
     ids = await asyncio.gather(*(tokenizer.encode(t) for t in texts))
     assert ids == [tokenizer.fast.encode(t, add_special_tokens=False).ids for t in texts]
     assert tokenizer._batcher is not None and tokenizer._batcher.num_batches >= 1
+
+
+async def test_batches_run_in_parallel_up_to_max_parallel() -> None:
+    encode = Recorder()  # its first call blocks until released
+    with ThreadPoolExecutor(2) as pool:
+        batcher = EncodeBatcher(encode, pool, max_batch_size=1, max_parallel=2)
+        first = asyncio.ensure_future(batcher.encode("a bb"))
+        await _until(lambda: len(encode.batches) == 1)
+        # The first batch is stuck on one thread; the second runs on the other meanwhile.
+        assert await asyncio.wait_for(batcher.encode("ccc"), 5) == [3]
+        third = asyncio.ensure_future(batcher.encode("dddd e"))
+        assert await asyncio.wait_for(third, 5) == [4, 1]
+        assert not first.done()
+        encode.release.set()
+        assert await first == [1, 2]
+        assert batcher.max_running == 2
+
+
+async def test_one_batch_at_a_time_by_default() -> None:
+    encode = Recorder()
+    with ThreadPoolExecutor(2) as pool:  # a free thread: only max_parallel holds the second back
+        batcher = EncodeBatcher(encode, pool, max_batch_size=1)
+        first = asyncio.ensure_future(batcher.encode("a"))
+        await _until(lambda: len(encode.batches) == 1)
+        second = asyncio.ensure_future(batcher.encode("bb"))
+        await asyncio.sleep(0.05)
+        assert not second.done() and len(encode.batches) == 1
+        encode.release.set()
+        assert await asyncio.gather(first, second) == [[1], [2]]
+        assert batcher.max_running == 1
+
+
+def test_max_parallel_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_parallel"):
+        EncodeBatcher(Recorder(), max_parallel=0)
+
+
+async def test_a_lone_prompt_is_tokenized_inline_and_a_burst_on_the_executor() -> None:
+    threads: list[str] = []
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        threads.append(threading.current_thread().name)
+        return [[len(t)] for t in texts]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+        batcher = EncodeBatcher(encode, pool, inline_gap_s=0.05)
+        assert await batcher.encode("abc") == [3]  # alone: on this (the loop's) thread
+        assert threads == [threading.current_thread().name]
+        # Arriving right after it (a burst): the executor, batched.
+        assert await asyncio.gather(*(batcher.encode("x" * n) for n in (1, 2, 3))) == [[1], [2], [3]]
+        assert all(name.startswith("pool") for name in threads[1:]) and len(threads) >= 2
+        await asyncio.sleep(0.06)
+        assert await batcher.encode("abcd") == [4]
+        assert threads[-1] == threading.current_thread().name
+        assert batcher.num_inline == 2
+
+
+async def test_inline_failures_reach_the_caller() -> None:
+    batcher = EncodeBatcher(Recorder(), inline_gap_s=0.0)
+    encode = batcher._encode_batch
+    assert isinstance(encode, Recorder)
+    encode.release.set()
+    with pytest.raises(ValueError, match="bad"):
+        await batcher.encode("a bad one")
