@@ -7,7 +7,8 @@ then writes bench/results/routing.md with the table and plots.
     python bench/routing.py                # ~10 minutes on 2 busy cores
 
 Every system gets a fresh fleet (cold caches), the same requests (same seed) and the same
-client. See bench/README.md for the flags.
+client. See bench/README.md for the flags. `--systems` also takes `ours-MODE-Np`: our
+frontend with `--processes N` (e.g. `ours-kv-2p`).
 """
 
 from __future__ import annotations
