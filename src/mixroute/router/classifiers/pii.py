@@ -227,6 +227,7 @@ def _is_number_fragment(text: str, entity: PiiEntity) -> bool:
 
 _WORD = re.compile(r"[^\W\d_]+")
 _NEXT_WORD = re.compile(r"^[\s,]*([^\W\d_]+)")
+_WORD_BEFORE = re.compile(r"([^\W\d_]+)[ \t]+$")
 _PREVIOUS_NUMBER = re.compile(r"\d[\w/-]*[ \t]+$")
 _NUMBER_AFTER = re.compile(r"^[ \t]+\d")
 _PLACE_BEFORE = re.compile(r"\b(?:in|from|at|near|via|into)\s+$", re.IGNORECASE)
@@ -259,6 +260,9 @@ def _is_address_or_company(text: str, entity: PiiEntity) -> bool:
         return True
     if len(words) > 1 and is_place_prefix(words[0]):
         return True
+    word_before = _WORD_BEFORE.search(text[max(0, entity.start - 12) : entity.start])
+    if word_before is not None and is_place_prefix(word_before.group(1)):
+        return True  # "Lake Darija", "USCGC Ferguson"
     after = _NEXT_WORD.match(text[entity.end : entity.end + 24])
     if after is not None and (is_place_word(after.group(1)) or fold(after.group(1)) in COMPANY_WORDS):
         return True

@@ -50,8 +50,9 @@ PLACE_WORDS = frozenset(
     ["streets", "roads", "drives", "ways", "courts", "squares", "ter", "rte", "circles", "trl", "xing", "lock", "alley", "annex", "arcade", "bayou", "beach", "bend", "bluff", "bluffs", "bottom", "branch", "bridge", "brook", "brooks", "burg", "burgs", "bypass", "camp", "canyon", "cape", "causeway", "center", "centre", "centers", "cliff", "cliffs", "club", "common", "commons", "corner", "corners", "course", "cove", "coves", "creek", "crescent", "crest", "crossroad", "curve", "dale", "dam", "divide", "estate", "estates", "expressway", "extension", "falls", "ferry", "field", "fields", "flat", "flats", "ford", "fords", "forest", "forge", "forges", "fork", "forks", "fort", "freeway", "garden", "gardens", "gateway", "glen", "glens", "green", "greens", "grove", "groves", "harbor", "harbors", "haven", "heights", "hill", "hills", "hollow", "inlet", "island", "islands", "isle", "junction", "junctions", "key", "keys", "knoll", "knolls", "lake", "lakes", "landing", "light", "lights", "loaf", "lodge", "loop", "mall", "manor", "manors", "meadow", "meadows", "mews", "mill", "mills", "mission", "motorway", "mount", "mountain", "mountains", "neck", "orchard", "oval", "overpass", "park", "parks", "pass", "passage", "path", "pike", "pine", "pines", "plain", "plains", "point", "points", "port", "ports", "prairie", "radial", "ramp", "ranch", "rapid", "rapids", "rest", "ridge", "ridges", "river", "row", "run", "shoal", "shoals", "shore", "shores", "skyway", "spring", "springs", "spur", "spurs", "station", "stravenue", "stream", "summit", "throughway", "trace", "track", "trafficway", "trailer", "tunnel", "turnpike", "underpass", "union", "unions", "valley", "valleys", "viaduct", "view", "views", "village", "villages", "ville", "vista", "walk", "walks", "wall", "well", "wells"]
 ) - STREET_WORDS
 # Capitalised, these open a place name ("Lake Darija", "San Mateo", "North Tiffany").
+# Ship prefixes too: "USS Johnson / FPO AP 27485" is a military mail address.
 PLACE_PREFIXES = frozenset(
-    ["lake", "lakes", "mount", "mt", "saint", "sankt", "san", "santa", "st", "ste", "north", "south", "east", "west", "upper", "lower", "fort", "port", "new", "isle", "cape"]
+    ["uss", "usns", "usnv", "uscgc", "hms", "hmcs", "hmas", "lake", "lakes", "mount", "mt", "saint", "sankt", "san", "santa", "st", "ste", "north", "south", "east", "west", "upper", "lower", "fort", "port", "new", "isle", "cape"]
 )
 
 
@@ -90,9 +91,16 @@ def _is_initial(token: Any) -> bool:
     return (len(text) == 1 and text.isupper()) or (len(text) == 2 and text[0].isupper() and text[1] == ".")
 
 
+# Line prefixes of pasted or templated text ("}} Name", "??? Name"); the regex tokens
+# split them into single characters.
+_LINE_MARKS = frozenset({"}}", "???", "}"})
+
+
 def _line_start(doc: Any, i: int) -> bool:
     before = doc[i - 1] if i else None
-    return before is None or before.is_space or before.text in {"}}", "???"}
+    if before is None or before.is_space or before.text in _LINE_MARKS:
+        return True
+    return before.text == "?" and i > 1 and doc[i - 2].text == "?"
 
 
 def _sentence_start(doc: Any, i: int) -> bool:
@@ -127,7 +135,7 @@ def _name_end(doc: Any, i: int) -> int:
 
 def _is_name_line(doc: Any, i: int, end: int) -> bool:
     """The name is a whole line of its own, as in a signature or an address block."""
-    at_line_end = end == len(doc) or doc[end].is_space or doc[end].text in {"}}", "???"}
+    at_line_end = end == len(doc) or doc[end].is_space or doc[end].text in _LINE_MARKS
     return _line_start(doc, i) and at_line_end and end - i >= 2
 
 
@@ -244,6 +252,29 @@ def find_names(
             last = doc[end - 1]
             out.append((token.idx, last.idx + len(last.text), score))
         free = end
+    return out + _later_mentions(doc, out)
+
+
+def _later_mentions(doc: Sequence[Any], found: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
+    """Other mentions of a found name's words in the same text ("directed by Zuzana Mudrová
+    and starring Mudrová", "Dr. Smith ... Smith said"): a person's name stays one whatever
+    the lists say about the word alone."""
+    if not found:
+        return []
+    words: set[str] = set()
+    taken: set[int] = set()
+    for start, end, _ in found:
+        k = token_at(doc, start)
+        while k is not None and k < len(doc) and doc[k].idx < end:
+            taken.add(k)
+            if len(doc[k].text) > 1 and doc[k].is_alpha:
+                words.add(doc[k].text)
+            k += 1
+    out = []
+    for i in capitalised_indices(doc):
+        token = doc[i]
+        if i not in taken and token.text in words and not (i and doc[i - 1].text.lower() in PLACE_PREPOSITIONS):
+            out.append((token.idx, token.idx + len(token.text), SCORE_LISTED))
     return out
 
 

@@ -132,3 +132,18 @@ def test_prose_without_places_never_runs_ner(monkeypatch: pytest.MonkeyPatch) ->
     located = {(e.entity_type, moved[e.start : e.end]) for e in detector.detect(moved)}
     assert len(calls) == 1
     assert ("LOCATION", "Paris") in located and ("PERSON", "Ebba") in located
+
+
+def test_later_mentions_and_pasted_lines(lexicon: Lexicon) -> None:
+    text = "The film was directed by Zuzana Mudrová and starring Mudrová herself."
+    assert names(text, lexicon) == ["Zuzana Mudrová", "Mudrová"]
+    # Lines prefixed by "}}" or "???" (pasted templates) still start a line.
+    assert names("}} Nanase Oyokawa\n}} Apt. 792", lexicon) == ["Nanase Oyokawa"]
+
+
+@pytest.mark.slow
+def test_ship_addresses_are_no_people() -> None:
+    detector = PiiDetector()
+    text = "Ship it to USCGC Ferguson / FPO AE 50790, attention Anna Berg."
+    people = [text[e.start : e.end] for e in detector.detect(text, {"PERSON"})]
+    assert people == ["Anna Berg"]
