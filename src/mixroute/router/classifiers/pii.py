@@ -227,6 +227,7 @@ def _is_number_fragment(text: str, entity: PiiEntity) -> bool:
 
 _WORD = re.compile(r"[^\W\d_]+")
 _NEXT_WORD = re.compile(r"^[\s,]*([^\W\d_]+)")
+_STREET_OR_COMPANY = STREET_WORDS | COMPANY_WORDS
 _WORD_BEFORE = re.compile(r"([^\W\d_]+)[ \t]+$")
 _PREVIOUS_NUMBER = re.compile(r"\d[\w/-]*[ \t]+$")
 _NUMBER_AFTER = re.compile(r"^[ \t]+\d")
@@ -256,7 +257,7 @@ def _is_address_or_company(text: str, entity: PiiEntity) -> bool:
     ("Ajax NV") or a place ("from Eindhoven"): next to a house number, a street or company
     word, or after a place preposition."""
     words = _WORD.findall(text[entity.start : entity.end])
-    if any(fold(w) in STREET_WORDS | COMPANY_WORDS for w in words) or any(is_place_word(w) for w in words[1:]):
+    if any(fold(w) in _STREET_OR_COMPANY for w in words) or any(is_place_word(w) for w in words[1:]):
         return True
     if len(words) > 1 and is_place_prefix(words[0]):
         return True

@@ -72,6 +72,7 @@ COMPANY_WORDS = frozenset(
 NOT_NAMES = frozenset(
     ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "sir", "madam", "baby", "love"]
 )
+_NEVER_START = STREET_WORDS | COMPANY_WORDS | NOT_NAMES
 PLACE_PREPOSITIONS = frozenset(["in", "from", "at", "near", "via", "into", "across"])
 TITLES = frozenset(["mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "madam", "mme", "mlle", "herr", "frau"])
 _CUE_BEFORE = re.compile(
@@ -227,7 +228,7 @@ def find_names(
         if i < free:
             continue
         token = doc[i]
-        if not _is_word(token) or fold(token.text) in STREET_WORDS | COMPANY_WORDS | NOT_NAMES:
+        if not _is_word(token) or fold(token.text) in _NEVER_START:
             continue
         end = _name_end(doc, i)
         if is_place_prefix(token.text) and end > i + 1:

@@ -97,6 +97,7 @@ class Tokens(Sequence[Tok]):
         self._stop_words = stop_words
         self._starts: list[int] | None = None
         self._made: dict[int, Tok] = {}
+        self._capitalised: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.words)
@@ -129,7 +130,9 @@ class Tokens(Sequence[Tok]):
         return (self[i] for i in range(len(self.words)))
 
     def capitalised(self) -> list[int]:
-        return [i for i, w in enumerate(self.words) if len(w) > 1 and w[0].isupper()]
+        if self._capitalised is None:
+            self._capitalised = [i for i, w in enumerate(self.words) if len(w) > 1 and w[0].isupper()]
+        return self._capitalised
 
 
 def regex_tokens(text: str, stop_words: frozenset[str]) -> Tokens:
