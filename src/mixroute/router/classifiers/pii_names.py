@@ -199,7 +199,7 @@ def _lexicon_says_name(lexicon: Lexicon, doc: Sequence[Any], i: int, end: int) -
         return listed and not plain_words
     if first in lexicon.surnames:
         return first not in lexicon.frequent or not (i and doc[i - 1].text.lower() in DETERMINERS)
-    return False
+    return lexicon.is_unseen(first) and _has_surname_ending(words[0])  # "founders: Aslakhanov, ..."
 
 
 def _is_lone_frequent_surname(lexicon: Lexicon, token: Any) -> bool:
@@ -214,7 +214,10 @@ def find_names(
     Tokens or `pii_nlp.Tok`; no model).
 
     `other_entities` are (start_char, end_char, label) NER gave another label; see
-    `_label_holds` for when a listed name overrides it (then with a score above NER's)."""
+    `_label_holds` for when a listed name overrides it (then with a score above NER's).
+    Text without a single capital letter is read by `_lower_case_names`."""
+    if not any(c.isupper() for c in text):
+        return _lower_case_names(doc, text, lexicon)
     out: list[tuple[int, int, float]] = []
     labels: dict[int, tuple[str | None, str]] = {}
     if other_entities:
@@ -253,7 +256,65 @@ def find_names(
             last = doc[end - 1]
             out.append((token.idx, last.idx + len(last.text), score))
         free = end
-    return out + _later_mentions(doc, out)
+    out += _later_mentions(doc, out)
+    return out + _coordinated(doc, out, lexicon)
+
+
+def _lower_case_names(doc: Sequence[Any], text: str, lexicon: Lexicon) -> list[tuple[int, int, float]]:
+    """Names in text typed all in lower case, where capitals tell nothing: a listed given
+    name that is no everyday word, followed by a listed surname or given name ("john smith",
+    "kolos farkas"), after a cue ("my name is sanela"), or alone when it is no common word
+    at all ("tuomo", not "mark")."""
+    out: list[tuple[int, int, float]] = []
+    i = 0
+    while i < len(doc):
+        token = doc[i]
+        first = fold(token.text) if token.is_alpha and len(token.text) > 1 and not token.is_stop else ""
+        if first not in lexicon.given:
+            i += 1
+            continue
+        end = i + 1
+        while end < len(doc) and end - i < 3 and doc[end].is_alpha and not doc[end].is_stop:
+            nxt = fold(doc[end].text)
+            if nxt not in lexicon.given and nxt not in lexicon.surnames:
+                break
+            end += 1
+        if end > i + 1 or _is_cued(doc, i, text) or first not in lexicon.common:
+            last = doc[end - 1]
+            out.append((token.idx, last.idx + len(last.text), SCORE_LISTED))
+        i = end
+    return out
+
+
+_COORDINATORS = frozenset({"and", "or", ",", "&"})
+
+
+def _coordinated(
+    doc: Sequence[Any], found: list[tuple[int, int, float]], lexicon: Lexicon
+) -> list[tuple[int, int, float]]:
+    """A capitalised word joined by "and", "or" or a comma to a found one-word name, and no
+    common English word itself ("Pyysalo and Curry", "founders: Rolc, Patterson and Dean"):
+    lists of people are lists of names."""
+    starts = {start for start, _, _ in found}
+    out: list[tuple[int, int, float]] = []
+    for start, end, _ in found:
+        k = token_at(doc, start)
+        if k is None or doc[k].idx + len(doc[k].text) != end:
+            continue
+        for other, link in ((k - 2, k - 1), (k + 2, k + 1)):
+            if not (0 <= other < len(doc)) or doc[link].text.lower() not in _COORDINATORS:
+                continue
+            token = doc[other]
+            folded = fold(token.text)
+            if (
+                token.idx not in starts
+                and _is_word(token)
+                and not token.text.isupper()
+                and (folded not in lexicon.common or folded in lexicon.given or folded in lexicon.surnames)
+            ):
+                starts.add(token.idx)
+                out.append((token.idx, token.idx + len(token.text), SCORE_LISTED))
+    return out
 
 
 def _later_mentions(doc: Sequence[Any], found: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:

@@ -147,3 +147,18 @@ def test_ship_addresses_are_no_people() -> None:
     text = "Ship it to USCGC Ferguson / FPO AE 50790, attention Anna Berg."
     people = [text[e.start : e.end] for e in detector.detect(text, {"PERSON"})]
     assert people == ["Anna Berg"]
+
+
+def test_text_typed_in_lower_case(lexicon: Lexicon) -> None:
+    assert names("john smith will call tomorrow", lexicon) == ["john smith"]
+    assert names("hi, i'm tuomo", lexicon) == ["tuomo"]
+    assert names("mark the right answer and hope for the best", lexicon) == []
+
+
+def test_lists_of_people_and_surname_endings(lexicon: Lexicon) -> None:
+    text = "Is there a better pop song? Pyysalo and Curry were precision engineers."
+    assert names(text, lexicon) == ["Curry", "Pyysalo"]
+    text = "It is the brainchild of our 3 founders: Aslakhanov, Williams and Thomas."
+    assert names(text, lexicon) == ["Aslakhanov", "Williams", "Thomas"]
+    # A common word next to a name is no name ("Peace and Anna").
+    assert names("They sang of Peace and Anna smiled.", lexicon) == ["Anna"]
