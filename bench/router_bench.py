@@ -266,6 +266,21 @@ def measure_lean(
     return out
 
 
+def _commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src/mixroute/router"],
+            cwd=ROOT, capture_output=True, text=True, check=False,
+        )
+    except OSError:
+        return "unknown"
+    changed = " (with uncommitted changes under src/mixroute/router)" if dirty.stdout.strip() else ""
+    return head.stdout.strip() + changed
+
+
 def report(args: argparse.Namespace, results: dict) -> str:
     load = os.getloadavg()
     cpu = platform.processor() or platform.machine()
@@ -283,9 +298,10 @@ def report(args: argparse.Namespace, results: dict) -> str:
         f"{args.load_start[0]:.1f}/{args.load_start[1]:.1f} and at the end {load[0]:.1f}/{load[1]:.1f} "
         "(1/5 min; the box is shared with other jobs). Router: `mixroute router` process, every signal on "
         "(PII over all messages with a policy that forbids every PII type, so all of them are looked "
-        "for, PERSON and LOCATION with spaCy's NER; jailbreak, category, keywords, semantic cache in "
+        "for: PERSON by the name lexicon, LOCATION by spaCy's NER around capitalised words after a "
+        "place preposition, the rest by patterns; jailbreak, category, keywords, semantic cache in "
         "memory); upstream: the integration-test echo app (answers instantly). Sequential requests "
-        f"for latency; {args.requests} pairs per size."),
+        f"for latency; {args.requests} pairs per size. Code: commit {_commit()}."),
         "",
         ("| prompt tokens | direct p50 | routed p50 | **added p50** | added p99 | exact-repeat hit p50 / p99 "
         "| paraphrase hit p50 / p99 (hits) | req/s direct | req/s routed |"),
@@ -336,7 +352,7 @@ def report(args: argparse.Namespace, results: dict) -> str:
         "",
         ("With the packaged default PII policy instead (PERSON, LOCATION, email, phone, IP allowed; "
          "SSN, cards, IBAN, bank and ID numbers forbidden), the router looks only for the forbidden "
-         "types and spaCy's NER does not run; same signals and cache otherwise:"),
+         "types (patterns only, no name rules, no NER); same signals and cache otherwise:"),
         "",
         *(f"- {size} tokens: added p50 {percentile(results['default_policy'][size], 50):.1f} ms, "
           f"p99 {percentile(results['default_policy'][size], 99):.1f} ms; "
