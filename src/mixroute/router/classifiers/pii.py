@@ -257,8 +257,10 @@ def _is_address_or_company(text: str, entity: PiiEntity) -> bool:
     ("Ajax NV") or a place ("from Eindhoven"): next to a house number, a street or company
     word, or after a place preposition."""
     words = _WORD.findall(text[entity.start : entity.end])
-    if any(fold(w) in _STREET_OR_COMPANY for w in words) or any(is_place_word(w) for w in words[1:]):
+    if any(fold(w) in _STREET_OR_COMPANY for w in words):
         return True
+    if entity.score < 0.9 and any(is_place_word(w) for w in words[1:]):
+        return True  # "Arbi Canyon"; a cued name keeps its surname ("Name: Brad Key")
     if len(words) > 1 and is_place_prefix(words[0]):
         return True
     word_before = _WORD_BEFORE.search(text[max(0, entity.start - 12) : entity.start])

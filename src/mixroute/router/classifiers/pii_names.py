@@ -72,7 +72,9 @@ COMPANY_WORDS = frozenset(
 NOT_NAMES = frozenset(
     ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "sir", "madam", "baby", "love"]
 )
-_NEVER_START = STREET_WORDS | COMPANY_WORDS | NOT_NAMES
+# Units of an address: they end a name ("Dr. Julie Deutekom Suite 780").
+UNIT_WORDS = frozenset(["suite", "ste", "apt", "apartment", "unit", "floor", "fl", "room", "rm", "box", "bldg", "building"])
+_NEVER_START = STREET_WORDS | COMPANY_WORDS | NOT_NAMES | UNIT_WORDS
 PLACE_PREPOSITIONS = frozenset(["in", "from", "at", "near", "via", "into", "across"])
 TITLES = frozenset(["mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "madam", "mme", "mlle", "herr", "frau"])
 _CUE_BEFORE = re.compile(
@@ -115,17 +117,22 @@ def _is_cued(doc: Any, i: int, text: str) -> bool:
     return previous in TITLES or _CUE_BEFORE.search(text[max(0, doc[i].idx - 16) : doc[i].idx]) is not None
 
 
-def _name_end(doc: Any, i: int) -> int:
+def _name_end(doc: Any, i: int, cued: bool = False) -> int:
     """End (exclusive) of the name starting at token i: following capitalised words and
-    initials, at most four tokens, never a street or company word."""
+    initials, at most four tokens, never a company or address-unit word ("Ms. Aune Kesä
+    Suite 210"), nor a street word unless a cue introduced the name ("Name: Brad Key")."""
     end = i + 1
     while end < len(doc) and end - i < 5:
         token = doc[end]
         if token.text == "." and _is_initial(doc[end - 1]) and end + 1 < len(doc) and _is_word(doc[end + 1]):
             end += 1  # "D. Vučković" split as "D", ".", "Vučković"
             continue
-        if not (_is_word(token) or _is_initial(token)) or is_place_word(token.text) or (
-            fold(token.text) in COMPANY_WORDS
+        folded = fold(token.text)
+        if (
+            not (_is_word(token) or _is_initial(token))
+            or (not cued and is_place_word(token.text))
+            or folded in COMPANY_WORDS
+            or folded in UNIT_WORDS
         ):
             break
         end += 1
@@ -233,12 +240,13 @@ def find_names(
         token = doc[i]
         if not _is_word(token) or fold(token.text) in _NEVER_START:
             continue
-        end = _name_end(doc, i)
+        cued = _is_cued(doc, i, text)
+        end = _name_end(doc, i, cued)
         if is_place_prefix(token.text) and end > i + 1:
             free = end  # "Lake Darija", "San Mateo": a place
             continue
         label, entity_text = labels.get(i, (None, ""))
-        if _is_cued(doc, i, text):
+        if cued:
             score = SCORE_CUED
         elif _is_name_line(doc, i, end) and label in (None, "LOCATION", "ORGANIZATION"):
             score = SCORE_LISTED
@@ -251,7 +259,7 @@ def find_names(
             score = SCORE_LISTED if label is None else SCORE_CUED
         else:
             continue
-        followed_by_street = end < len(doc) and is_place_word(doc[end].text)
+        followed_by_street = not cued and end < len(doc) and is_place_word(doc[end].text)
         if not (followed_by_street or (i > 0 and doc[i - 1].like_num)):
             last = doc[end - 1]
             out.append((token.idx, last.idx + len(last.text), score))

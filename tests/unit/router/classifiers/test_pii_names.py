@@ -162,3 +162,8 @@ def test_lists_of_people_and_surname_endings(lexicon: Lexicon) -> None:
     assert names(text, lexicon) == ["Aslakhanov", "Williams", "Thomas"]
     # A common word next to a name is no name ("Peace and Anna").
     assert names("They sang of Peace and Anna smiled.", lexicon) == ["Anna"]
+
+
+def test_address_units_end_a_name_and_cues_keep_street_like_surnames(lexicon: Lexicon) -> None:
+    assert names("Dr. Julie Deutekom Suite 780 31345 Baarlandhof 68", lexicon) == ["Julie Deutekom"]
+    assert names("Date: today\nName: Brad Key\nPhone: none", lexicon) == ["Brad Key"]
