@@ -21,6 +21,7 @@ phone matches made of a timestamp, a decimal fragment or a house number.
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 from collections.abc import Collection
@@ -144,7 +145,27 @@ def build_analyzer(
         registry.add_recognizer(recognizer)
     if lists is not None:
         registry.add_recognizer(name_recognizer(lists))
-    return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
+    return AnalyzerEngine(
+        registry=registry, nlp_engine=nlp_engine, supported_languages=["en"], context_aware_enhancer=_enhancer()
+    )
+
+
+def _enhancer() -> Any:
+    """Presidio's context enhancer (same settings), finding a match's token by bisection
+    instead of a scan from the first token for every match."""
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    class BisectingContextEnhancer(LemmaContextAwareEnhancer):  # type: ignore[misc]
+        @staticmethod
+        def _find_index_of_match_token(word: str, start: int, tokens: Any, tokens_indices: list[int]) -> int:
+            j = bisect.bisect_right(tokens_indices, start) - 1
+            if j >= 0 and (tokens_indices[j] == start or start < tokens_indices[j] + len(tokens[j])):
+                return j
+            if j + 1 < len(tokens_indices):
+                return j + 1  # the match starts between tokens: the next one covers it
+            raise ValueError(f"Did not find word {word!r} in the list of tokens although it is expected to be found")
+
+    return BisectingContextEnhancer()
 
 
 class PiiDetector:
@@ -290,14 +311,16 @@ def drop_word_persons(text: str, entities: list[PiiEntity], lexicon: Lexicon) ->
     name ("Discipline", "Tales": NER's guesses), or that the same text also writes in
     lower case ("Awarded Salesperson of the Month" after "driven salesperson")."""
     out = []
+    lower_words: set[str] | None = None
     for entity in entities:
         word = text[entity.start : entity.end]
         if entity.entity_type == "PERSON" and entity.score < 0.9 and word.isalpha():
             folded = fold(word)
             if folded in lexicon.common and not lexicon.is_name_part(folded):
                 continue
-            lower = word.lower()
-            if lower != word and re.search(rf"\b{re.escape(lower)}\b", text):
+            if lower_words is None:
+                lower_words = {w for w in _WORD.findall(text) if w.islower()}
+            if word.lower() != word and word.lower() in lower_words:
                 continue
         out.append(entity)
     return out
@@ -307,6 +330,7 @@ def resolve_overlaps(text: str, entities: list[PiiEntity]) -> list[PiiEntity]:
     """One entity per stretch of text; no PERSON that contains digits or reads as a street
     or company; no phone made of a timestamp, a decimal or a house number."""
     kept: list[PiiEntity] = []
+    taken: list[tuple[int, int]] = []  # kept spans, sorted, never overlapping
     ranked = sorted(
         entities,
         key=lambda e: (-e.score, _PRIORITY.get(e.entity_type, len(_PRIORITY)), e.start - e.end),
@@ -321,7 +345,9 @@ def resolve_overlaps(text: str, entities: list[PiiEntity]) -> list[PiiEntity]:
             _is_number_fragment(text, entity) or _is_street_number(text, entity)
         ):
             continue
-        if any(entity.start < k.end and k.start < entity.end for k in kept):
-            continue
+        k = bisect.bisect_left(taken, (entity.start, entity.end))
+        if (k and taken[k - 1][1] > entity.start) or (k < len(taken) and taken[k][0] < entity.end):
+            continue  # overlaps the kept span before or after it
+        taken.insert(k, (entity.start, entity.end))
         kept.append(entity)
     return sorted(kept, key=lambda e: (e.start, e.end, e.entity_type))

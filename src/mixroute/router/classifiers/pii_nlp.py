@@ -139,6 +139,19 @@ def regex_tokens(text: str, stop_words: frozenset[str]) -> Tokens:
     return Tokens(text, stop_words)
 
 
+class KeywordList(list[str]):
+    """Presidio's context words of a text: a list (its API) whose `in` is a set lookup.
+    Presidio's context enhancer asks `lemma in keywords` for the words around every match:
+    a linear scan each time made a text with hundreds of matches take seconds."""
+
+    def __init__(self, items: list[str]) -> None:
+        super().__init__(items)
+        self._set = frozenset(items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._set
+
+
 def token_at(doc: Sequence[Any], offset: int) -> int | None:
     """Index of the token starting at character `offset`, if one does."""
     if isinstance(doc, Tokens):
@@ -293,7 +306,7 @@ def build_nlp_engine(
         @property
         def keywords(self) -> list[str]:  # type: ignore[override]
             if self._keywords is None:
-                self._keywords = self.set_keywords(self.nlp_engine, self.lemmas, self._language)
+                self._keywords = KeywordList(self.set_keywords(self.nlp_engine, self.lemmas, self._language))
             return self._keywords
 
     class WindowedSpacyNlpEngine(SpacyNlpEngine):  # type: ignore[misc]

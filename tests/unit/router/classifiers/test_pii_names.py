@@ -167,3 +167,19 @@ def test_lists_of_people_and_surname_endings(lexicon: Lexicon) -> None:
 def test_address_units_end_a_name_and_cues_keep_street_like_surnames(lexicon: Lexicon) -> None:
     assert names("Dr. Julie Deutekom Suite 780 31345 Baarlandhof 68", lexicon) == ["Julie Deutekom"]
     assert names("Date: today\nName: Brad Key\nPhone: none", lexicon) == ["Brad Key"]
+
+
+def test_context_enhancer_finds_the_same_token_as_presidios_scan() -> None:
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    from mixroute.router.classifiers.pii import _enhancer
+    from mixroute.router.classifiers.pii_nlp import KeywordList
+
+    text = "Call  me at 212-555-0187, or (0) 44 323 68 22 fax; thanks!"
+    tokens = regex_tokens(text, STOP)
+    fast = _enhancer()
+    for start in range(len(text) - 1):
+        expected = LemmaContextAwareEnhancer._find_index_of_match_token("w", start, tokens.words, tokens.starts)
+        assert fast._find_index_of_match_token("w", start, tokens.words, tokens.starts) == expected, start
+    keywords = KeywordList(["call", "fax"])
+    assert "fax" in keywords and "me" not in keywords and list(keywords) == ["call", "fax"]
