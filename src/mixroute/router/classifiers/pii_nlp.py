@@ -117,6 +117,8 @@ class Tokens(Sequence[Tok]):
             return [self[k] for k in range(*i.indices(len(self.words)))]
         if i < 0:
             i += len(self.words)
+        if not 0 <= i < len(self.words):
+            raise IndexError(i)
         tok = self._made.get(i)
         if tok is None:
             word = self.words[i]

@@ -24,6 +24,8 @@ def test_tokens_are_made_lazily_and_match_the_text() -> None:
     assert tokens[0] is tokens[0]  # made once
     with pytest.raises(IndexError):
         tokens[len(tokens)]
+    with pytest.raises(IndexError):
+        tokens[-len(tokens) - 1]
 
 
 def test_ner_person_spans_are_cut_at_lower_case_words() -> None:
