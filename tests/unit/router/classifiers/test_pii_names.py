@@ -118,10 +118,15 @@ def test_ner_guesses_that_are_words_are_dropped(lexicon: Lexicon) -> None:
     assert drop_word_persons(text, [cued], lexicon) == [cued]
 
 
-@pytest.mark.slow
-def test_prose_without_places_never_runs_ner(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def detector() -> PiiDetector:
     detector = PiiDetector()
     detector.load()
+    return detector
+
+
+@pytest.mark.slow
+def test_prose_without_places_never_runs_ner(detector: PiiDetector, monkeypatch: pytest.MonkeyPatch) -> None:
     nlp = detector._analyzer.nlp_engine.nlp["en"]
     calls: list[object] = []
     pipe = nlp.pipe
@@ -144,8 +149,7 @@ def test_later_mentions_and_pasted_lines(lexicon: Lexicon) -> None:
 
 
 @pytest.mark.slow
-def test_ship_addresses_are_no_people() -> None:
-    detector = PiiDetector()
+def test_ship_addresses_are_no_people(detector: PiiDetector) -> None:
     text = "Ship it to USCGC Ferguson / FPO AE 50790, attention Anna Berg."
     people = [text[e.start : e.end] for e in detector.detect(text, {"PERSON"})]
     assert people == ["Anna Berg"]
