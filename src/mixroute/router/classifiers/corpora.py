@@ -226,7 +226,8 @@ def load_benign_sentences(num: int = BENIGN_SENTENCES, seed: int = BENIGN_SENTEN
     """Everyday sentences full of names, e-mail addresses, phone numbers and requests
     ("please change it to ...", "call me at ...") from presidio-evaluator's sentence
     faker (its bundled templates, seeded): benign training text for the jailbreak head,
-    which otherwise learned "send / forward / e-mail" as exfiltration."""
+    which otherwise learned "send / forward / e-mail" as exfiltration. Not bit-exact
+    across runs: the faker's date and age fields follow the current date."""
     from presidio_evaluator.data_generator import PresidioSentenceFaker
 
     faker = PresidioSentenceFaker("en_US", lower_case_ratio=0.05, random_seed=seed)
