@@ -78,8 +78,8 @@ def default_category_threshold() -> float:
     return float(yaml.safe_load(path.read_text())["classifier"]["category_threshold"])
 
 
-# Short, plain in-domain prompts (written before looking at the head's answers, two
-# batches, 52 prompts): the ones the packaged head routes to their category with at
+# Short, plain in-domain prompts (two batches, each written before looking at the head's answers to it;
+# 52 prompts): the ones the packaged head routes to their category with at
 # least the router's default confidence (29), and the ones it does not (23, strict
 # xfail: a head that fixes one must move it up here). The misses follow MMLU's labels:
 # short trivia is its "miscellaneous" subject (-> other), ethics theories are taught in
