@@ -44,11 +44,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mixroute.router.classifiers import corpora  # noqa: E402
-from mixroute.router.classifiers.embedder import STATIC_ARTIFACT, Embedder  # noqa: E402
-from mixroute.router.classifiers.featurizer import Featurizer  # noqa: E402
-from mixroute.router.classifiers.head import ARTIFACTS_DIR  # noqa: E402
-from mixroute.router.classifiers.training import (  # noqa: E402
+from mixroute.router.classifiers import corpora
+from mixroute.router.classifiers.embedder import STATIC_ARTIFACT, Embedder
+from mixroute.router.classifiers.featurizer import Featurizer
+from mixroute.router.classifiers.head import ARTIFACTS_DIR
+from mixroute.router.classifiers.training import (
     Corpus,
     FittedHead,
     HeadSpec,

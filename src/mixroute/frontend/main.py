@@ -17,13 +17,13 @@ from multiprocessing.process import BaseProcess
 import msgspec
 
 from mixroute.errors import ConfigError, MixrouteError
+from mixroute.frontend import processes
 from mixroute.frontend.admission import (
     DEFAULT_MAX_INFLIGHT_REQUESTS,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_REQUEST_IDLE_TIMEOUT_S,
     ApiLimits,
 )
-from mixroute.frontend import processes
 from mixroute.frontend.app import create_app
 from mixroute.frontend.disagg import DisaggSettings
 from mixroute.frontend.engine_client import RoutedBackend

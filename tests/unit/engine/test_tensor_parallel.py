@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mixroute.engine.api import KvExport
 from mixroute.engine.async_engine import AsyncEngine
 from mixroute.engine.config import EngineConfig
 from mixroute.engine.llm_engine import LLMEngine
 from mixroute.errors import ConfigError, EngineError
-from mixroute.engine.api import KvExport
 from mixroute.protocol.messages import GenerateRequest, SamplingParams
 from mixroute.testing.tiny_model import build_tiny_model
 
