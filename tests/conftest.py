@@ -81,8 +81,12 @@ def nats_server():  # type: ignore[no-untyped-def]
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop milvus-lite servers while pytest's streams are open: its own atexit hook logs
     after they are closed and prints a logging traceback under the summary line."""
+    import logging
     import sys
 
+    # Its background compaction thread and the stop below log at INFO; after the session
+    # the handler's stream may be pytest's closed capture.
+    logging.getLogger("milvus_lite").setLevel(logging.WARNING)
     manager = sys.modules.get("milvus_lite.server_manager")
     if manager is not None:
         manager.server_manager_instance.release_all()
