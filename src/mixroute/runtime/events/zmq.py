@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 _HWM = 1_000_000
 """Messages queued per peer before ZeroMQ drops; high, so bursts of KV events survive."""
+_POLL_MS = 100
+"""Longest wait on a subscription's poll before its receive is tried again."""
 _LINGER_MS = 2000
 
 
@@ -235,7 +237,10 @@ class ZmqSubscription:
             except zmq.ZMQError as exc:
                 self._fail(exc)
             try:
-                await self._sock.poll()
+                # Bounded: the socket's FD signals edges, and receives made on the shadow
+                # socket can consume an edge the poll never sees (a rare stall with messages
+                # queued, seen once in CI); a timed-out poll just tries the receive again.
+                await self._sock.poll(_POLL_MS)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if self._owner._closed and task is not None and not task.cancelling():
