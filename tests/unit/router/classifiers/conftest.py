@@ -5,6 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from mixroute.router.classifiers.pii import PiiDetector
+
 
 class NetworkAttempted(AssertionError):
     pass
@@ -25,3 +27,11 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield attempts
+
+
+@pytest.fixture(scope="module")
+def detector() -> PiiDetector:
+    """A loaded PII detector, one per test module (the slow PII tests share it)."""
+    detector = PiiDetector()
+    detector.load()
+    return detector

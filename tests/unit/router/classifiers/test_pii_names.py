@@ -124,13 +124,6 @@ def test_ner_guesses_that_are_words_are_dropped(lexicon: Lexicon) -> None:
     assert drop_word_persons(text, [cued], lexicon) == [cued]
 
 
-@pytest.fixture(scope="module")
-def detector() -> PiiDetector:
-    detector = PiiDetector()
-    detector.load()
-    return detector
-
-
 @pytest.mark.slow
 def test_prose_without_places_never_runs_ner(detector: PiiDetector, monkeypatch: pytest.MonkeyPatch) -> None:
     nlp = detector._analyzer.nlp_engine.nlp["en"]

@@ -76,13 +76,6 @@ models:
     assert actionable_pii_types(only_open, known) == frozenset()
 
 
-@pytest.fixture(scope="module")
-def detector() -> PiiDetector:
-    detector = PiiDetector()
-    detector.load()
-    return detector
-
-
 @pytest.mark.slow
 def test_types_not_asked_for_are_not_looked_for(detector: PiiDetector, no_network: list[str]) -> None:
     text = "Ms. Klaudia Nowak from Gdansk: SSN 123-45-6789, mail klaudia@example.org"
