@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 from mixroute.engine.kv_cache.kv_cache_manager import KvCacheManager
 from mixroute.engine.sequence import Sequence, SequenceStatus
 
+DEDUP_MIN_BLOCKS = 4
+"""A waiting sequence is deferred only for a shared in-flight run of at least this many blocks."""
+DEDUP_MIN_FRACTION = 0.5
+"""... and only when that run is at least this fraction of the tokens it would compute now."""
+
 
 @dataclass(slots=True)
 class ScheduledBatch:
@@ -31,13 +36,23 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, kv: KvCacheManager, *, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(
+        self,
+        kv: KvCacheManager,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        dedup_inflight: bool = True,
+    ) -> None:
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.dedup_inflight = dedup_inflight and kv.pool.enable_caching
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.num_deferrals = 0
+        """Times a waiting sequence was passed over for a prefix another one is computing."""
 
     @property
     def has_work(self) -> bool:
@@ -72,28 +87,74 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        inflight = self._inflight_blocks() if self.dedup_inflight and self.waiting else None
+        deferred: list[Sequence] = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if seq.imported is not None:
                 # The prompt's KV arrives from a prefill worker: blocks only, no compute.
                 if self.kv.allocate(seq, seq.num_tokens) is None:
-                    return
+                    break
                 batch.imports.append(seq)
             else:
                 cached = self.kv.find_cached_prefix(seq)
+                if inflight and self._is_worth_waiting(seq, len(cached), inflight):
+                    self.waiting.popleft()
+                    deferred.append(seq)
+                    self.num_deferrals += 1
+                    continue
                 num_cached = len(cached) * self.kv.block_size
                 num_new = min(seq.num_tokens - num_cached, budget)
                 if self.kv.allocate(seq, num_new, cached) is None:
-                    return
+                    break
                 seq.num_computed_tokens = num_cached
                 if seq.num_cached_tokens < 0:
                     seq.num_cached_tokens = min(num_cached, seq.num_prompt_tokens)
                 batch.seqs.append(seq)
                 batch.num_new_tokens.append(num_new)
                 budget -= num_new
+                if inflight is not None:
+                    inflight.update(self._uncommitted_prompt_hashes(seq))
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
+        # Deferred sequences keep their place ahead of everything still waiting.
+        self.waiting.extendleft(reversed(deferred))
+
+    # ---- in-flight prefix dedup ----
+
+    def _uncommitted_prompt_hashes(self, seq: Sequence) -> list[int]:
+        """Sequence hashes of the full prompt blocks `seq` has yet to compute and commit."""
+        return seq.seq_hashes[
+            seq.num_committed_blocks : seq.num_prompt_tokens // self.kv.block_size
+        ]
+
+    def _inflight_blocks(self) -> set[int]:
+        """Prompt blocks running sequences are computing now or in their next prefill chunks."""
+        inflight: set[int] = set()
+        block_size = self.kv.block_size
+        for s in self.running:
+            if s.num_committed_blocks < s.num_prompt_tokens // block_size:
+                inflight.update(self._uncommitted_prompt_hashes(s))
+        return inflight
+
+    def _num_inflight_after(self, seq: Sequence, num_cached_blocks: int, inflight: set[int]) -> int:
+        """Blocks right after `seq`'s cached prefix that are in `inflight` (a leading run)."""
+        max_blocks = (seq.num_tokens - 1) // self.kv.block_size
+        n = 0
+        for seq_hash in seq.seq_hashes[num_cached_blocks:max_blocks]:
+            if seq_hash not in inflight:
+                break
+            n += 1
+        return n
+
+    def _is_worth_waiting(self, seq: Sequence, num_cached_blocks: int, inflight: set[int]) -> bool:
+        """Waiting for the shared run beats computing it again: it is long, and most of the work."""
+        num_shared = self._num_inflight_after(seq, num_cached_blocks, inflight)
+        if num_shared < DEDUP_MIN_BLOCKS:
+            return False
+        num_to_compute = seq.num_tokens - num_cached_blocks * self.kv.block_size
+        return num_shared * self.kv.block_size >= DEDUP_MIN_FRACTION * num_to_compute
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -118,13 +179,21 @@ class Scheduler:
 
         A waiting sequence's prompt prefix that the prefix cache holds will not be computed,
         so it is not counted (a worker that just got a cache hit must not look busier than
-        one that got a miss), nor is a prompt whose KV is imported from a prefill worker.
-        Probing the cache only reads it: blocks are not touched and no event is emitted."""
+        one that got a miss), nor is a prompt whose KV is imported from a prefill worker,
+        nor (with in-flight dedup) a run of blocks that a running sequence, or a waiting
+        one ahead of it, will compute first. Probing the cache only reads it: blocks are
+        not touched and no event is emitted."""
         num_tokens = sum(max(s.num_prompt_tokens - s.num_computed_tokens, 0) for s in self.running)
         block_size = self.kv.block_size
+        inflight = self._inflight_blocks() if self.dedup_inflight and self.waiting else None
         for s in self.waiting:
             if s.imported is not None:
                 continue
-            num_cached = max(len(self.kv.find_cached_prefix(s)) * block_size, s.num_computed_tokens)
+            num_cached_blocks = len(self.kv.find_cached_prefix(s))
+            if inflight is not None:
+                if self._is_worth_waiting(s, num_cached_blocks, inflight):
+                    num_cached_blocks += self._num_inflight_after(s, num_cached_blocks, inflight)
+                inflight.update(s.seq_hashes[num_cached_blocks : s.num_prompt_tokens // block_size])
+            num_cached = max(num_cached_blocks * block_size, s.num_computed_tokens)
             num_tokens += max(s.num_prompt_tokens - num_cached, 0)
         return num_tokens
