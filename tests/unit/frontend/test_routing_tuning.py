@@ -157,3 +157,67 @@ def test_predicted_blocks_match_leading_blocks_and_refresh() -> None:
     assert pred.find_matches(keys) == {1: 48}
     pred.expire(20.0)
     assert pred.find_matches(keys) == {}
+
+
+def _cold_fleet() -> WorkerSelector:
+    """Two live workers, nothing cached: a cold start, before any KV event has arrived."""
+    sel = WorkerSelector("kv", block_size=BS, rng=random.Random(0), overlap_weight=4.0)
+    for w in (1, 2):
+        sel.add_worker(w)
+        sel.mark_live(w)
+    return sel
+
+
+def _other(seed: int) -> list[int]:
+    return [200_000 + seed * 4000 + i for i in range(4000)]
+
+
+def test_group_sibling_follows_the_worker_still_prefilling_its_prefix() -> None:
+    sel = _cold_fleet()
+    sel.select("a", [1], prepare_prompt(_other(0), BS))  # worker 1: an unrelated prompt
+    sel.select("b", [1], prepare_prompt(_prompt(0), BS))  # worker 1: the group's first request
+    sel.select("c", [2], prepare_prompt(_other(1), BS))  # worker 2: one unrelated prompt
+    d = sel.select("d", [1, 2], prepare_prompt(_prompt(1), BS))
+    # Worker 1 queues 8,000 prefill tokens, 3,600 of them b's prefix, which d waits for
+    # instead of computing: (4,400 + 416) / 16 = 301 prefill blocks, cost 4 * 301 + 526.
+    # Worker 2: (4,000 + 4,000) / 16 = 500, cost 4 * 500 + 500. Without the credit worker 1
+    # would cost 4 * 526 + 526 and d would compute the prefix again on worker 2.
+    assert (d.worker_id, d.overlap_blocks, d.cost) == (1, 224, 4 * 301 + 526)
+
+
+def test_prefix_no_longer_in_flight_is_not_credited() -> None:
+    sel = _cold_fleet()
+    sel.select("a", [1], prepare_prompt(_other(0), BS))
+    sel.select("b", [1], prepare_prompt(_prompt(0), BS))
+    sel.select("c", [2], prepare_prompt(_other(1), BS))
+    load = sel.loads.get(1)
+    assert load.prefilling_shared(set(chain_keys(hash_prompt(_prompt(1), BS)[0]))) == 225
+    sel.first_token("b")  # b computed its prefix: nothing of it is in flight any more
+    assert load.prefilling_shared(set(chain_keys(hash_prompt(_prompt(1), BS)[0]))) == 0
+    sel.finish("a")  # a finished (or was aborted) before its first token
+    assert load.prefill_refs == {}
+    sel.finish("b")
+    assert (load.block_refs, load.num_prefill_tokens) == ({}, 0)
+
+
+def test_cached_part_of_a_prompt_is_not_counted_as_in_flight() -> None:
+    sel, tokens = _loaded_pair(4.0)  # worker 1 caches the group's prefix
+    d = sel.select("d", [1, 2], prepare_prompt(tokens, BS))
+    assert d.worker_id == 1
+    # d computes only its 25-block tail there; the prefix is cached, not in flight.
+    assert len(sel.loads.get(1).prefill_refs) == 25
+
+
+def test_sibling_follows_even_when_the_worker_turns_live_in_between() -> None:
+    # Cold start: no worker has sent events yet, so decisions are recorded approximately.
+    sel = WorkerSelector("kv", block_size=BS, rng=random.Random(0), overlap_weight=4.0)
+    for w in (1, 2):
+        sel.add_worker(w)
+    first = sel.select("a", [1, 2], prepare_prompt(_prompt(0), BS))
+    other = 2 if first.worker_id == 1 else 1
+    sel.select("c", [other], prepare_prompt(_other(1), BS))
+    # The worker's first events (another prompt's blocks) arrive before the group's prefix
+    # is computed: it turns live, and its approximate records are dropped.
+    _store(sel, first.worker_id, _other(2))
+    second = sel.select("b", [1, 2], prepare_prompt(_prompt(1), BS))
+    assert (second.worker_id, second.overlap_blocks) == (first.worker_id, 224)

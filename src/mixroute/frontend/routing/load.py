@@ -10,6 +10,12 @@ reference count per sequence hash and counts each block once; summing per reques
 charge a worker the shared prefix again for every request of the group it already serves,
 pushing the group's next requests to other workers (and making the own estimate disagree
 with the worker's reported `num_active_blocks`, which is deduplicated).
+
+Blocks being prefilled: each worker also counts, per block, the in-flight requests that
+are still computing it (routed, no first token yet). A request of the same prefix group
+sent to that worker waits for those blocks instead of computing them again (the engine
+scheduler's in-flight dedup), so the selector does not charge it that part of the
+worker's queued prefill (`WorkerLoad.prefilling_shared`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ class _Sent:
     prefill_tokens: int
     num_blocks: int
     block_hashes: tuple[int, ...] = ()
+    prefill_hashes: tuple[int, ...] = ()
+    """The blocks it computes (not cached on the worker when routed), until its first token."""
 
 
 @dataclass(slots=True)
@@ -41,6 +49,8 @@ class WorkerLoad:
     """Sequence hash -> number of this frontend's in-flight requests holding that block."""
     num_untracked_blocks: int = 0
     """Blocks of in-flight requests added without their hashes (counted per request)."""
+    prefill_refs: dict[int, int] = field(default_factory=dict)
+    """Sequence hash -> number of this frontend's requests on the worker still computing that block."""
 
     @property
     def unique_blocks(self) -> int:
@@ -52,10 +62,10 @@ class WorkerLoad:
         reported = self.reported.num_active_blocks if self.reported is not None else 0
         return max(self.unique_blocks, reported)
 
-    def holds_active(self, block_hashes: Sequence[int]) -> int:
-        """How many of these blocks in-flight requests on this worker already reference."""
-        refs = self.block_refs
-        return sum(1 for h in block_hashes if h in refs)
+    def prefilling_shared(self, block_hashes: set[int]) -> int:
+        """How many of these blocks requests on this worker are computing right now."""
+        refs = self.prefill_refs
+        return len(block_hashes & refs.keys()) if refs else 0
 
     @property
     def prefill_tokens(self) -> int:
@@ -108,10 +118,12 @@ class LoadTracker:
         prefill_tokens: int,
         num_blocks: int,
         block_hashes: Sequence[int] = (),
+        num_cached_blocks: int = 0,
     ) -> None:
         """Account a request to a worker. `num_blocks`: blocks it adds (prompt blocks not
         cached there); `block_hashes`: identities of all its prompt blocks (`chain_keys`), for the
-        deduplicated count (without them the request counts `num_blocks` on its own)."""
+        deduplicated count (without them the request counts `num_blocks` on its own);
+        `num_cached_blocks`: its leading blocks the worker holds (the rest it computes)."""
         load = self.get(worker_id)
         load.num_active_blocks += num_blocks
         load.num_prefill_tokens += prefill_tokens
@@ -124,7 +136,12 @@ class LoadTracker:
                 refs[h] = refs.get(h, 0) + 1
         else:
             load.num_untracked_blocks += num_blocks
-        self._sent[request_id] = _Sent(worker_id, prefill_tokens, num_blocks, hashes)
+        computing = hashes[num_cached_blocks:] if prefill_tokens > 0 else ()
+        if computing:
+            refs = load.prefill_refs
+            for h in computing:
+                refs[h] = refs.get(h, 0) + 1
+        self._sent[request_id] = _Sent(worker_id, prefill_tokens, num_blocks, hashes, computing)
 
     def mark_prefill_done(self, request_id: str) -> None:
         """First token arrived: the prompt no longer costs prefill time."""
@@ -134,7 +151,9 @@ class LoadTracker:
         load = self._workers.get(sent.worker_id)
         if load is not None:
             load.num_prefill_tokens -= sent.prefill_tokens
+            _release(load.prefill_refs, sent.prefill_hashes)
         sent.prefill_tokens = 0
+        sent.prefill_hashes = ()
 
     def finish_request(self, request_id: str) -> None:
         sent = self._sent.pop(request_id, None)
@@ -147,13 +166,18 @@ class LoadTracker:
         load.num_active_blocks -= sent.num_blocks
         load.num_requests -= 1
         load.requests.discard(request_id)
+        _release(load.prefill_refs, sent.prefill_hashes)
         if sent.block_hashes:
-            refs = load.block_refs
-            for h in sent.block_hashes:
-                n = refs.get(h, 0) - 1
-                if n > 0:
-                    refs[h] = n
-                else:
-                    refs.pop(h, None)
+            _release(load.block_refs, sent.block_hashes)
         else:
             load.num_untracked_blocks -= sent.num_blocks
+
+
+def _release(refs: dict[int, int], hashes: Sequence[int]) -> None:
+    """Drop one reference to each hash."""
+    for h in hashes:
+        n = refs.get(h, 0) - 1
+        if n > 0:
+            refs[h] = n
+        else:
+            refs.pop(h, None)

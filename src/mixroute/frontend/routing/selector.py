@@ -17,12 +17,27 @@ worker raises it by its distinct blocks; at 1.0 a worker one long request busier
 another loses its prefix group to it, so the group's prefix ends up computed and cached
 on several workers (bench/results/routing-tuning.md measures this).
 
+Prefix work in flight: when requests on a worker are computing blocks this prompt shares
+(same group, sent moments earlier, no first token yet), the worker will not compute them
+again for it (the engine scheduler defers it until they are cached), so those tokens are
+taken out of the worker's queued prefill for this request:
+
+    prefill_blocks(w) = (max(active prefill tokens(w) - shared in flight(w) * block_size, 0)
+                         + prompt tokens - overlap(w) * block_size) / block_size
+
+Without it a group's second request in a cold burst saw its sibling's whole prompt as
+someone else's queue, went to a worker one request less busy, and computed the prefix a
+second time there (bench/results/routing.md: the cold-start burst).
+
 Active blocks are deduplicated (see load.py): requests sharing a prefix on one worker
 count the shared blocks once, as the worker itself does.
 
-Predicted blocks: a prompt routed to a live worker is recorded as cached there for
+Predicted blocks: a prompt routed to a worker is recorded as cached there for
 `predict_ttl_s` (10 s), because its KV events only arrive after its prefill; without this
-the same group's next request, arriving meanwhile, sees no overlap anywhere.
+the same group's next request, arriving meanwhile, sees no overlap anywhere. Recorded for
+every worker, not only live ones: a worker turns live when its first events arrive, which
+drops its approximate records below, while requests sent to it just before are still
+being computed (in a cold-start burst a group's second request then went elsewhere).
 
 Approximate mode: a worker whose KV events have never arrived is scored from this
 frontend's own past decisions (the prompt blocks it sent there), each forgotten after a
@@ -274,22 +289,21 @@ class WorkerSelector:
         self, worker_ids: Sequence[int], local_hashes: Sequence[int], keys: Sequence[int] | None = None
     ) -> dict[int, int]:
         """Leading prompt blocks each worker holds: KV events, else own decisions (workers
-        without events), raised by predictions for live workers (`keys`: the prompt's
+        without events), raised by predictions (`keys`: the prompt's
         `chain_keys`, computed here when not given)."""
-        scores = self.indexer.find_matches(local_hashes)
+        if keys is None:
+            keys = chain_keys(local_hashes)
+        scores = self.indexer.find_matches(local_hashes, keys)
         now = time.monotonic()
         if len(self.live_workers) < len(worker_ids):
             self.approx.expire(now)
-            for w, n in self.approx.index.find_matches(local_hashes).items():
+            for w, n in self.approx.index.find_matches(local_hashes, keys).items():
                 if w not in self.live_workers and n > scores.get(w, 0):
                     scores[w] = n
-        if self.live_workers:
-            self.predicted.expire(now)
-            if keys is None:
-                keys = chain_keys(local_hashes)
-            for w, n in self.predicted.find_matches(keys).items():
-                if w in self.live_workers and n > scores.get(w, 0):
-                    scores[w] = n
+        self.predicted.expire(now)
+        for w, n in self.predicted.find_matches(keys).items():
+            if n > scores.get(w, 0):
+                scores[w] = n
         return scores
 
     def select(self, request_id: str, worker_ids: Sequence[int], prompt: HashedPrompt) -> Decision:
@@ -313,7 +327,7 @@ class WorkerSelector:
             cost = 0.0
         else:
             scores = self.overlaps(worker_ids, local_hashes, keys) if local_hashes else {}
-            worker_id, cost = self._lowest_cost(worker_ids, scores, num_prompt_tokens, num_prompt_blocks)
+            worker_id, cost = self._lowest_cost(worker_ids, scores, num_prompt_tokens, num_prompt_blocks, keys)
             overlap = scores.get(worker_id, 0)
         self.loads.add_request(
             request_id,
@@ -321,12 +335,13 @@ class WorkerSelector:
             prefill_tokens=max(num_prompt_tokens - overlap * bs, 0),
             num_blocks=num_prompt_blocks - overlap,
             block_hashes=keys,
+            num_cached_blocks=overlap,
         )
         # The approximate indexes are private, so the cheap chain keys stand in for the
         # sequence hashes there.
         if worker_id not in self.live_workers:
             self.approx.record(worker_id, local_hashes, keys, time.monotonic())
-        elif self.mode == "kv" and overlap < len(local_hashes):
+        if self.mode == "kv" and overlap < len(local_hashes):
             self.predicted.record(worker_id, keys, time.monotonic())
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -336,15 +351,26 @@ class WorkerSelector:
         return Decision(worker_id, overlap, num_prompt_blocks, cost)
 
     def _lowest_cost(
-        self, worker_ids: Sequence[int], scores: dict[int, int], num_prompt_tokens: int, num_prompt_blocks: int
+        self,
+        worker_ids: Sequence[int],
+        scores: dict[int, int],
+        num_prompt_tokens: int,
+        num_prompt_blocks: int,
+        keys: Sequence[int] = (),
     ) -> tuple[int, float]:
         bs = self.block_size
         weight = self.overlap_weight
+        key_set: set[int] | None = None
         costs: list[float] = []
         for w in worker_ids:
             load = self.loads.get(w)
             overlap = scores.get(w, 0)
-            prefill_blocks = (load.prefill_tokens + num_prompt_tokens - overlap * bs) / bs
+            queued = load.prefill_tokens
+            if queued > 0 and load.prefill_refs and keys:
+                if key_set is None:
+                    key_set = set(keys)
+                queued = max(queued - load.prefilling_shared(key_set) * bs, 0)
+            prefill_blocks = (queued + num_prompt_tokens - overlap * bs) / bs
             decode_blocks = load.active_blocks + num_prompt_blocks - overlap
             costs.append(weight * prefill_blocks + decode_blocks)
         if self.temperature > 0 and len(costs) > 1:

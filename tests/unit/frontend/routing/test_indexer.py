@@ -102,4 +102,4 @@ def test_remove_worker_prunes_tree() -> None:
     idx.remove_worker(1)
     assert idx.find_matches(_blocks(PROMPT)[0]) == {2: 4}
     idx.remove_worker(2)
-    assert idx._root.children == {}
+    assert idx.num_nodes == 0

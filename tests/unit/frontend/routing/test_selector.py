@@ -99,7 +99,8 @@ def test_temperature_spreads_choices() -> None:
 
 
 def test_approximate_mode_remembers_own_decisions_until_ttl() -> None:
-    sel = WorkerSelector("kv", block_size=BS, rng=random.Random(0))
+    # Predictions off (TTL 0): this is about the approximate records alone.
+    sel = WorkerSelector("kv", block_size=BS, rng=random.Random(0), predict_ttl_s=0.0)
     for w in (1, 2):
         sel.add_worker(w)
     prompt = prepare_prompt(PROMPT, BS)
