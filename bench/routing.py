@@ -80,6 +80,7 @@ class SystemOutcome:
 async def _run(url: str, workload, arrival: Arrival, label: str) -> RunResult:  # type: ignore[no-untyped-def]
     client = Client(url, MODEL_NAME)
     try:
+        await client.warm_up()
         return await run_workload(client, workload, arrival, label)
     finally:
         await client.close()
