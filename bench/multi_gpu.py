@@ -125,7 +125,7 @@ def bench_tp(args: argparse.Namespace) -> str:
     outputs: dict[int, dict[int, list[list[int]]]] = {}
     sizes = (1, 2) if torch.cuda.device_count() >= 2 else (1,)  # NCCL needs one GPU per rank
     for tp in sizes:
-        engine = LLMEngine(EngineConfig(model_path=str(path), device="cuda", dtype="bfloat16", num_blocks=8192,
+        engine = LLMEngine(EngineConfig(model_path=str(path), device="cuda", dtype=args.dtype, num_blocks=8192,
                                         max_num_seqs=max(batches), tensor_parallel_size=tp, max_model_len=2048))
         try:
             run_decode(engine, prompts[:4], 16, "w")  # warm-up: Triton compile, NCCL init
@@ -135,7 +135,7 @@ def bench_tp(args: argparse.Namespace) -> str:
                 print(f"tp={tp} batch={batch}: {n / wall:.1f} decode tok/s", flush=True)
         finally:
             engine.close()
-    lines = [(f"model: TinyLlama-1.1B shapes, random weights, vocab 32000, bf16; prompts {args.prompt_len} tokens, "
+    lines = [(f"model: TinyLlama-1.1B shapes, random weights, vocab 32000, {args.dtype}; prompts {args.prompt_len} tokens, "
              f"{args.max_tokens} tokens decoded each (ignore_eos); decode phase only; {_device_line()}"), "",
              "| batch | TP=1 decode tok/s | TP=2 decode tok/s | TP=2 / TP=1 | greedy tokens equal to TP=1 |",
              "| ---: | ---: | ---: | ---: | ---: |"]
@@ -437,6 +437,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--work", default=tempfile.gettempdir())
     parser.add_argument("--batches", default="1,8,32,64")
+    parser.add_argument("--dtype", default="bfloat16", help="tp: the engines' dtype (float32 to check TP=2 against TP=1 token for token)")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--modes", default="disagg-direct,disagg-host,agg")

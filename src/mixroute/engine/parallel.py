@@ -25,6 +25,7 @@ several engines).
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing as mp
 import pickle
@@ -187,14 +188,18 @@ Step = tuple[torch.Tensor, torch.Tensor, AttentionMetadata]
 
 
 def _move(obj: Any, device: torch.device) -> Any:
-    """Tensors inside the step (and its metadata dataclasses) moved to `device`."""
+    """A copy of the step with its tensors (and its metadata dataclasses') on `device`.
+
+    Never in place: rank 0 sends a CPU copy of the step it is about to run itself on the GPU."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, (list, tuple)):
         return type(obj)(_move(o, device) for o in obj)
-    if hasattr(obj, "__slots__") and hasattr(obj, "__dataclass_fields__"):
+    if hasattr(obj, "__dataclass_fields__"):
+        moved = copy.copy(obj)
         for name in obj.__dataclass_fields__:
-            setattr(obj, name, _move(getattr(obj, name), device))
+            setattr(moved, name, _move(getattr(obj, name), device))
+        return moved
     return obj
 
 
