@@ -2,7 +2,9 @@
 keep the router's load accounting in step with the stream.
 
 A worker that dies before sending any token is retried once on another worker (the
-request is idempotent until output has been sent to the client).
+request is idempotent until output has been sent to the client). One that dies after
+sending tokens is migrated: the request continues on another worker from the tokens
+already sent (`migration.py`), up to `migration_limit` times per request.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from mixroute.errors import PeerGoneError, UnavailableError
 from mixroute.frontend.backend import ModelEntry
 from mixroute.frontend.disagg import DisaggSettings, generate_disaggregated, wants_disagg
 from mixroute.frontend.metrics import ApiMetrics
+from mixroute.frontend.migration import continuation, finished_frame, restate_usage
 from mixroute.frontend.models import ModelPool, ModelRegistry
 from mixroute.frontend.preprocess import PreparedPrompt
 from mixroute.frontend.routing.selector import WorkerSelector
@@ -27,17 +30,28 @@ log = logging.getLogger(__name__)
 
 _frame_decoder = decoder(GenerateFrame)
 
+DEFAULT_MIGRATION_LIMIT = 3
+
 
 def decode_frame(payload: bytes) -> GenerateFrame:
     return _frame_decoder.decode(payload)
 
 
 class RoutedBackend:
-    def __init__(self, registry: ModelRegistry, client: RequestClient, metrics: ApiMetrics, disagg: DisaggSettings) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        client: RequestClient,
+        metrics: ApiMetrics,
+        disagg: DisaggSettings,
+        migration_limit: int = DEFAULT_MIGRATION_LIMIT,
+    ) -> None:
         self.registry = registry
         self.client = client
         self.metrics = metrics
         self.disagg = disagg
+        self.migration_limit = migration_limit
+        """How many times one request may move to another worker after its worker died mid-stream."""
 
     def model_entries(self) -> list[ModelEntry]:
         return self.registry.entries()
@@ -66,7 +80,12 @@ class RoutedBackend:
     ) -> AsyncIterator[GenerateFrame]:
         """Route `request` to one of `workers` with `selector` and stream its frames."""
         excluded: set[int] = set()
-        for attempt in range(2):
+        generated: list[int] = []
+        """Token ids already passed on to the caller (over every worker this request ran on)."""
+        current = request
+        retries_left = 1
+        migrations_left = 0 if request.prefill_only else self.migration_limit
+        while True:
             candidates = [w for w in workers if w not in excluded]
             if not candidates:
                 raise UnavailableError(f"no {selector.name} worker is available for {pool.entry.name}")
@@ -78,20 +97,40 @@ class RoutedBackend:
             self.metrics.router_overlap_blocks.labels(pool.entry.name, selector.name).observe(decision.overlap_blocks)
             info = workers[worker_id]
             got_output = False
-            stream = self.client.stream(info.address, ENDPOINT_GENERATE, encode(request))
+            num_before = len(generated)
+            stream = self.client.stream(info.address, ENDPOINT_GENERATE, encode(current))
             try:
                 async for payload in stream:
                     frame = decode_frame(payload)
                     if not got_output and (frame.token_ids or frame.finish_reason is not None):
                         got_output = True
                         selector.first_token(request.request_id)
+                    if num_before:
+                        frame = restate_usage(frame, len(request.token_ids), num_before)
+                    generated.extend(frame.token_ids)
                     yield frame
                 return
             except PeerGoneError as exc:
-                if got_output or attempt == 1:
-                    raise
-                log.warning("worker gone before output; retrying %s", kv(request_id=request.request_id, worker_id=f"{worker_id:x}", error=exc))
                 excluded.add(worker_id)
+                if not got_output and not generated:
+                    if retries_left == 0:
+                        raise
+                    retries_left -= 1
+                    log.warning("worker gone before output; retrying %s", kv(request_id=request.request_id, worker_id=f"{worker_id:x}", error=exc))
+                    continue
+                if migrations_left == 0:
+                    raise
+                migrations_left -= 1
+                next_request = continuation(request, generated)
+                if next_request is None:
+                    yield finished_frame(request, generated)
+                    return
+                current = next_request
+                self.metrics.migrations.labels(pool.entry.name).inc()
+                log.warning(
+                    "worker gone mid-stream; migrating %s",
+                    kv(request_id=request.request_id, worker_id=f"{worker_id:x}", generated=len(generated), error=exc),
+                )
             finally:
                 selector.finish(request.request_id)
                 await stream.aclose()  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from mixroute.frontend.admission import (
 )
 from mixroute.frontend.app import create_app
 from mixroute.frontend.disagg import DisaggSettings
-from mixroute.frontend.engine_client import RoutedBackend
+from mixroute.frontend.engine_client import DEFAULT_MIGRATION_LIMIT, RoutedBackend
 from mixroute.frontend.metrics import ApiMetrics
 from mixroute.frontend.models import ModelRegistry, RouterSettings
 from mixroute.frontend.preprocess import tokenizer_executor
@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--disagg-min-prompt-tokens", type=int, default=64, help="shorter prompts run aggregated")
     parser.add_argument("--no-disagg", action="store_true", help="never use prefill workers")
+    parser.add_argument(
+        "--migration-limit",
+        type=int,
+        default=DEFAULT_MIGRATION_LIMIT,
+        help="times one request may continue on another worker after its worker died mid-stream (0: fail the stream)",
+    )
     parser.add_argument("--router-id", default=None, help="id under v1/kv_routers/{namespace}/ (default: random)")
     parser.add_argument(
         "--processes",
@@ -93,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def limits_from_args(args: argparse.Namespace) -> ApiLimits:
-    for flag in ("max_request_bytes", "max_inflight_requests", "request_idle_timeout_s", "request_timeout_s"):
+    for flag in ("max_request_bytes", "max_inflight_requests", "request_idle_timeout_s", "request_timeout_s", "migration_limit"):
         if getattr(args, flag) < 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0")
     if args.max_request_bytes == 0:
@@ -157,7 +163,7 @@ async def _serve(
     metrics.add_load_source(registry.load_samples)
     metrics.add_kv_feed_source(lambda: (feed.num_batches, feed.num_dumps))
     disagg = DisaggSettings(args.disagg_min_prompt_tokens, not args.no_disagg)
-    backend = RoutedBackend(registry, client, metrics, disagg)
+    backend = RoutedBackend(registry, client, metrics, disagg, args.migration_limit)
     app = create_app(backend, metrics, limits=limits)
     tasks = [
         asyncio.create_task(registry.run(discovery), name="discovery-watch"),

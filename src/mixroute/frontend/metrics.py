@@ -96,6 +96,12 @@ class ApiMetrics:
         self.requests_rejected = Counter(
             f"{prefix}_requests_rejected", "requests refused before generation (413 too large, 429 too many)", ["status"], registry=r
         )
+        self.migrations = Counter(
+            f"{prefix}_request_migrations",
+            "requests moved to another worker after theirs died mid-stream",
+            ["model"],
+            registry=r,
+        )
         self.router_decisions = Counter(
             f"{prefix}_router_decisions", "worker choices", ["model", "pool", "worker_id"], registry=r
         )
