@@ -178,11 +178,12 @@ def test_group_sibling_follows_the_worker_still_prefilling_its_prefix() -> None:
     sel.select("b", [1], prepare_prompt(_prompt(0), BS))  # worker 1: the group's first request
     sel.select("c", [2], prepare_prompt(_other(1), BS))  # worker 2: one unrelated prompt
     d = sel.select("d", [1, 2], prepare_prompt(_prompt(1), BS))
-    # Worker 1 queues 8,000 prefill tokens, 3,600 of them b's prefix, which d waits for
-    # instead of computing: (4,400 + 416) / 16 = 301 prefill blocks, cost 4 * 301 + 526.
-    # Worker 2: (4,000 + 4,000) / 16 = 500, cost 4 * 500 + 500. Without the credit worker 1
-    # would cost 4 * 526 + 526 and d would compute the prefix again on worker 2.
-    assert (d.worker_id, d.overlap_blocks, d.cost) == (1, 224, 4 * 301 + 526)
+    # Worker 1 queues 8,000 prefill tokens, 3,584 of them the part of b's prefix that d
+    # finds predicted there (224 blocks: 225 rounded down to the prediction stride), which d
+    # waits for instead of computing: (4,416 + 416) / 16 = 302 prefill blocks, cost
+    # 4 * 302 + 526. Worker 2: (4,000 + 4,000) / 16 = 500, cost 4 * 500 + 500. Without the
+    # credit worker 1 would cost 4 * 526 + 526 and d would compute the prefix again there.
+    assert (d.worker_id, d.overlap_blocks, d.cost) == (1, 224, 4 * 302 + 526)
 
 
 def test_prefix_no_longer_in_flight_is_not_credited() -> None:
@@ -191,9 +192,9 @@ def test_prefix_no_longer_in_flight_is_not_credited() -> None:
     sel.select("b", [1], prepare_prompt(_prompt(0), BS))
     sel.select("c", [2], prepare_prompt(_other(1), BS))
     load = sel.loads.get(1)
-    assert load.prefilling_shared(set(chain_keys(hash_prompt(_prompt(1), BS)[0]))) == 225
+    assert load.prefilling_shared(chain_keys(hash_prompt(_prompt(1), BS)[0])) == 225
     sel.first_token("b")  # b computed its prefix: nothing of it is in flight any more
-    assert load.prefilling_shared(set(chain_keys(hash_prompt(_prompt(1), BS)[0]))) == 0
+    assert load.prefilling_shared(chain_keys(hash_prompt(_prompt(1), BS)[0])) == 0
     sel.finish("a")  # a finished (or was aborted) before its first token
     assert load.prefill_refs == {}
     sel.finish("b")

@@ -62,10 +62,10 @@ class WorkerLoad:
         reported = self.reported.num_active_blocks if self.reported is not None else 0
         return max(self.unique_blocks, reported)
 
-    def prefilling_shared(self, block_hashes: set[int]) -> int:
+    def prefilling_shared(self, block_hashes: Sequence[int]) -> int:
         """How many of these blocks requests on this worker are computing right now."""
         refs = self.prefill_refs
-        return len(block_hashes & refs.keys()) if refs else 0
+        return sum(1 for h in block_hashes if h in refs) if refs else 0
 
     @property
     def prefill_tokens(self) -> int:

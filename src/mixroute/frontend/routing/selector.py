@@ -118,7 +118,8 @@ class ApproxTracker:
     def __init__(self, ttl_s: float = 120.0) -> None:
         self.ttl_s = ttl_s
         self.index = KvIndexer()
-        self._expiry: dict[tuple[int, int], float] = {}
+        self._expiry: dict[int, dict[int, float]] = {}
+        """Worker -> block -> expiry (per worker, so forgetting a worker is one pop)."""
         self._heap: list[tuple[float, int, list[int]]] = []
 
     def record(self, worker_id: int, local_hashes: Sequence[int], seq_hashes: Sequence[int], now: float) -> None:
@@ -127,23 +128,28 @@ class ApproxTracker:
         self.expire(now)
         expire_at = now + self.ttl_s
         self.index.store_blocks(worker_id, local_hashes, seq_hashes)
+        expiry = self._expiry.setdefault(worker_id, {})
         for h in seq_hashes:
-            self._expiry[(worker_id, h)] = expire_at
+            expiry[h] = expire_at
         heapq.heappush(self._heap, (expire_at, worker_id, list(seq_hashes)))
 
     def expire(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, worker_id, hashes = heapq.heappop(heap)
-            gone = [h for h in hashes if self._expiry.get((worker_id, h), math.inf) <= now]
+            expiry = self._expiry.get(worker_id)
+            if expiry is None:
+                continue  # forgotten since
+            gone = [h for h in hashes if expiry.get(h, math.inf) <= now]
             for h in gone:
-                del self._expiry[(worker_id, h)]
+                del expiry[h]
             self.index.remove_blocks(worker_id, gone)
 
     def forget_worker(self, worker_id: int) -> None:
+        # Called when a worker's first KV events arrive, for each worker of a cold-start
+        # burst: one pop, not a scan of every recorded block.
         self.index.remove_worker(worker_id)
-        for key in [k for k in self._expiry if k[0] == worker_id]:
-            del self._expiry[key]
+        self._expiry.pop(worker_id, None)
 
 
 class PredictedBlocks:
@@ -360,16 +366,14 @@ class WorkerSelector:
     ) -> tuple[int, float]:
         bs = self.block_size
         weight = self.overlap_weight
-        key_set: set[int] | None = None
         costs: list[float] = []
         for w in worker_ids:
             load = self.loads.get(w)
             overlap = scores.get(w, 0)
             queued = load.prefill_tokens
-            if queued > 0 and load.prefill_refs and keys:
-                if key_set is None:
-                    key_set = set(keys)
-                queued = max(queued - load.prefilling_shared(key_set) * bs, 0)
+            if queued > 0 and overlap > 0 and load.prefill_refs:
+                # Blocks in flight there are predicted there, so they lie within the overlap.
+                queued = max(queued - load.prefilling_shared(keys[:overlap]) * bs, 0)
             prefill_blocks = (queued + num_prompt_tokens - overlap * bs) / bs
             decode_blocks = load.active_blocks + num_prompt_blocks - overlap
             costs.append(weight * prefill_blocks + decode_blocks)
