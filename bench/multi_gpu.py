@@ -126,16 +126,20 @@ def bench_tp(args: argparse.Namespace) -> str:
     sizes = (1, 2) if torch.cuda.device_count() >= 2 else (1,)  # NCCL needs one GPU per rank
     for tp in sizes:
         engine = LLMEngine(EngineConfig(model_path=str(path), device="cuda", dtype=args.dtype, num_blocks=8192,
+                                        enforce_eager=args.enforce_eager,
                                         max_num_seqs=max(batches), tensor_parallel_size=tp, max_model_len=2048))
         try:
             run_decode(engine, prompts[:4], 16, "w")  # warm-up: Triton compile, NCCL init
+            for batch in batches:  # and capture each batch size's CUDA graph outside the timing
+                run_decode(engine, prompts[:batch], 3, f"g{batch}-")
             for batch in batches:
                 outputs.setdefault(tp, {})[batch], n, wall = run_decode(engine, prompts[:batch], args.max_tokens, "b")
                 rows.setdefault(tp, {})[batch] = n / wall
                 print(f"tp={tp} batch={batch}: {n / wall:.1f} decode tok/s", flush=True)
         finally:
             engine.close()
-    lines = [(f"model: TinyLlama-1.1B shapes, random weights, vocab 32000, {args.dtype}; prompts {args.prompt_len} tokens, "
+    graphs = "eager" if args.enforce_eager else "CUDA graphs for TP=1 decode steps"
+    lines = [(f"model: TinyLlama-1.1B shapes, random weights, vocab 32000, {args.dtype}, {graphs}; prompts {args.prompt_len} tokens, "
              f"{args.max_tokens} tokens decoded each (ignore_eos); decode phase only; {_device_line()}"), "",
              "| batch | TP=1 decode tok/s | TP=2 decode tok/s | TP=2 / TP=1 | greedy tokens equal to TP=1 |",
              "| ---: | ---: | ---: | ---: | ---: |"]
@@ -437,6 +441,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--work", default=tempfile.gettempdir())
     parser.add_argument("--batches", default="1,8,32,64")
+    parser.add_argument("--enforce-eager", action="store_true", help="tp: no CUDA graphs")
     parser.add_argument("--dtype", default="bfloat16", help="tp: the engines' dtype (float32 to check TP=2 against TP=1 token for token)")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=128)

@@ -37,6 +37,8 @@ class EngineConfig(BaseModel):
     """None: the model's max_position_embeddings, capped at 8192."""
     enable_prefix_caching: bool = True
     attention_backend: Literal["auto", "sdpa", "triton"] = "auto"
+    enforce_eager: bool = False
+    """Never replay decode steps from CUDA graphs (engine/cuda_graphs.py); CUDA + Triton only."""
     """Decode attention: auto = the Triton paged kernel on CUDA when available, else SDPA."""
     fuse_projections: bool = True
     """One GEMM for q/k/v and one for gate/up. Off only to mirror HF's kernels bit for bit."""

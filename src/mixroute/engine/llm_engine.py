@@ -11,6 +11,7 @@ import torch
 
 from mixroute.engine.api import KvExport
 from mixroute.engine.config import EngineConfig
+from mixroute.engine.cuda_graphs import DecodeGraphs
 from mixroute.engine.kv_cache.block_pool import BlockPool
 from mixroute.engine.kv_cache.kv_cache_manager import KvCacheManager, cdiv
 from mixroute.engine.kv_cache.kv_holds import KvHolds
@@ -87,8 +88,13 @@ class LLMEngine:
         except BaseException:
             self.close()
             raise
+        use_triton = self._use_triton()
+        use_graphs = use_triton and self.tp_group is None and not config.enforce_eager
+        # With CUDA graphs the cache has one block more than the pool: padding rows of a
+        # graph's batch write there (cuda_graphs.py).
         self.kv_tensors = SharedKvTensors(
-            mc.num_layers, self.num_blocks, self.block_size, self.local_kv_heads, mc.head_dim, self.dtype, self.device
+            mc.num_layers, self.num_blocks + int(use_graphs), self.block_size, self.local_kv_heads, mc.head_dim,
+            self.dtype, self.device,
         )
         self.pool = BlockPool(self.num_blocks, enable_caching=config.enable_prefix_caching, worker_id=config.worker_id)
         if config.kv_offload_host_blocks:
@@ -100,12 +106,16 @@ class LLMEngine:
         self.scheduler = Scheduler(
             self.kv, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens
         )
+        graphs = (
+            DecodeGraphs(self.model, self.kv_tensors, self.block_size, self.max_model_len, config.max_num_seqs,
+                         scratch_block=self.num_blocks, device=self.device)
+            if use_graphs
+            else None
+        )
         self.runner = (
-            ModelRunner(self.model, self.kv_tensors, self.block_size, self.device, self._use_triton())
+            ModelRunner(self.model, self.kv_tensors, self.block_size, self.device, use_triton, graphs)
             if self.tp_group is None
-            else TensorParallelRunner(
-                self.model, self.kv_tensors, self.block_size, self.device, self._use_triton(), self.tp_group
-            )
+            else TensorParallelRunner(self.model, self.kv_tensors, self.block_size, self.device, use_triton, self.tp_group)
         )
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.seqs: dict[str, Sequence] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from mixroute.engine.attention import AttentionMetadata, DecodeBatch, PrefillChunk
+from mixroute.engine.cuda_graphs import DecodeGraphs
 from mixroute.engine.kv_cache.kv_tensors import KvTensors
 from mixroute.engine.model.llama import LlamaForCausalLM
 from mixroute.engine.scheduler import ScheduledBatch
@@ -14,24 +15,39 @@ from mixroute.engine.sequence import Sequence
 
 class ModelRunner:
     def __init__(
-        self, model: LlamaForCausalLM, kv: KvTensors, block_size: int, device: torch.device, use_triton: bool = False
+        self, model: LlamaForCausalLM, kv: KvTensors, block_size: int, device: torch.device, use_triton: bool = False,
+        graphs: DecodeGraphs | None = None,
     ) -> None:
         self.model = model
         self.kv = kv
         self.block_size = block_size
         self.device = device
         self.use_triton = use_triton
+        self.graphs = graphs
+        """Decode-only steps replay CUDA graphs when set (CUDA + Triton, one process)."""
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Sequence]]:
         """Logits [S, vocab] (float32) for the sequences that sample a token, and those sequences."""
         if not batch.seqs:
             return None, []
+        if self.graphs is not None and self.graphs.fits(batch.seqs, batch.num_new_tokens):
+            return self._run_graph(batch.seqs, self.graphs)
         input_ids, positions, meta, sample_index, sampled = self._prepare(batch)
         hidden = self.model(input_ids, positions, meta, self.kv.layers)
         if not sampled:
             return None, []
         return self.model.compute_logits(hidden[sample_index]), sampled
+
+    def _run_graph(self, seqs: list[Sequence], graphs: DecodeGraphs) -> tuple[torch.Tensor | None, list[Sequence]]:
+        hidden = graphs.run(seqs)
+        # A one-token step samples unless it is a one-token chunk inside a longer prompt.
+        rows = [i for i, s in enumerate(seqs) if s.num_computed_tokens + 1 == s.num_tokens]
+        if not rows:
+            return None, []
+        if len(rows) < len(seqs):
+            hidden = hidden[torch.tensor(rows, dtype=torch.long, device=self.device)]
+        return self.model.compute_logits(hidden), [seqs[i] for i in rows]
 
     def _prepare(
         self, batch: ScheduledBatch

@@ -50,6 +50,7 @@ def _torch_engine(args: argparse.Namespace, worker_id: int) -> Engine:
             kv_offload_host_blocks=args.kv_offload_host_blocks,
             kv_offload_disk_dir=args.kv_offload_disk_dir,
             kv_offload_disk_blocks=args.kv_offload_disk_blocks,
+            enforce_eager=args.enforce_eager,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--max-num-batched-tokens", type=int, default=None)
     m.add_argument("--max-model-len", type=int, default=None)
     m.add_argument("--gpu-memory-utilization", type=float, default=0.85)
-    m.add_argument("--enforce-eager", action="store_true", help="accepted for compatibility; the engine is eager")
+    m.add_argument("--enforce-eager", action="store_true", help="never replay decode steps from CUDA graphs (they are used on CUDA with Triton attention)")
     m.add_argument("--tensor-parallel-size", type=int, default=1)
     m.add_argument("--no-prefix-caching", action="store_true")
     m.add_argument(
