@@ -22,11 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from mixroute.errors import ConfigError
-from mixroute.router.classifiers.featurizer import TAG_TOKEN, TAG_TOKEN_BIGRAM, TextFeatures
+from mixroute.router.classifiers.featurizer import (
+    TAG_CHAR,
+    TAG_SHIFT,
+    TAG_TOKEN,
+    TAG_TOKEN_BIGRAM,
+    TextFeatures,
+)
 from mixroute.router.classifiers.head import NgramVocabulary
 
 NEIGHBOUR_BLOCKS: list[list[int]] = [[TAG_TOKEN, TAG_TOKEN_BIGRAM]]
 _VALUE_SCALE = 255.0
+_FIRST_BYTE_KEY = TAG_CHAR << TAG_SHIFT
+assert max(TAG_TOKEN, TAG_TOKEN_BIGRAM) < TAG_CHAR
 
 
 @dataclass(slots=True)
@@ -108,7 +116,11 @@ class NeighbourIndex:
     def similarities(self, features: TextFeatures) -> np.ndarray | None:
         """Cosine of the prompt with every indexed row ([num_rows] float32); None when
         the prompt shares no indexed n-gram with any row."""
-        cols, query = self.vocabulary.tfidf(features)
+        # Keys are sorted with the tag in the top byte: token n-grams come before the byte
+        # n-grams, which this index never holds, so only that prefix is looked up.
+        end = int(np.searchsorted(features.keys, _FIRST_BYTE_KEY))
+        tokens = TextFeatures(features.token_ids, features.keys[:end], features.counts[:end])
+        cols, query = self.vocabulary.tfidf(tokens)
         if not cols.size:
             return None
         starts = self.indptr[cols]
