@@ -158,9 +158,25 @@ def wait_for_http(group: ProcGroup, url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"{group.name}: {url} not up after {timeout_s}s")
 
 
+PICKED_PORTS = (20000, 32000)
+"""Ports handed out by `free_port`: below Linux's ephemeral range (32768-60999), which is
+where every `bind(port 0)` lands, so a port picked here cannot be taken by another
+process's random bind (a worker's ZeroMQ publisher took a pre-picked HTTP port in the
+08:10 run and that worker exited at start-up)."""
+
+
 def free_port() -> int:
+    import random
     import socket
 
+    for _ in range(100):
+        port = random.randrange(*PICKED_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
