@@ -101,12 +101,18 @@ def test_chunked_prefix_deferred_until_its_blocks_are_committed() -> None:
     assert b.num_cached_tokens == 96
 
 
-def test_deferred_request_proceeds_when_the_computing_one_is_aborted() -> None:
+def two_sharing_a_prefix() -> tuple[Scheduler, Sequence, Sequence]:
+    """A and B share an 80-token prefix; the first step computes all of A (B waits for it)."""
     sched = make_scheduler()
     a, b = seq(prompt(1, 80, 1, 8)), seq(prompt(1, 80, 2, 8))
     sched.add(a)
     sched.add(b)
     assert scheduled(sched.schedule()) == {a.request_id: 88}
+    return sched, a, b
+
+
+def test_deferred_request_proceeds_when_the_computing_one_is_aborted() -> None:
+    sched, a, b = two_sharing_a_prefix()
     finish(sched, a)  # aborted before its blocks were computed
     # No one computes the prefix any more: B goes at once and computes all of it.
     assert scheduled(step(sched)) == {b.request_id: 88}
@@ -114,11 +120,7 @@ def test_deferred_request_proceeds_when_the_computing_one_is_aborted() -> None:
 
 
 def test_deferred_request_proceeds_when_the_computing_one_is_preempted() -> None:
-    sched = make_scheduler()
-    a, b = seq(prompt(1, 80, 1, 8)), seq(prompt(1, 80, 2, 8))
-    sched.add(a)
-    sched.add(b)
-    assert scheduled(sched.schedule()) == {a.request_id: 88}
+    sched, a, b = two_sharing_a_prefix()
     sched._preempt(a)  # as under block pressure: back to the front of the queue, blocks freed
     assert list(sched.waiting) == [a, b]
     # A is admitted again first; B waits behind its prefix again, then hits; both finish.
