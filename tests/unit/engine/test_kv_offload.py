@@ -114,6 +114,7 @@ def test_disk_tier_round_trip_and_cleanup(tmp_path) -> None:
         compute(kv, tensors, s)
         kv.free(s)
         events += pool.drain_events()
+    pool.offload.flush()  # files are written in the background
     assert pool.offload.num_disk_used >= 3 and len(list((tmp_path / "kv").iterdir())) >= 3
     assert not any(isinstance(e.data, KvRemoved) for e in events)  # nothing lost yet
     again = seq(seqs[0].token_ids + [1], "again")
@@ -125,6 +126,43 @@ def test_disk_tier_round_trip_and_cleanup(tmp_path) -> None:
     assert replay(events + pool.drain_events()) == pool.cached_hashes()
     pool.offload.close()
     assert not (tmp_path / "kv").exists()
+
+
+def test_disk_blocks_still_queued_for_writing_load_from_their_copy(tmp_path) -> None:
+    import threading
+
+    tensors, pool, kv = make(num_blocks=4, host=1, tmp_path=tmp_path, disk=8)
+    gate = threading.Event()
+    pool.offload._writer._executor.submit(gate.wait)  # hold every write in the queue
+    seqs = [seq([1000 * n + i for i in range(8)], f"s{n}") for n in range(4)]
+    for s in seqs:
+        compute(kv, tensors, s)
+        kv.free(s)
+    assert pool.offload.num_disk_used >= 3 and not list((tmp_path / "kv").iterdir())
+    again = seq(seqs[0].token_ids + [1], "again")
+    hits = kv.find_cached_prefix(again)
+    assert len(hits) == 2 and pool.offload.stats["loaded_disk"] >= 1
+    assert kv.allocate(again, 1, hits) is not None
+    assert_contents(tensors, again, 2)
+    gate.set()
+    pool.offload.close()
+
+
+def test_a_disk_block_whose_file_is_gone_is_recomputed(tmp_path) -> None:
+    tensors, pool, kv = make(num_blocks=4, host=1, tmp_path=tmp_path, disk=8)
+    seqs = [seq([1000 * n + i for i in range(8)], f"s{n}") for n in range(4)]
+    for s in seqs:
+        compute(kv, tensors, s)
+        kv.free(s)
+    pool.offload.flush()
+    for path in (tmp_path / "kv").iterdir():
+        path.unlink()  # a failed write, or a disk cleaned under us
+    again = seq(seqs[0].token_ids + [1], "again")
+    hits = kv.find_cached_prefix(again)
+    assert pool.offload.stats["loaded_disk"] == 0 and len(hits) < 2
+    compute(kv, tensors, again)  # recomputed: same contents as the first time
+    assert_contents(tensors, again, 2)
+    pool.offload.close()
 
 
 def test_random_workload_keeps_events_and_contents_consistent(tmp_path) -> None:

@@ -5,13 +5,23 @@ so a later request with the same prefix loads it back instead of recomputing it:
 - host tier: a preallocated CPU tensor of `num_host_blocks` slots (pinned when the KV
   cache is on CUDA), least recently used slot reused first;
 - disk tier (optional): a host entry pushed out of memory is written to one file per
-  block under `disk_dir`, up to `num_disk_blocks` files, least recently used deleted first.
+  block under `disk_dir`, up to `num_disk_blocks` files, least recently used deleted first;
+  files are written and deleted on a background thread (`file_writer.py`).
 
 Entries are keyed by the block's sequence hash and keep its tokens hash and parent hash,
 so the pool can advertise (and dump) them like device blocks: to the router, a block is
-cached on a worker while it is in any tier (see BlockPool). Copies are synchronous: the
-pool calls `save` while choosing blocks to reuse, before any forward pass writes them,
-and `read` + `write_device` while admitting a request, before its forward pass.
+cached on a worker while it is in any tier (see BlockPool). The pool calls `save` while
+choosing blocks to reuse, before any forward pass writes them, and `read` + `write_device`
+while admitting a request, before its forward pass.
+
+Copies on CUDA are asynchronous and go straight between device blocks and the pinned
+host slots (no pageable bounce, no gather on the host, no pinned allocation per call):
+`save` gathers the evicted blocks on the device and copies each run of consecutive slots
+with one device-to-host copy; `read` copies host slots (and disk files, through a reused
+pinned staging buffer) into a device tensor. All of them are queued on the device's
+current stream, the one the forward pass runs on, so they are ordered with it and with
+each other: a slot read by `read` and refilled by a later `save` is read first. The host
+thread touches slot memory only to write a slot to disk, and waits for the stream first.
 """
 
 from __future__ import annotations
@@ -23,10 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 
+from mixroute.engine.kv_cache.file_writer import FileWriter
 from mixroute.errors import ConfigError
+
+# Queued disk writes hold a copy of their block: at most this many (or the host tier's
+# size, if larger) before an eviction waits for the oldest.
+_MIN_PENDING_WRITES = 256
 
 
 class _KvLayers(Protocol):
@@ -70,11 +84,15 @@ class KvOffload:
             dtype=self.dtype,
             pin_memory=self.device.type == "cuda",
         )
+        self._cuda = self.device.type == "cuda"
+        self._staging = torch.empty(0)  # pinned rows for disk reads, grown on demand
+        self._staging_free: torch.cuda.Event | None = None  # recorded after its last copy
         self._free_slots = list(range(num_host_blocks - 1, -1, -1))
         self._in_host: OrderedDict[int, None] = OrderedDict()
         self._on_disk: OrderedDict[int, None] = OrderedDict()
         self._entries: dict[int, OffloadEntry] = {}
         self.disk_dir: Path | None = None
+        self._writer: FileWriter | None = None
         if disk_dir is not None:
             self.disk_dir = Path(disk_dir)
             try:
@@ -84,6 +102,7 @@ class KvOffload:
                 self.disk_dir.mkdir(parents=True)
             except OSError as exc:
                 raise ConfigError(f"KV offload disk directory {self.disk_dir}: {exc}") from exc
+            self._writer = FileWriter(max_pending=max(num_host_blocks, _MIN_PENDING_WRITES))
         self.stats = {"saved": 0, "loaded_host": 0, "loaded_disk": 0, "to_disk": 0, "dropped": 0}
 
     # ---- what is here ----
@@ -142,13 +161,13 @@ class KvOffload:
         if not pending:
             return
         index = torch.tensor([b for b, _ in pending.values()], dtype=torch.long, device=self.device)
-        slots = torch.tensor([s for _, s in pending.values()], dtype=torch.long)
-        # Gathered on the device into the host layout, then one device-to-host copy.
+        # Gathered on the device into the host layout, then one copy per run of slots.
         gathered = torch.stack(
             [torch.stack((k.index_select(0, index), v.index_select(0, index)), dim=1) for k, v in self._kv.layers],
             dim=1,
         )
-        self._host.index_copy_(0, slots, gathered.cpu())
+        for row, slot, length in _runs([s for _, s in pending.values()]):
+            self._host[slot : slot + length].copy_(gathered[row : row + length], non_blocking=self._cuda)
         self.stats["saved"] += len(pending)
         pending.clear()
 
@@ -173,22 +192,23 @@ class KvOffload:
         assert self.disk_dir is not None
         while len(self._on_disk) >= self.num_disk_blocks:
             victim, _ = self._on_disk.popitem(last=False)
-            self._path(victim).unlink(missing_ok=True)
+            self._disk().delete(self._path(victim))
             entry = self._entries[victim]
             if entry.slot < 0 and victim != keep:
                 del self._entries[victim]
                 dropped.append(victim)
                 self.stats["dropped"] += 1
-        try:
-            self._host[slot].view(torch.uint8).numpy().tofile(self._path(seq_hash))
-        except OSError:
-            # A full or failing disk loses this entry, never the request.
-            del self._entries[seq_hash]
-            dropped.append(seq_hash)
-            self.stats["dropped"] += 1
-            return
+        if self._cuda:
+            torch.cuda.current_stream(self.device).synchronize()  # the slot's copy-in may be queued
+        # Written in the background from a copy (the slot is refilled at once); a failed
+        # write leaves no file and the block reads as missing: recomputed, never lost work.
+        self._disk().write(self._path(seq_hash), self._host[slot].clone())
         self._on_disk[seq_hash] = None
         self.stats["to_disk"] += 1
+
+    def _disk(self) -> FileWriter:
+        assert self._writer is not None
+        return self._writer
 
     def _path(self, seq_hash: int) -> Path:
         assert self.disk_dir is not None
@@ -197,42 +217,67 @@ class KvOffload:
     # ---- here -> device ----
 
     def read(self, seq_hashes: Sequence[int]) -> torch.Tensor | None:
-        """The blocks' contents, [n, layers, 2, block_size, kv_heads, head_dim] on the CPU,
-        or None if one of them cannot be read (a disk file gone): the caller recomputes."""
-        out = torch.empty(
-            (len(seq_hashes), self.num_layers, 2, *self.block_shape), dtype=self.dtype,
-            pin_memory=self.device.type == "cuda",
-        )
-        rows, slots = [], []
+        """The blocks' contents, [n, layers, 2, block_size, kv_heads, head_dim] on the
+        device (copies queued on its current stream), or None if one of them cannot be
+        read (a disk file gone): the caller recomputes."""
+        out = torch.empty((len(seq_hashes), self.num_layers, 2, *self.block_shape), dtype=self.dtype, device=self.device)
+        rows, slots, disk = [], [], []
         for i, seq_hash in enumerate(seq_hashes):
             entry = self._entries[seq_hash]
             if entry.slot >= 0:
                 rows.append(i)
                 slots.append(entry.slot)
                 self._in_host.move_to_end(seq_hash)
-                continue
-            try:
-                raw = np.fromfile(self._path(seq_hash), dtype=np.uint8)
-                out[i].view(torch.uint8).view(-1).copy_(torch.from_numpy(raw))
-            except (OSError, RuntimeError):
-                return None
-            self._on_disk.move_to_end(seq_hash)
-            self.stats["loaded_disk"] += 1
-        if len(rows) == len(seq_hashes):
-            torch.index_select(self._host, 0, torch.tensor(slots), out=out)  # one gather, straight into `out`
-            self.stats["loaded_host"] += len(rows)
-        elif rows:
-            out.index_copy_(0, torch.tensor(rows), self._host.index_select(0, torch.tensor(slots)))
-            self.stats["loaded_host"] += len(rows)
+            else:
+                disk.append((i, seq_hash))
+        if disk and not self._read_disk(disk, out):
+            return None
+        for row, slot, length in _runs(slots):
+            start = rows[row]
+            if rows[row + length - 1] - start == length - 1:
+                out[start : start + length].copy_(self._host[slot : slot + length], non_blocking=self._cuda)
+            else:
+                for j in range(length):
+                    out[rows[row + j]].copy_(self._host[slot + j], non_blocking=self._cuda)
+        self.stats["loaded_host"] += len(rows)
         return out
+
+    def _read_disk(self, wanted: list[tuple[int, int]], out: torch.Tensor) -> bool:
+        """Files -> pinned staging rows -> `out` rows; False if a file cannot be read."""
+        if self._staging_free is not None:
+            self._staging_free.synchronize()  # the staging rows' last copies are done
+        if self._staging.shape[0] < len(wanted):
+            self._staging = torch.empty(
+                (len(wanted), self.num_layers, 2, *self.block_shape), dtype=self.dtype, pin_memory=self._cuda
+            )
+        for j, (_, seq_hash) in enumerate(wanted):
+            queued = self._disk().pending(self._path(seq_hash))
+            if queued is not None:
+                self._staging[j].copy_(queued)
+                self._on_disk.move_to_end(seq_hash)
+                continue
+            target = self._staging[j].view(torch.uint8).view(-1).numpy()
+            try:
+                with open(self._path(seq_hash), "rb") as f:
+                    if f.readinto(memoryview(target)) != target.size:
+                        return False
+            except OSError:
+                return False
+            self._on_disk.move_to_end(seq_hash)
+        for j, (i, _) in enumerate(wanted):
+            out[i].copy_(self._staging[j], non_blocking=self._cuda)
+        if self._cuda:
+            self._staging_free = torch.cuda.Event()
+            self._staging_free.record(torch.cuda.current_stream(self.device))
+        self.stats["loaded_disk"] += len(wanted)
+        return True
 
     def write_device(self, block_ids: Sequence[int], data: torch.Tensor) -> None:
         """Copy `read`'s result into device blocks."""
         index = torch.tensor(list(block_ids), dtype=torch.long, device=self.device)
-        moved = data.to(self.device, non_blocking=data.is_pinned())
         for layer, (k, v) in enumerate(self._kv.layers):
-            k.index_copy_(0, index, moved[:, layer, 0])
-            v.index_copy_(0, index, moved[:, layer, 1])
+            k.index_copy_(0, index, data[:, layer, 0])
+            v.index_copy_(0, index, data[:, layer, 1])
 
     # ---- whole cache ----
 
@@ -240,14 +285,32 @@ class KvOffload:
         """Forget everything; returns the hashes that were held."""
         held = list(self._entries)
         for seq_hash in self._on_disk:
-            self._path(seq_hash).unlink(missing_ok=True)
+            self._disk().delete(self._path(seq_hash))
         self._entries.clear()
         self._in_host.clear()
         self._on_disk.clear()
         self._free_slots = list(range(self.num_host_blocks - 1, -1, -1))
         return held
 
+    def flush(self) -> None:
+        """Wait until the disk tier's queued writes and deletes are on disk."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def close(self) -> None:
         self.clear()
+        if self._writer is not None:
+            self._writer.close()
         if self.disk_dir is not None:
             shutil.rmtree(self.disk_dir, ignore_errors=True)
+
+
+def _runs(slots: list[int]) -> list[tuple[int, int, int]]:
+    """(first row, first slot, length) of each run of consecutive slots in `slots`."""
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(slots) + 1):
+        if i == len(slots) or slots[i] != slots[i - 1] + 1:
+            runs.append((start, slots[start], i - start))
+            start = i
+    return runs
