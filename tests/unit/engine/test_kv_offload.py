@@ -165,6 +165,33 @@ def test_a_disk_block_whose_file_is_gone_is_recomputed(tmp_path) -> None:
     pool.offload.close()
 
 
+@pytest.mark.parametrize("with_disk", [False, True])
+def test_a_batch_larger_than_host_memory_overflows_its_oldest_blocks(tmp_path, with_disk) -> None:
+    """One eviction of 6 blocks into a 2-slot host tier: the last 2 stay in memory, the
+    first 4 (evicted first: least recently used) go straight to disk, or are dropped."""
+    tensors = KvTensors(2, 8, BLOCK, 2, 3, torch.float32, torch.device("cpu"))
+    for block in range(8):
+        for layer, (k, v) in enumerate(tensors.layers):
+            k[block], v[block] = 10.0 * block + layer, -10.0 * block - layer
+    offload = KvOffload(tensors, 2, disk_dir=tmp_path / "kv" if with_disk else None, num_disk_blocks=8)
+    hashes = [101, 102, 103, 104, 105, 106]
+    ids = [7, 6, 5, 4, 3, 2]
+    dropped = offload.save([(h, h, None, i) for i, h in enumerate(hashes)], ids)
+    assert dropped == ([] if with_disk else hashes[:4])
+    assert offload.chain(hashes) == (hashes if with_disk else [])
+    assert offload.chain(hashes[4:]) == hashes[4:]
+    held = hashes if with_disk else hashes[4:]
+    data = offload.read(held)
+    for row, seq_hash in enumerate(held):
+        block = ids[hashes.index(seq_hash)]
+        for layer in range(2):
+            assert torch.equal(data[row, layer, 0], torch.full((BLOCK, 2, 3), 10.0 * block + layer))
+            assert torch.equal(data[row, layer, 1], torch.full((BLOCK, 2, 3), -10.0 * block - layer))
+    if with_disk:
+        assert offload.stats["to_disk"] == 4 and offload.stats["loaded_disk"] == 4
+    offload.close()
+
+
 def test_random_workload_keeps_events_and_contents_consistent(tmp_path) -> None:
     rng = random.Random(3)
     tensors, pool, kv = make(num_blocks=12, host=6, tmp_path=tmp_path, disk=6)

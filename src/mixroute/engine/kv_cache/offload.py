@@ -139,37 +139,61 @@ class KvOffload:
         gone from the worker.
         """
         dropped: list[int] = []
-        pending: dict[int, tuple[int, int]] = {}  # seq_hash -> (block_id, slot), copied in one batch
+        fresh: list[tuple[int, int, int | None, int, int]] = []
         for (seq_hash, tokens_hash, parent_hash, order), block_id in zip(blocks, block_ids, strict=True):
             entry = self._entries.get(seq_hash)
             if entry is not None and entry.slot >= 0:
                 self._in_host.move_to_end(seq_hash)  # same content is already here
                 continue
-            if not self._free_slots and next(iter(self._in_host)) in pending:
-                self._copy_in(pending)  # the slot to reuse is one of this batch's: fill it first
-            slot = self._take_slot(dropped, keep=seq_hash)
+            fresh.append((seq_hash, tokens_hash, parent_hash, order, block_id))
+        if not fresh:
+            return []
+        gathered = self._gather([f[4] for f in fresh])
+        # Only the batch's last num_host_blocks fit in host memory; those before them
+        # (evicted first: the least recently used) go straight to disk, or are dropped.
+        num_over = max(0, len(fresh) - self.num_host_blocks)
+        if num_over:
+            self._overflow(fresh[:num_over], gathered[:num_over], dropped)
+        slots: list[int] = []
+        for seq_hash, tokens_hash, parent_hash, order, _ in fresh[num_over:]:
+            slot = self._take_slot(dropped, keep=seq_hash)  # victims are older: this batch fits
+            entry = self._entries.get(seq_hash)
             if entry is None:
-                entry = OffloadEntry(tokens_hash, parent_hash, order)
-                self._entries[seq_hash] = entry
+                entry = self._entries[seq_hash] = OffloadEntry(tokens_hash, parent_hash, order)
             entry.slot = slot
             self._in_host[seq_hash] = None
-            pending[seq_hash] = (block_id, slot)
-        self._copy_in(pending)
+            slots.append(slot)
+        for row, slot, length in _runs(slots):
+            rows = gathered[num_over + row : num_over + row + length]
+            self._host[slot : slot + length].copy_(rows, non_blocking=self._cuda)
+        self.stats["saved"] += len(slots)
         return [h for h in dropped if h not in self._entries]
 
-    def _copy_in(self, pending: dict[int, tuple[int, int]]) -> None:
-        if not pending:
-            return
-        index = torch.tensor([b for b, _ in pending.values()], dtype=torch.long, device=self.device)
-        # Gathered on the device into the host layout, then one copy per run of slots.
-        gathered = torch.stack(
+    def _gather(self, block_ids: list[int]) -> torch.Tensor:
+        """The blocks in the host layout [n, layers, 2, ...], gathered on the device."""
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
+        return torch.stack(
             [torch.stack((k.index_select(0, index), v.index_select(0, index)), dim=1) for k, v in self._kv.layers],
             dim=1,
         )
-        for row, slot, length in _runs([s for _, s in pending.values()]):
-            self._host[slot : slot + length].copy_(gathered[row : row + length], non_blocking=self._cuda)
-        self.stats["saved"] += len(pending)
-        pending.clear()
+
+    def _overflow(
+        self, fresh: list[tuple[int, int, int | None, int, int]], rows: torch.Tensor, dropped: list[int]
+    ) -> None:
+        """Blocks that do not fit in host memory: to disk, from one device-to-host copy."""
+        if self.disk_dir is None:
+            dropped.extend(seq_hash for seq_hash, *_ in fresh)
+            self.stats["dropped"] += len(fresh)
+            return
+        on_host = rows.cpu()
+        for (seq_hash, tokens_hash, parent_hash, order, _), data in zip(fresh, on_host, strict=True):
+            if seq_hash in self._on_disk:
+                self._on_disk.move_to_end(seq_hash)
+                continue
+            if seq_hash not in self._entries:
+                self._entries[seq_hash] = OffloadEntry(tokens_hash, parent_hash, order)
+            self._write_disk(seq_hash, data, dropped, keep=seq_hash)
+        self.stats["saved"] += len(fresh)
 
     def _take_slot(self, dropped: list[int], keep: int) -> int:
         if self._free_slots:
@@ -179,7 +203,9 @@ class KvOffload:
         slot, entry.slot = entry.slot, -1
         if self.disk_dir is not None:
             if victim not in self._on_disk:
-                self._write_disk(victim, slot, dropped, keep)
+                if self._cuda:
+                    torch.cuda.current_stream(self.device).synchronize()  # its copy-in may be queued
+                self._write_disk(victim, self._host[slot].clone(), dropped, keep)
             else:
                 self._on_disk.move_to_end(victim)
         else:
@@ -188,7 +214,8 @@ class KvOffload:
             self.stats["dropped"] += 1
         return slot
 
-    def _write_disk(self, seq_hash: int, slot: int, dropped: list[int], keep: int) -> None:
+    def _write_disk(self, seq_hash: int, data: torch.Tensor, dropped: list[int], keep: int) -> None:
+        """Queue `data` (a CPU copy nobody changes) as the block's file, making room first."""
         assert self.disk_dir is not None
         while len(self._on_disk) >= self.num_disk_blocks:
             victim, _ = self._on_disk.popitem(last=False)
@@ -198,11 +225,9 @@ class KvOffload:
                 del self._entries[victim]
                 dropped.append(victim)
                 self.stats["dropped"] += 1
-        if self._cuda:
-            torch.cuda.current_stream(self.device).synchronize()  # the slot's copy-in may be queued
-        # Written in the background from a copy (the slot is refilled at once); a failed
-        # write leaves no file and the block reads as missing: recomputed, never lost work.
-        self._disk().write(self._path(seq_hash), self._host[slot].clone())
+        # Written in the background; a failed write leaves no file and the block reads as
+        # missing: recomputed, never lost work.
+        self._disk().write(self._path(seq_hash), data)
         self._on_disk[seq_hash] = None
         self.stats["to_disk"] += 1
 
