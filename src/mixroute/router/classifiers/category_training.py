@@ -72,7 +72,7 @@ NUM_CATEGORIES = len(corpora.CATEGORIES)
 # three (90.1%); on 5-fold out-of-fold train predictions (89.6% for this point) the best
 # of those was 89.7% and averaging two heads 89.9% (+0.3 for twice the artifact: not
 # taken). On the blend: a stacked logistic regression over subject and vote probabilities
-# (89.7-91.4% dev, below on out-of-fold), a vote over the static-embedding neighbours
+# (dev 89.1-91.4% against 90.9% without, depending on C and class weights), a vote over the static-embedding neighbours
 # (no gain), other k / T / w (within 0.2). The full MiniLM (a fine-tunable encoder) is
 # out on latency: 30 ms for 32 tokens on one core here.
 CATEGORY_GRID = [
