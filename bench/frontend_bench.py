@@ -191,7 +191,7 @@ async def _in_process(model_dir: Path, num_requests: int) -> dict[str, float]:
     discovery = await open_discovery(f"file://{tempfile.mkdtemp(prefix='frontend-bench-ip-')}")
     info = InstanceInfo(
         instance_id=0xB0, namespace="bench", component="backend", endpoint="generate", address=server.address,
-        model="tiny", extra={"model_path": str(model_dir), "max_model_len": str(engine.max_model_len)},
+        model="tiny", model_path=str(model_dir), max_model_len=engine.max_model_len,
     )  # fmt: skip
     await discovery.put(instance_key("bench", "backend", "generate", 0xB0), encode_json(info))
     registry = ModelRegistry("bench", RouterSettings())

@@ -187,7 +187,7 @@ class ModelRegistry:
         pool = self._pools.get(info.model)
         if pool is not None:
             return pool
-        path = info.extra.get("model_path", "")
+        path = info.model_path
         tokenizer = self._tokenizers.get(path)
         if tokenizer is None:
             tokenizer = await ModelTokenizer.load(path, self._executor)
@@ -213,8 +213,8 @@ class ModelRegistry:
 
 
 def _max_model_len(info: InstanceInfo, path: str) -> int:
-    if "max_model_len" in info.extra:
-        return int(info.extra["max_model_len"])
+    if info.max_model_len > 0:
+        return info.max_model_len
     try:
         config = json.loads(Path(path, "config.json").read_text())
         return int(min(config.get("max_position_embeddings", _DEFAULT_MAX_MODEL_LEN), _DEFAULT_MAX_MODEL_LEN))

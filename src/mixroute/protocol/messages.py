@@ -237,7 +237,18 @@ class InstanceInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     worker_type: WorkerType = "both"
     block_size: int = 16
     http_address: str | None = None
+    model_path: str = ""
+    """Where the frontend loads the model's tokenizer and chat template from."""
+    max_model_len: int = 0
+    """Prompt + completion tokens the engine takes; 0: unknown (the frontend reads config.json)."""
+    engine: str = ""
+    """torch | mocker."""
+    host_id: str = ""
+    """Machine identity: prefill and decode on one host may move KV directly."""
+    kv_transport: str = ""
+    """direct | host: how this worker lends KV to a decode worker."""
     extra: dict[str, str] = {}
+    """Anything else a deployment wants to advertise (not read by mixroute)."""
 
 
 _msgpack_encoder = msgspec.msgpack.Encoder()

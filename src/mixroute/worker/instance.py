@@ -110,14 +110,12 @@ class WorkerInstance:
             worker_type=s.worker_type,
             block_size=engine.block_size,
             http_address=http_address,
-            extra={
-                "model_path": s.model_path,
-                "max_model_len": str(engine.max_model_len),
-                "engine": self.args.engine,
-                # Same host id + a torch engine on both sides: KV moves directly (kv_transfer.py).
-                "host_id": handlers.host_id,
-                "kv_transport": "direct" if handlers.kv_lender.can_lend else "host",
-            },
+            model_path=s.model_path,
+            max_model_len=engine.max_model_len,
+            engine=self.args.engine,
+            # Same host id + a torch engine on both sides: KV moves directly (kv_transfer.py).
+            host_id=handlers.host_id,
+            kv_transport="direct" if handlers.kv_lender.can_lend else "host",
         )
         self._key = instance_key(s.namespace, s.component, ENDPOINT_GENERATE, self.worker_id)
         await self.discovery.put(self._key, encode_json(info))

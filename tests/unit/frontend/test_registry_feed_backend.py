@@ -97,7 +97,7 @@ def _info(worker_id: int, model: str, path: Path, component: str = "backend") ->
     return InstanceInfo(
         instance_id=worker_id, namespace=NS, component=component, endpoint="generate",
         address=f"tcp://w{worker_id:x}:1", model=model, block_size=4,
-        extra={"model_path": str(path), "max_model_len": "512"},
+        model_path=str(path), max_model_len=512,
     )  # fmt: skip
 
 
