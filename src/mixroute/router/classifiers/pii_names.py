@@ -274,8 +274,12 @@ def _lower_case_names(doc: Sequence[Any], text: str, lexicon: Lexicon) -> list[t
     "kolos farkas"), after a cue ("my name is sanela"), or alone when it is no common word
     at all ("tuomo", not "mark")."""
     out: list[tuple[int, int, float]] = []
+    words: list[str] | None = getattr(doc, "words", None)  # regex tokens: skip on the plain strings
     i = 0
     while i < len(doc):
+        if words is not None and (len(words[i]) < 2 or not words[i].isalpha() or fold(words[i]) not in lexicon.given):
+            i += 1  # no given name starts here; building its token would cost more than this check
+            continue
         token = doc[i]
         first = fold(token.text) if token.is_alpha and len(token.text) > 1 and not token.is_stop else ""
         if first not in lexicon.given:

@@ -160,6 +160,22 @@ def test_text_typed_in_lower_case(lexicon: Lexicon) -> None:
     assert names("mark the right answer and hope for the best", lexicon) == []
 
 
+def test_lower_case_fast_path_finds_what_the_token_walk_finds(lexicon: Lexicon) -> None:
+    """Regex tokens let the lower-case reader skip words on their strings; a plain token
+    sequence (no `.words`) takes the full walk. Both must agree."""
+    from mixroute.router.classifiers.pii_names import _lower_case_names
+
+    texts = [
+        "john smith will call tomorrow, ask mary jones or kolos farkas about it",
+        "hi, i'm brandon and my name is sanela; tuomo says hello to mark",
+        "mark the right answer and hope for the best " * 20 + "love, anna berg",
+    ]
+    for text in texts:
+        tokens = regex_tokens(text, STOP)
+        found = _lower_case_names(tokens, text, lexicon)
+        assert found and found == _lower_case_names(list(tokens), text, lexicon)
+
+
 def test_lists_of_people_and_surname_endings(lexicon: Lexicon) -> None:
     text = "Is there a better pop song? Pyysalo and Curry were precision engineers."
     assert names(text, lexicon) == ["Curry", "Pyysalo"]
