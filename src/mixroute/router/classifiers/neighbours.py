@@ -133,6 +133,36 @@ class NeighbourIndex:
         weights = self.values[offsets] * np.repeat(query, lengths)
         return np.bincount(self.rows[offsets], weights, minlength=self.labels.size)
 
+    def nearest(self, features: TextFeatures) -> tuple[np.ndarray, np.ndarray] | None:
+        """Rows and cosines of the prompt's (at most `k`) nearest indexed rows among those
+        with a positive cosine; None when no row shares an n-gram with the prompt. The
+        search runs over the rows the prompt touches only: `argpartition` over the whole
+        index is slow when most cosines tie at 0 (~0.7 ms at 20k rows)."""
+        sims = self.similarities(features)
+        if sims is None:
+            return None
+        candidates = np.flatnonzero(sims > 0)
+        if not candidates.size:
+            return None
+        k = min(self.k, candidates.size)
+        top = candidates[np.argpartition(sims[candidates], candidates.size - k)[candidates.size - k :]]
+        return top, sims[top]
+
+    def vote_or(self, features: list[TextFeatures], fallback: np.ndarray) -> np.ndarray:
+        """Like `vote`, but a prompt that shares no n-gram with any row keeps its row of
+        `fallback` ([n, num_classes], e.g. the head's own probabilities) instead of a
+        uniform vote."""
+        out = np.array(fallback, dtype=np.float32, copy=True)
+        for i, feats in enumerate(features):
+            found = self.nearest(feats)
+            if found is None:
+                continue
+            top, best = found
+            weights = np.exp((best - best.max()) / self.temperature)
+            row = np.bincount(self.labels[top], weights, minlength=self.num_classes)
+            out[i] = row / row.sum()
+        return out
+
     def vote(self, features: list[TextFeatures]) -> np.ndarray:
         """[n, num_classes] class distribution of each prompt's nearest rows (uniform
         when the prompt shares no n-gram with any row)."""
