@@ -370,7 +370,7 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
         "",
         "| model | split | threshold | TPR | FPR | accuracy |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
-        *jailbreak_rows("ours (static MiniLM + n-gram tf-idf, logistic)", j),
+        *jailbreak_rows("ours (static MiniLM + n-gram tf-idf, logistic, + neighbour vote)", j),
     ]
     ng = state.get("nanoguard")
     if ng:
