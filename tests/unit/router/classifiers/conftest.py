@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.pii import PiiDetector
 
 
@@ -35,3 +36,9 @@ def detector() -> PiiDetector:
     detector = PiiDetector()
     detector.load()
     return detector
+
+
+@pytest.fixture(scope="module")
+def featurizer() -> Featurizer:
+    """The MiniLM WordPiece featurizer (modules may define their own)."""
+    return Featurizer()

@@ -41,24 +41,24 @@ class ToyEmbedder:
 
 
 @pytest.fixture(scope="module")
-def featurizer() -> Featurizer:
-    return Featurizer()
-
-
-@pytest.fixture(scope="module")
 def corpus(featurizer: Featurizer) -> Corpus:
     return Corpus.build(TEXTS, ToyEmbedder(featurizer))
 
 
-def toy_index(corpus: Corpus, k: int = 2, temperature: float = 0.05) -> NeighbourIndex:
+def index_over(corpus: Corpus, labels: np.ndarray, num_classes: int, k: int, temperature: float) -> NeighbourIndex:
+    """An index of every row of `corpus`, as the training script builds one."""
     rows = np.arange(len(corpus))
     spec = HeadSpec((1000, 1000), l2=1e-6, min_df=1)
     head_vocabulary = build_vocabulary(corpus, rows, spec)
     pool = sparse_matrix(corpus, rows, head_vocabulary)
     vocabulary, _ = neighbour_vocabulary(head_vocabulary, pool, max_df=1.0)
     return NeighbourIndex.build(
-        vocabulary, sparse_matrix(corpus, rows, vocabulary), LABELS, 3, k, temperature
+        vocabulary, sparse_matrix(corpus, rows, vocabulary), labels, num_classes, k, temperature
     )
+
+
+def toy_index(corpus: Corpus, k: int = 2, temperature: float = 0.05) -> NeighbourIndex:
+    return index_over(corpus, LABELS, 3, k, temperature)
 
 
 def test_similarities_are_cosines_and_survive_save_load(tmp_path: Path, corpus: Corpus) -> None:
