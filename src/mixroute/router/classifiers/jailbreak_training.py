@@ -95,9 +95,12 @@ NEIGHBOUR_TERMS = 24  # an indexed row keeps its strongest terms only (the index
 
 def threshold_at_fpr(scores: np.ndarray, fpr: float) -> float:
     """Smallest threshold with at most `fpr` of these benign scores above it."""
-    negatives = np.sort(scores)
-    allowed = int(np.floor(fpr * negatives.size))
-    return float(negatives[negatives.size - allowed - 1])
+    return threshold_allowing(scores, int(np.floor(fpr * scores.size)))
+
+
+def threshold_allowing(scores: np.ndarray, allowed: int) -> float:
+    """Smallest threshold with at most `allowed` of these benign scores above it."""
+    return float(np.sort(scores)[scores.size - allowed - 1])
 
 
 @dataclass
@@ -209,7 +212,7 @@ class Scores:
             threshold_at_fpr(self.chat, TARGET_VALIDATION_FPR),
         )
         if max_chat_blocked is not None:
-            threshold = max(threshold, float(np.sort(self.chat)[self.chat.size - max_chat_blocked - 1]))
+            threshold = max(threshold, threshold_allowing(self.chat, max_chat_blocked))
         return threshold
 
     def describe(
