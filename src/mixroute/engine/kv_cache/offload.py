@@ -38,9 +38,9 @@ import torch
 from mixroute.engine.kv_cache.file_writer import FileWriter
 from mixroute.errors import ConfigError
 
-# Queued disk writes hold a copy of their block: at most this many (or the host tier's
-# size, if larger) before an eviction waits for the oldest.
-_MIN_PENDING_WRITES = 256
+# Queued disk writes hold a copy of their block: at most this many before an eviction
+# waits for the oldest (a fixed bound, so the copies never approach the host tier's size).
+_MAX_PENDING_WRITES = 256
 
 
 class _KvLayers(Protocol):
@@ -102,7 +102,7 @@ class KvOffload:
                 self.disk_dir.mkdir(parents=True)
             except OSError as exc:
                 raise ConfigError(f"KV offload disk directory {self.disk_dir}: {exc}") from exc
-            self._writer = FileWriter(max_pending=max(num_host_blocks, _MIN_PENDING_WRITES))
+            self._writer = FileWriter(max_pending=_MAX_PENDING_WRITES)
         self.stats = {"saved": 0, "loaded_host": 0, "loaded_disk": 0, "to_disk": 0, "dropped": 0}
 
     # ---- what is here ----
