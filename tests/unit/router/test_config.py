@@ -28,6 +28,7 @@ def test_fixture_config_parses():
     (("reasoning_family: qwen3", "reasoning_family: qwen9"), "models.big.reasoning_family"),
     (("category: law", "category: lawz"), "keyword_rules.1.category"),
     (("similarity_threshold: 0.9", "similarity_threshold: 1.9"), "cache.similarity_threshold"),
+    (("cache: {", "classifier: {category_refine_below: 1.5}\ncache: {"), "classifier.category_refine_below"),
     (("system_prompt_mode: insert", "system_prompt_mode: prepend"), "categories.1.system_prompt_mode"),
     (("cache: {", "cache: {colour: red, "), "cache.colour: unknown field"),
     (("default_endpoint: http://127.0.0.1:9", "default_endpoint: 127.0.0.1:9"), "must start with http://"),

@@ -128,3 +128,30 @@ async def test_a_request_with_nothing_to_compute_skips_the_worker_thread():
     runner.close()  # a closed pool would raise if the run tried to use it
     out = await runner.run(_request(("user", "think about an integral")), lean)
     assert out.embedding is None and out.latency_ms == {} and [r.name for r in out.keyword_rules]
+
+
+class RefineRecordingCategory(FakeCategory):
+    def __init__(self) -> None:
+        self.refine_below: list[float | None] = []
+
+    def predict(self, texts, embeddings, refine_below=0.0):
+        self.refine_below.append(refine_below)
+        return super().predict(texts, embeddings, refine_below)
+
+
+async def test_refine_level_from_config_reaches_the_category_classifier():
+    category = RefineRecordingCategory()
+    runner = SignalRunner(SignalModels(FakeEmbedder(), category, FakeJailbreak(), FakePii()))
+    config = parse_config(CONFIG_YAML)
+    await runner.run(_request(("user", "an integral")), config)
+
+    def classifier(**update):
+        return config.model_copy(update={"classifier": config.classifier.model_copy(update=update)})
+
+    await runner.run(_request(("user", "a derivative")), classifier(category_refiner=True))
+    await runner.run(_request(("user", "a cell")), classifier(category_refiner=True, category_refine_below=0.6))
+    await runner.run(_request(("user", "a cell wall")), classifier(category_refine_below=0.6))
+    assert await runner.classify_intent("a contract", 1.0) == ("law", 0.9)
+    # 0: refiner off (the default; a level alone does not turn it on); None: its own decisive level
+    assert category.refine_below == [0.0, None, 0.6, 0.0, 1.0]
+    runner.close()

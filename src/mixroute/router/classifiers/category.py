@@ -8,6 +8,10 @@ labels' probabilities. Two optional parts, named in the head's json:
   p = (1 - weight) * p_head + weight * p_vote;
 - `calibration` {offsets, temperature}: p = softmax((log p + offsets) / temperature),
   per-category offsets tuned for accuracy and a temperature fitted for calibration.
+
+With a `refiner` (`refiner.py`), prompts whose top probability stays below
+`refine_below` (default 0: never; None: the refiner's `decisive_below`) are also read
+by the fine-tuned transformer and the two are averaged: p = (1 - w) * p + w * p_refiner.
 """
 
 from __future__ import annotations
@@ -21,16 +25,21 @@ from mixroute.errors import ConfigError
 from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead, featurize
 from mixroute.router.classifiers.neighbours import NeighbourIndex
+from mixroute.router.classifiers.refiner import CategoryRefiner
 
 
 class CategoryClassifier:
     """`predict(texts, embeddings) -> [(category, probability)]`; artifact loaded lazily."""
 
     def __init__(
-        self, artifact: Path = ARTIFACTS_DIR / "category", featurizer: Featurizer | None = None
+        self,
+        artifact: Path = ARTIFACTS_DIR / "category",
+        featurizer: Featurizer | None = None,
+        refiner: CategoryRefiner | None = None,
     ) -> None:
         self.artifact = artifact
         self.featurizer = featurizer or Featurizer()
+        self.refiner = refiner
         self._head: LinearHead | None = None
         self._categories: list[str] = []
         self._group: np.ndarray = np.zeros(0, dtype=np.int64)
@@ -85,8 +94,11 @@ class CategoryClassifier:
         self.load()
         return list(self._categories)
 
-    def probabilities(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
-        """[n, num_categories] probabilities, columns in `categories` order."""
+    def probabilities(
+        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0
+    ) -> np.ndarray:
+        """[n, num_categories] probabilities, columns in `categories` order; rows whose top
+        probability is below `refine_below` get the refiner's second opinion."""
         head = self.load()
         features = featurize(self.featurizer, texts)
         proba = head.probabilities(features, embeddings)
@@ -100,11 +112,21 @@ class CategoryClassifier:
             scaled -= scaled.max(axis=1, keepdims=True)
             out = np.exp(scaled)
             out /= out.sum(axis=1, keepdims=True)
+        if self.refiner is None:
+            return out.astype(np.float32)
+        if refine_below is None:
+            refine_below = self.refiner.decisive_below
+        unsure = np.flatnonzero(out.max(axis=1) < refine_below)
+        if len(unsure):
+            second = self.refiner.probabilities([texts[i] for i in unsure], self._categories)
+            out[unsure] = (1.0 - self.refiner.weight) * out[unsure] + self.refiner.weight * second
         return out.astype(np.float32)
 
-    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[tuple[str, float]]:
+    def predict(
+        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0
+    ) -> list[tuple[str, float]]:
         if not texts:
             return []
-        proba = self.probabilities(texts, embeddings)
+        proba = self.probabilities(texts, embeddings, refine_below)
         best = proba.argmax(axis=1)
         return [(self._categories[k], float(proba[i, k])) for i, k in enumerate(best)]

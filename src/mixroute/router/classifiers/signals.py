@@ -10,6 +10,7 @@ from mixroute.router.classifiers.embedder import Embedder
 from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.jailbreak import JailbreakClassifier
 from mixroute.router.classifiers.pii import PiiDetector
+from mixroute.router.classifiers.refiner import CategoryRefiner
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +23,7 @@ class Signals:
     def warm_up(self) -> None:
         """Load every model now instead of on the first request."""
         embeddings = self.embedder.encode(["warm up"])
-        self.category.predict(["warm up"], embeddings)
+        self.category.predict(["warm up"], embeddings)  # the refiner (off by default) loads on first use
         self.jailbreak.predict(["warm up"], embeddings)
         self.pii.detect("warm up John")
 
@@ -37,7 +38,7 @@ def build_signals() -> Signals:
     featurizer = Featurizer()
     return Signals(
         embedder=Embedder(featurizer=featurizer),
-        category=CategoryClassifier(featurizer=featurizer),
+        category=CategoryClassifier(featurizer=featurizer, refiner=CategoryRefiner()),
         jailbreak=JailbreakClassifier(featurizer=featurizer),
         pii=PiiDetector(),
     )

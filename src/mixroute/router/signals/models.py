@@ -25,7 +25,9 @@ class EmbedderLike(Protocol):
 
 
 class CategoryClassifierLike(Protocol):
-    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[tuple[str, float]]: ...
+    def predict(
+        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0
+    ) -> list[tuple[str, float]]: ...
 
 
 class JailbreakClassifierLike(Protocol):

@@ -53,6 +53,7 @@ class _Work:
     pii_threshold: float
     embed_texts: list[str]
     with_jailbreak: bool
+    refine_below: float | None
 
 
 class SignalRunner:
@@ -94,6 +95,7 @@ class SignalRunner:
             pii_threshold=config.pii.threshold,
             embed_texts=[query, *history] if query and needs_embedding else [],
             with_jailbreak=config.jailbreak.enabled,
+            refine_below=config.classifier.refine_below(),
         )
         if not work.pii_texts and not work.embed_texts:
             return results
@@ -113,7 +115,7 @@ class SignalRunner:
             results.latency_ms["pii"] = (time.perf_counter() - start) * 1e3
         if work.embed_texts:
             start = time.perf_counter()
-            self._embed_and_classify(work.embed_texts, work.with_jailbreak, results)
+            self._embed_and_classify(work.embed_texts, work.with_jailbreak, work.refine_below, results)
             results.latency_ms["embed_classify"] = (time.perf_counter() - start) * 1e3
 
     def _detect_pii(self, texts: list[str], pii_types: frozenset[str] | None, threshold: float) -> list[str]:
@@ -129,12 +131,14 @@ class SignalRunner:
             types.update(t for t, score in found if score >= threshold)
         return sorted(types)
 
-    def _embed_and_classify(self, texts: list[str], with_jailbreak: bool, results: SignalResults) -> None:
+    def _embed_and_classify(
+        self, texts: list[str], with_jailbreak: bool, refine_below: float | None, results: SignalResults
+    ) -> None:
         # Earlier turns already scored (they were the query of an earlier request) are not re-embedded.
         known = [self._jailbreak_memo.get(t) for t in texts[1:]] if with_jailbreak else []
         fresh = [texts[0], *(t for t, p in zip(texts[1:], known) if p is None)]
         vectors = np.asarray(self.models.embedder.encode(fresh), dtype=np.float32)
-        category, confidence = self.models.category.predict(fresh[:1], vectors[:1])[0]
+        category, confidence = self.models.category.predict(fresh[:1], vectors[:1], refine_below)[0]
         results.embedding = vectors[0]
         results.category, results.category_confidence = category, float(confidence)
         if with_jailbreak:
@@ -145,10 +149,10 @@ class SignalRunner:
 
     # Single-text classification for the /api/v1/classify/* endpoints.
 
-    async def classify_intent(self, text: str) -> tuple[str, float]:
+    async def classify_intent(self, text: str, refine_below: float | None) -> tuple[str, float]:
         def work() -> tuple[str, float]:
             vectors = np.asarray(self.models.embedder.encode([text]), dtype=np.float32)
-            name, confidence = self.models.category.predict([text], vectors)[0]
+            name, confidence = self.models.category.predict([text], vectors, refine_below)[0]
             return name, float(confidence)
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, work)

@@ -105,6 +105,6 @@ def test_packaged_artifacts_load_and_are_small() -> None:
     assert len(category.categories) == 14
     assert 0.0 < jailbreak.threshold < 1.0
     total = sum(p.stat().st_size for p in category.artifact.parent.iterdir())
-    # 13.5 MB: table 6.8, category head 2.9 + its neighbour index 1.9, jailbreak head 0.55 + its
-    # neighbour index 1.4
-    assert total < 14_000_000
+    # 24.3 MB: table 6.8, category head 2.9 + its neighbour index 1.9 + its refiner 10.8 (int8
+    # transformer layers), jailbreak head 0.55 + its neighbour index 1.4
+    assert total < 25_000_000

@@ -1,0 +1,151 @@
+"""The category refiner: when it is asked, how its opinion is averaged in, and that the
+training code produces an artifact the serving code loads (on a tiny random BERT)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixroute.errors import ConfigError
+from mixroute.router.classifiers import corpora
+from mixroute.router.classifiers import refiner_training as rt
+from mixroute.router.classifiers.category import CategoryClassifier
+from mixroute.router.classifiers.embedder import Embedder
+from mixroute.router.classifiers.featurizer import Featurizer
+from mixroute.router.classifiers.minilm import default_model_dir
+from mixroute.router.classifiers.refiner import CategoryRefiner
+
+
+class RecordingRefiner:
+    """Says "law" with certainty and records what it was asked."""
+
+    weight = 0.3
+    decisive_below = 1 / (2 * (1 - weight))
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def probabilities(self, texts: list[str], categories: list[str]) -> np.ndarray:
+        self.asked += texts
+        out = np.zeros((len(texts), len(categories)), dtype=np.float32)
+        out[:, categories.index("law")] = 1.0
+        return out
+
+
+def test_decisive_below_bounds_every_possible_flip() -> None:
+    refiner = CategoryRefiner(Path("/nonexistent"))
+    w, limit = refiner.weight, refiner.decisive_below
+    assert limit == pytest.approx(1 / (2 * (1 - w)))
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        head = rng.dirichlet(np.full(14, 0.3))
+        other = rng.dirichlet(np.full(14, 0.3))
+        blended = (1 - w) * head + w * other
+        if head.max() >= limit:
+            assert blended.argmax() == head.argmax()
+    # Just under the limit a certain refiner overturns a two-way split.
+    head = np.zeros(14)
+    head[0], head[1] = limit - 1e-3, 1 - limit + 1e-3
+    other = np.eye(14)[1]
+    assert ((1 - w) * head + w * other).argmax() == 1
+
+
+@pytest.fixture(scope="module")
+def head_and_embedder() -> tuple[CategoryClassifier, RecordingRefiner, Embedder]:
+    featurizer = Featurizer()
+    refiner = RecordingRefiner()
+    classifier = CategoryClassifier(featurizer=featurizer, refiner=refiner)  # type: ignore[arg-type]
+    return classifier, refiner, Embedder(featurizer=featurizer)
+
+
+def test_refiner_is_asked_only_below_the_threshold(
+    head_and_embedder: tuple[CategoryClassifier, RecordingRefiner, Embedder],
+) -> None:
+    classifier, refiner, embedder = head_and_embedder
+    sure = "Balance the chemical equation for the combustion of propane and compute the moles of CO2."
+    vague = "Tell me about it."
+    vectors = embedder.encode([sure, vague])
+    alone = classifier.probabilities([sure, vague], vectors)  # default: refiner off
+    assert refiner.asked == []
+    assert alone[0].max() >= refiner.decisive_below > alone[1].max()
+
+    refined = classifier.probabilities([sure, vague], vectors, refine_below=None)  # its own level
+    assert refiner.asked == [vague]
+    np.testing.assert_allclose(refined[0], alone[0])
+    law = np.eye(len(corpora.CATEGORIES))[corpora.CATEGORIES.index("law")]
+    np.testing.assert_allclose(refined[1], 0.7 * alone[1] + 0.3 * law, atol=1e-6)
+
+    refiner.asked.clear()
+    classifier.probabilities([sure, vague], vectors, refine_below=1.0)
+    assert refiner.asked == [sure, vague]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide random BERT with the packaged MiniLM tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    source = default_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, directory / name)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(directory)
+    return directory
+
+
+def test_fine_tuned_artifact_loads_and_has_learned(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two labels told apart by their words; a random model must learn them to pass.
+    monkeypatch.setattr(rt, "EPOCHS", 12)
+    monkeypatch.setattr(rt, "LEARNING_RATE", 2e-3)
+    texts = [f"the court ruled on the contract case number {i}" for i in range(32)]
+    texts += [f"the enzyme bound the protein in cell sample {i}" for i in range(32)]
+    labels = np.repeat([0, 1], 32)
+    weights = rt.fine_tune(texts, labels, 2, tiny_bert, device="cpu")
+    assert not any(k.startswith("encoder.embeddings.") for k in weights)
+    stem = tmp_path / "refiner"
+    rt.save_refiner(stem, weights, ["jurisprudence", "college biology"], ["law", "biology"], "test")
+
+    refiner = CategoryRefiner(stem, model_dir=tiny_bert, num_threads=1)
+    probe = ["the court ruled on the contract case number 99", "the enzyme bound the protein in cell sample 99"]
+    proba = refiner.probabilities(probe, list(corpora.CATEGORIES))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert [corpora.CATEGORIES[k] for k in proba.argmax(axis=1)] == ["law", "biology"]
+    assert refiner.weight == pytest.approx(0.3)
+
+
+def test_missing_or_mismatched_artifact_is_a_config_error(tiny_bert: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--only refiner"):
+        CategoryRefiner(tmp_path / "absent", model_dir=tiny_bert).load()
+    weights = rt.fine_tune(["a b c"] * 2, np.array([0, 1]), 2, tiny_bert, device="cpu")
+    stem = tmp_path / "refiner"
+    rt.save_refiner(stem, weights, ["x", "y"], ["law", "biology"], "test")
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    meta["labels"] = ["x", "y", "z"]  # the subject layer has 2 rows
+    stem.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="retrain"):
+        CategoryRefiner(stem, model_dir=tiny_bert).load()
+
+
+@pytest.mark.slow
+def test_packaged_refiner_reads_questions_offline(no_network: list[str]) -> None:
+    refiner = CategoryRefiner()
+    texts = [
+        "Which organelle produces most of the ATP in eukaryotic cells?",
+        "Under the Fourth Amendment, when may police search a car without a warrant?",
+    ]
+    proba = refiner.probabilities(texts, list(corpora.CATEGORIES))
+    assert [corpora.CATEGORIES[k] for k in proba.argmax(axis=1)] == ["biology", "law"]
+    assert no_network == []
