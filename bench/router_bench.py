@@ -359,6 +359,15 @@ def report(args: argparse.Namespace, results: dict) -> str:
           + ", ".join(f"{k} {v:.1f} ms" for k, v in results["default_policy"][f"means{size}"].items())
           for size in args.sizes),
         "",
+        ("With the category refiner on (`classifier.category_refiner: true`; off by default: the fine-tuned "
+         "MiniLM is asked when the head's confidence is under 0.71), same signals and cache otherwise:"),
+        "",
+        *(f"- {size} tokens: added p50 {percentile(results['refiner'][size], 50):.1f} ms, "
+          f"p90 {percentile(results['refiner'][size], 90):.1f} ms, "
+          f"p99 {percentile(results['refiner'][size], 99):.1f} ms; "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in results["refiner"][f"means{size}"].items())
+          for size in args.sizes),
+        "",
         "Router plumbing alone (same router, every signal and the cache off: parse, decide, relay):",
         "",
         *(f"- {size} tokens: added p50 {percentile(results['lean'][size], 50):.1f} ms, "
@@ -394,7 +403,7 @@ def main() -> int:
     parser.add_argument("--lean-only", action="store_true",
                         help="only the plumbing run (every signal off); prints, writes no report")
     args = parser.parse_args()
-    args.command = "python3 bench/router_bench.py " + " ".join(sys.argv[1:])
+    args.command = " ".join(["python3 bench/router_bench.py", *sys.argv[1:]])
     args.load_start = os.getloadavg()
     prompts = Prompts(_tokenizer())
     up_port, router_port = free_port(), free_port()
@@ -419,6 +428,9 @@ def main() -> int:
                     results = measure(args, upstream, router, prompts, pid)
                 with router_process(Path(tmp) / "default.yaml", default_policy, router_port):
                     results["default_policy"] = measure_lean(args, upstream, router, prompts, with_signals=True)
+                refined = full.replace("category_threshold: 0.3}", "category_threshold: 0.3, category_refiner: true}")
+                with router_process(Path(tmp) / "refiner.yaml", refined, router_port):
+                    results["refiner"] = measure_lean(args, upstream, router, prompts, with_signals=True)
             with router_process(Path(tmp) / "lean.yaml", lean, router_port):
                 lean_added = measure_lean(args, upstream, router, prompts)
         finally:
