@@ -57,6 +57,22 @@ def default_num_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
+def load_minilm(model_dir: Path | None = None, num_threads: int | None = None) -> tuple[Any, Any]:
+    """(tokenizer, float32 model in eval mode) from `model_dir` (default: the package's),
+    offline; lowers torch's intra-op threads to `num_threads` (default: half the cores)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = model_dir or default_model_dir()
+    num_threads = num_threads or default_num_threads()
+    # torch's pool is process-wide: only ever lower it, never raise what the host set.
+    if torch.get_num_threads() > num_threads:
+        torch.set_num_threads(num_threads)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).float()
+    return tokenizer, model.eval()
+
+
 class MiniLMEmbedder:
     """`encode(texts) -> float32 [n, 384]`, rows L2-normalised (cosine = dot product)."""
 
@@ -88,18 +104,7 @@ class MiniLMEmbedder:
     def _load_locked(self) -> None:
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        model_dir = self.model_dir or default_model_dir()
-        num_threads = self.num_threads or default_num_threads()
-        # torch's pool is process-wide: only ever lower it, never raise what the host set.
-        if torch.get_num_threads() > num_threads:
-            torch.set_num_threads(num_threads)
-        self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
-        model.eval()
-        self._model = model
+        self._tokenizer, self._model = load_minilm(self.model_dir, self.num_threads)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if isinstance(texts, str):

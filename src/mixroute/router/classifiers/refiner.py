@@ -29,7 +29,7 @@ import numpy as np
 
 from mixroute.errors import ConfigError
 from mixroute.router.classifiers.head import ARTIFACTS_DIR
-from mixroute.router.classifiers.minilm import default_model_dir, default_num_threads
+from mixroute.router.classifiers.minilm import load_minilm
 
 REFINER_ARTIFACT = ARTIFACTS_DIR / "category_refiner"
 MAX_TOKENS = 128
@@ -92,30 +92,22 @@ class CategoryRefiner:
 
     def load(self) -> None:
         with self._lock:
-            self._load_locked()
+            if self._model is None:
+                self._load()
 
-    def _load_locked(self) -> None:
-        if self._model is not None:
-            return
+    def _load(self) -> None:
         weights, meta = self.artifact.with_suffix(".safetensors"), self.artifact.with_suffix(".json")
         if not weights.is_file() or not meta.is_file():
             raise ConfigError(
                 f"category refiner {weights} is missing; run "
                 "python3 scripts/train_router_classifiers.py --only refiner "
-                "(or set classifier.category_refine_below: 0 to route without it)"
+                "(or set classifier.category_refiner: false to route without it)"
             )
         import torch
         from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
 
-        num_threads = self.num_threads or default_num_threads()
-        # torch's pool is process-wide: only ever lower it, never raise what the host set.
-        if torch.get_num_threads() > num_threads:
-            torch.set_num_threads(num_threads)
         self._meta = json.loads(meta.read_text(encoding="utf-8"))
-        model_dir = self.model_dir or default_model_dir()
-        self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True).float()
+        self._tokenizer, encoder = load_minilm(self.model_dir, self.num_threads)
         state = dequantize(load_file(str(weights)))
         head_state = {k.removeprefix("head."): state.pop(k) for k in list(state) if k.startswith("head.")}
         missing, unexpected = encoder.load_state_dict(
@@ -134,7 +126,8 @@ class CategoryRefiner:
         import torch
 
         with self._lock:
-            self._load_locked()
+            if self._model is None:
+                self._load()
             batch = self._tokenizer(
                 texts, truncation=True, max_length=int(self._meta.get("max_tokens", MAX_TOKENS)),
                 padding=True, return_tensors="pt",

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mixroute.router.classifiers.minilm import load_minilm
 from mixroute.router.classifiers.refiner import (
     MAX_TOKENS,
     REFINER_WEIGHT,
@@ -39,12 +40,10 @@ def fine_tune(
 ) -> dict[str, Any]:
     """Train and return the changed weights (fp16, on CPU) keyed as `refiner.py` loads them."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     # float32 whatever the checkpoint's dtype: fp16 master weights overflow to NaN here.
-    encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True).float()
+    tokenizer, encoder = load_minilm(model_dir, num_threads=torch.get_num_threads())
     encoder.to(device).train()
     for param in encoder.embeddings.parameters():
         param.requires_grad_(False)
