@@ -174,3 +174,22 @@ def test_models_classify_and_metrics(router, upstream):
     assert 'decision="forward",model="qwen-big"' in metrics
     assert "mixroute_router_cache_misses_total 1.0" in metrics
     assert httpx.get(f"{router.url}/ready").json()["status"] == "ready"
+
+
+@pytest.mark.slow  # loads the fine-tuned MiniLM refiner and runs it
+def test_category_refiner_switch_changes_only_unsure_decisions(start_router, upstream, signal_models):
+    unsure, sure = "Who painted the Mona Lisa?", MATH
+    category = signal_models.category
+    vectors = signal_models.embedder.encode([unsure, sure])
+    alone = category.predict([unsure, sure], vectors)
+    refined = category.predict([unsure, sure], vectors, refine_below=None)
+    assert alone[0][1] < category.refiner.decisive_below <= alone[1][1]
+    assert refined[0][1] > alone[0][1] + 0.05 and refined[1] == alone[1]  # the refiner agrees, more surely
+
+    plain = router_config(upstream.url)
+    switched = plain.replace("classifier: {category_threshold: 0.3}",
+                             "classifier: {category_threshold: 0.3, category_refiner: true}")
+    assert switched != plain
+    for router, expected in ((start_router(plain), alone), (start_router(switched), refined)):
+        answers = [httpx.post(f"{router.url}/api/v1/classify/intent", json={"text": t}).json() for t in (unsure, sure)]
+        assert [(a["category"], pytest.approx(a["confidence"], abs=1e-5)) for a in answers] == expected
