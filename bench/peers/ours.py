@@ -100,6 +100,9 @@ def start_http_workers(
     urls = []
     try:
         for i in range(fleet.num_workers):
+            # One at a time: a port picked while earlier workers are still starting (and
+            # binding random ports of their own) can be taken before this one binds it;
+            # the 08:10 run lost vllm-router-round_robin to exactly that (errno 98).
             port = free_port()
             argv = _worker_argv(model_dir, model_name, fleet, run_dir, 1) + [
                 "--http-port",
@@ -107,8 +110,7 @@ def start_http_workers(
             ]
             group.start(f"w{i}", argv)
             urls.append(f"http://127.0.0.1:{port}")
-        for url in urls:
-            wait_for_model(group, url, model_name, timeout_s=180)
+            wait_for_model(group, urls[-1], model_name, timeout_s=180)
     except BaseException:
         group.stop()
         raise
