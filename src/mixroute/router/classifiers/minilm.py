@@ -62,7 +62,10 @@ def load_minilm(model_dir: Path | None = None, num_threads: int | None = None) -
     offline; lowers torch's intra-op threads to `num_threads` (default: half the cores)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    # A "Loading weights" bar per load would break up the router's one-line-per-event logs.
+    transformers_logging.disable_progress_bar()
     model_dir = model_dir or default_model_dir()
     num_threads = num_threads or default_num_threads()
     # torch's pool is process-wide: only ever lower it, never raise what the host set.
