@@ -38,7 +38,8 @@ Data (never downloaded; read from installed pip packages, see classifiers/corpor
   and threshold from out-of-fold validation scores, MMLU dev and ShareGPT validation turns.
 3. category refiner (classifiers/refiner_training.py): all-MiniLM-L6-v2 fine-tuned on
    the MMLU train + dev questions (57 subjects), embeddings frozen; safetensors of the
-   changed weights (fp16). The router asks it only when the head is unsure.
+   changed weights (int8 rows with fp16 scales). The router asks it only when the head
+   is unsure and `classifier.category_refiner` is on.
 The test splits are only scored by bench/router_accuracy.py. Everything is seeded; the
 same inputs give the same artifacts (up to floating-point summation order of the BLAS).
 """

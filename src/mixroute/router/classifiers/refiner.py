@@ -71,14 +71,11 @@ class CategoryRefiner:
         self.artifact = artifact
         self.model_dir = model_dir
         self.num_threads = num_threads
+        self.weight = REFINER_WEIGHT
         self._lock = threading.Lock()
         self._model: Any = None
         self._tokenizer: Any = None
         self._meta: dict[str, Any] = {}
-
-    @property
-    def weight(self) -> float:
-        return float(self._meta.get("weight", REFINER_WEIGHT))
 
     @property
     def decisive_below(self) -> float:

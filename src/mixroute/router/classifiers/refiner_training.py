@@ -21,7 +21,6 @@ import numpy as np
 from mixroute.router.classifiers.minilm import load_minilm
 from mixroute.router.classifiers.refiner import (
     MAX_TOKENS,
-    REFINER_WEIGHT,
     SCALE_SUFFIX,
     pooled,
     trained_keys,
@@ -113,7 +112,6 @@ def save_refiner(stem: Path, weights: dict[str, Any], labels: list[str], groups:
         "labels": labels,
         "label_group": groups,
         "max_tokens": MAX_TOKENS,
-        "weight": REFINER_WEIGHT,
         "recipe": {"epochs": EPOCHS, "batch": BATCH, "lr": LEARNING_RATE, "head_lr_scale": HEAD_LR_SCALE,
                    "label_smoothing": LABEL_SMOOTHING},
         "trained_on": note,
