@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import logging
 
+from mixroute.errors import ConfigError
 from mixroute.router.config import parse_config
 from mixroute.router.request import parse_chat_request
 from mixroute.router.signals import SignalModels, SignalRunner
@@ -154,4 +156,31 @@ async def test_refine_level_from_config_reaches_the_category_classifier():
     assert await runner.classify_intent("a contract", 1.0) == ("law", 0.9)
     # 0: refiner off (the default; a level alone does not turn it on); None: its own decisive level
     assert category.refine_below == [0.0, None, 0.6, 0.0, 1.0]
+    runner.close()
+
+
+class BrokenRefinerCategory(RefineRecordingCategory):
+    """The head works; asking the refiner fails the way a missing artifact does."""
+
+    def predict(self, texts, embeddings, refine_below=0.0):
+        if refine_below != 0.0:
+            self.refine_below.append(refine_below)
+            raise ConfigError("category refiner artifact is missing")
+        return super().predict(texts, embeddings, refine_below)
+
+
+async def test_a_refiner_that_cannot_load_falls_back_to_the_head_once(caplog):
+    category = BrokenRefinerCategory()
+    runner = SignalRunner(SignalModels(FakeEmbedder(), category, FakeJailbreak(), FakePii()))
+    config = parse_config(CONFIG_YAML)
+    on = config.model_copy(update={"classifier": config.classifier.model_copy(update={"category_refiner": True})})
+    with caplog.at_level(logging.ERROR, logger="mixroute.router"):
+        first = await runner.run(_request(("user", "an integral")), on)
+        second = await runner.run(_request(("user", "a contract")), on)
+    assert (first.category, second.category) == ("math", "law")
+    # Asked once, failed once, logged once; then the head alone (0.0) every time.
+    assert category.refine_below == [None, 0.0, 0.0]
+    assert [r.message for r in caplog.records].count(
+        "category refiner unavailable, routing with the head alone: category refiner artifact is missing"
+    ) == 1
     runner.close()

@@ -12,6 +12,7 @@ the types some model's policy forbids (`pii_scope.py`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mixroute.errors import ConfigError
 from mixroute.router.config import KeywordRule, RouterConfig
 from mixroute.router.request import ChatRequest
 from mixroute.router.signals.keywords import match_rules
@@ -28,6 +30,8 @@ from mixroute.router.signals.pii_scope import actionable_pii_types
 
 # Earlier user turns screened for jailbreaks besides the last one (bounds the embedding cost).
 MAX_JAILBREAK_HISTORY = 3
+
+log = logging.getLogger("mixroute.router")
 
 
 @dataclass(slots=True)
@@ -65,6 +69,7 @@ class SignalRunner:
         self._jailbreak_memo: LruMemo[str, float] = LruMemo()
         self._known_pii: Collection[str] | None = getattr(models.pii, "entities", None)
         self._scope_of: tuple[RouterConfig | None, frozenset[str] | None] = (None, None)
+        self._refiner_failed = False
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -138,7 +143,7 @@ class SignalRunner:
         known = [self._jailbreak_memo.get(t) for t in texts[1:]] if with_jailbreak else []
         fresh = [texts[0], *(t for t, p in zip(texts[1:], known) if p is None)]
         vectors = np.asarray(self.models.embedder.encode(fresh), dtype=np.float32)
-        category, confidence = self.models.category.predict(fresh[:1], vectors[:1], refine_below)[0]
+        category, confidence = self._categorise(fresh[0], vectors[:1], refine_below)
         results.embedding = vectors[0]
         results.category, results.category_confidence = category, float(confidence)
         if with_jailbreak:
@@ -147,12 +152,24 @@ class SignalRunner:
                 self._jailbreak_memo.put(text, score)
             results.jailbreak_probability = max([*scores, *(p for p in known if p is not None)])
 
+    def _categorise(self, text: str, vectors: np.ndarray, refine_below: float | None) -> tuple[str, float]:
+        """The category; when the refiner cannot load (a reload turned it on and its artifact
+        is missing), the head alone from then on, with one error in the log, rather than
+        failing requests (a restart tries again; at start a missing refiner stops it)."""
+        if refine_below != 0.0 and not self._refiner_failed:
+            try:
+                return self.models.category.predict([text], vectors, refine_below)[0]
+            except ConfigError as exc:
+                self._refiner_failed = True
+                log.error("category refiner unavailable, routing with the head alone: %s", exc)
+        return self.models.category.predict([text], vectors, 0.0)[0]
+
     # Single-text classification for the /api/v1/classify/* endpoints.
 
     async def classify_intent(self, text: str, refine_below: float | None) -> tuple[str, float]:
         def work() -> tuple[str, float]:
             vectors = np.asarray(self.models.embedder.encode([text]), dtype=np.float32)
-            name, confidence = self.models.category.predict([text], vectors, refine_below)[0]
+            name, confidence = self._categorise(text, vectors, refine_below)
             return name, float(confidence)
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, work)
