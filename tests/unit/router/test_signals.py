@@ -135,10 +135,12 @@ async def test_a_request_with_nothing_to_compute_skips_the_worker_thread():
 class RefineRecordingCategory(FakeCategory):
     def __init__(self) -> None:
         self.refine_below: list[float | None] = []
+        self.thresholds: list[float] = []
 
-    def predict(self, texts, embeddings, refine_below=0.0):
+    def predict(self, texts, embeddings, refine_below=0.0, threshold=0.0):
         self.refine_below.append(refine_below)
-        return super().predict(texts, embeddings, refine_below)
+        self.thresholds.append(threshold)
+        return super().predict(texts, embeddings, refine_below, threshold)
 
 
 async def test_refine_level_from_config_reaches_the_category_classifier():
@@ -156,17 +158,35 @@ async def test_refine_level_from_config_reaches_the_category_classifier():
     assert await runner.classify_intent("a contract", 1.0) == ("law", 0.9)
     # 0: refiner off (the default; a level alone does not turn it on); None: its own decisive level
     assert category.refine_below == [0.0, None, 0.6, 0.0, 1.0]
+    # When the refiner may be asked, the router's confidence threshold goes along (the
+    # classifier skips prompts the refiner could not lift to it); the classify endpoint
+    # reports the best estimate, with none.
+    assert category.thresholds == [0.0, 0.5, 0.5, 0.0, 0.0]
+    runner.close()
+
+
+async def test_refiner_is_not_asked_where_the_category_routes_nothing():
+    category = RefineRecordingCategory()
+    runner = SignalRunner(SignalModels(FakeEmbedder(), category, FakeJailbreak(), FakePii()))
+    config = parse_config(CONFIG_YAML)
+    on = config.model_copy(update={"classifier": config.classifier.model_copy(update={"category_refiner": True})})
+    explicit = {"model": "big", "messages": [{"role": "user", "content": "a cell"}]}
+    await runner.run(parse_chat_request(json.dumps(explicit).encode()), on)
+    forced = await runner.run(_request(("user", "ask an attorney about a cell")), on)
+    await runner.run(_request(("user", "think about a cell")), on)  # reasoning rule: category still routes
+    assert [r.name for r in forced.keyword_rules] == ["lawyer"]
+    assert category.refine_below == [0.0, 0.0, None]
     runner.close()
 
 
 class BrokenRefinerCategory(RefineRecordingCategory):
     """The head works; asking the refiner fails the way a missing artifact does."""
 
-    def predict(self, texts, embeddings, refine_below=0.0):
+    def predict(self, texts, embeddings, refine_below=0.0, threshold=0.0):
         if refine_below != 0.0:
             self.refine_below.append(refine_below)
             raise ConfigError("category refiner artifact is missing")
-        return super().predict(texts, embeddings, refine_below)
+        return super().predict(texts, embeddings, refine_below, threshold)
 
 
 async def test_a_refiner_that_cannot_load_falls_back_to_the_head_once(caplog):

@@ -12,6 +12,9 @@ labels' probabilities. Two optional parts, named in the head's json:
 With a `refiner` (`refiner.py`), prompts whose top probability stays below
 `refine_below` (default 0: never; None: the refiner's `decisive_below`) are also read
 by the fine-tuned transformer and the two are averaged: p = (1 - w) * p + w * p_refiner.
+Given the caller's confidence `threshold` (under it the router ignores the category),
+prompts that even a unanimous refiner could not lift to it, (1 - w) * top + w < threshold,
+are not read: the decision would be the same.
 """
 
 from __future__ import annotations
@@ -95,10 +98,12 @@ class CategoryClassifier:
         return list(self._categories)
 
     def probabilities(
-        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0
+        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0,
+        threshold: float = 0.0,
     ) -> np.ndarray:
         """[n, num_categories] probabilities, columns in `categories` order; rows whose top
-        probability is below `refine_below` get the refiner's second opinion."""
+        probability is below `refine_below` get the refiner's second opinion, unless it
+        could not lift them to `threshold`."""
         head = self.load()
         features = featurize(self.featurizer, texts)
         proba = head.probabilities(features, embeddings)
@@ -116,17 +121,19 @@ class CategoryClassifier:
             return out.astype(np.float32)
         if refine_below is None:
             refine_below = self.refiner.decisive_below
-        unsure = np.flatnonzero(out.max(axis=1) < refine_below)
+        top, weight = out.max(axis=1), self.refiner.weight
+        unsure = np.flatnonzero((top < refine_below) & ((1.0 - weight) * top + weight >= threshold))
         if len(unsure):
             second = self.refiner.probabilities([texts[i] for i in unsure], self._categories)
             out[unsure] = (1.0 - self.refiner.weight) * out[unsure] + self.refiner.weight * second
         return out.astype(np.float32)
 
     def predict(
-        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0
+        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0,
+        threshold: float = 0.0,
     ) -> list[tuple[str, float]]:
         if not texts:
             return []
-        proba = self.probabilities(texts, embeddings, refine_below)
+        proba = self.probabilities(texts, embeddings, refine_below, threshold)
         best = proba.argmax(axis=1)
         return [(self._categories[k], float(proba[i, k])) for i, k in enumerate(best)]

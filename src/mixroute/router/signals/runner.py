@@ -58,6 +58,7 @@ class _Work:
     embed_texts: list[str]
     with_jailbreak: bool
     refine_below: float | None
+    category_threshold: float
 
 
 class SignalRunner:
@@ -100,12 +101,21 @@ class SignalRunner:
             pii_threshold=config.pii.threshold,
             embed_texts=[query, *history] if query and needs_embedding else [],
             with_jailbreak=config.jailbreak.enabled,
-            refine_below=config.classifier.refine_below(),
+            refine_below=self.refine_below(request, config, results),
+            category_threshold=config.classifier.category_threshold,
         )
         if not work.pii_texts and not work.embed_texts:
             return results
         await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, work, results)
         return results
+
+    @staticmethod
+    def refine_below(request: ChatRequest, config: RouterConfig, results: SignalResults) -> float | None:
+        """The refiner's level for this request; 0 (never) where the category routes nothing:
+        an explicit model name, or a keyword rule that names the category."""
+        if not config.is_auto(request.model) or any(r.category is not None for r in results.keyword_rules):
+            return 0.0
+        return config.classifier.refine_below()
 
     def jailbreak_threshold(self, config: RouterConfig) -> float:
         if config.jailbreak.threshold is not None:
@@ -120,7 +130,7 @@ class SignalRunner:
             results.latency_ms["pii"] = (time.perf_counter() - start) * 1e3
         if work.embed_texts:
             start = time.perf_counter()
-            self._embed_and_classify(work.embed_texts, work.with_jailbreak, work.refine_below, results)
+            self._embed_and_classify(work, results)
             results.latency_ms["embed_classify"] = (time.perf_counter() - start) * 1e3
 
     def _detect_pii(self, texts: list[str], pii_types: frozenset[str] | None, threshold: float) -> list[str]:
@@ -136,14 +146,15 @@ class SignalRunner:
             types.update(t for t, score in found if score >= threshold)
         return sorted(types)
 
-    def _embed_and_classify(
-        self, texts: list[str], with_jailbreak: bool, refine_below: float | None, results: SignalResults
-    ) -> None:
+    def _embed_and_classify(self, work: _Work, results: SignalResults) -> None:
+        texts, with_jailbreak = work.embed_texts, work.with_jailbreak
         # Earlier turns already scored (they were the query of an earlier request) are not re-embedded.
         known = [self._jailbreak_memo.get(t) for t in texts[1:]] if with_jailbreak else []
         fresh = [texts[0], *(t for t, p in zip(texts[1:], known) if p is None)]
         vectors = np.asarray(self.models.embedder.encode(fresh), dtype=np.float32)
-        category, confidence = self._categorise(fresh[0], vectors[:1], refine_below)
+        category, confidence = self._categorise(
+            fresh[0], vectors[:1], work.refine_below, work.category_threshold
+        )
         results.embedding = vectors[0]
         results.category, results.category_confidence = category, float(confidence)
         if with_jailbreak:
@@ -152,13 +163,15 @@ class SignalRunner:
                 self._jailbreak_memo.put(text, score)
             results.jailbreak_probability = max([*scores, *(p for p in known if p is not None)])
 
-    def _categorise(self, text: str, vectors: np.ndarray, refine_below: float | None) -> tuple[str, float]:
+    def _categorise(
+        self, text: str, vectors: np.ndarray, refine_below: float | None, threshold: float = 0.0
+    ) -> tuple[str, float]:
         """The category; when the refiner cannot load (a reload turned it on and its artifact
         is missing), the head alone from then on, with one error in the log, rather than
         failing requests (a restart tries again; at start a missing refiner stops it)."""
         if refine_below != 0.0 and not self._refiner_failed:
             try:
-                return self.models.category.predict([text], vectors, refine_below)[0]
+                return self.models.category.predict([text], vectors, refine_below, threshold)[0]
             except ConfigError as exc:
                 self._refiner_failed = True
                 log.error("category refiner unavailable, routing with the head alone: %s", exc)

@@ -83,6 +83,16 @@ def test_refiner_is_asked_only_below_the_threshold(
     classifier.probabilities([sure, vague], vectors, refine_below=1.0)
     assert refiner.asked == [sure, vague]
 
+    # A caller's threshold the refiner could not lift the vague prompt to, even unanimous:
+    # (1 - w) * top + w stays under it, so the prompt is not read and keeps the head's answer.
+    reach = 0.7 * alone[1].max() + 0.3
+    refiner.asked.clear()
+    kept = classifier.probabilities([sure, vague], vectors, refine_below=None, threshold=reach + 0.01)
+    assert refiner.asked == []
+    np.testing.assert_allclose(kept, alone)
+    classifier.probabilities([sure, vague], vectors, refine_below=None, threshold=reach - 0.01)
+    assert refiner.asked == [vague]
+
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
