@@ -90,7 +90,9 @@ def _build_api(core: RouterCore, proxy: Proxy) -> FastAPI:
     async def classify_intent(request: Request) -> dict[str, Any]:
         text = await _text_field(request)
         config = core.config
-        category, confidence = await core.runner.classify_intent(text, config.classifier.refine_below())
+        category, confidence = await core.runner.classify_intent(
+            text, config.classifier.refine_below(), config.classifier.category_refiner_weight
+        )
         is_confident = confidence >= config.classifier.category_threshold
         entry = config.category(category) if is_confident else None
         scores = sorted(entry.model_scores, key=lambda s: -s.score) if entry else []

@@ -32,7 +32,8 @@ class FakeCategory:
     RULES: ClassVar[dict[str, str]] = {"integral": "math", "derivative": "math", "contract": "law", "cell": "biology", "vague": "other"}
 
     def predict(
-        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0, threshold: float = 0.0
+        self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0, threshold: float = 0.0,
+        weight: float | None = None,
     ) -> list[tuple[str, float]]:
         out = []
         for text in texts:

@@ -29,6 +29,7 @@ def test_fixture_config_parses():
     (("category: law", "category: lawz"), "keyword_rules.1.category"),
     (("similarity_threshold: 0.9", "similarity_threshold: 1.9"), "cache.similarity_threshold"),
     (("cache: {", "classifier: {category_refine_below: 1.5}\ncache: {"), "classifier.category_refine_below"),
+    (("cache: {", "classifier: {category_refiner_weight: 0}\ncache: {"), "classifier.category_refiner_weight"),
     (("system_prompt_mode: insert", "system_prompt_mode: prepend"), "categories.1.system_prompt_mode"),
     (("cache: {", "cache: {colour: red, "), "cache.colour: unknown field"),
     (("default_endpoint: http://127.0.0.1:9", "default_endpoint: 127.0.0.1:9"), "must start with http://"),

@@ -136,11 +136,13 @@ class RefineRecordingCategory(FakeCategory):
     def __init__(self) -> None:
         self.refine_below: list[float | None] = []
         self.thresholds: list[float] = []
+        self.weights: list[float | None] = []
 
-    def predict(self, texts, embeddings, refine_below=0.0, threshold=0.0):
+    def predict(self, texts, embeddings, refine_below=0.0, threshold=0.0, weight=None):
         self.refine_below.append(refine_below)
         self.thresholds.append(threshold)
-        return super().predict(texts, embeddings, refine_below, threshold)
+        self.weights.append(weight)
+        return super().predict(texts, embeddings, refine_below, threshold, weight)
 
 
 async def test_refine_level_from_config_reaches_the_category_classifier():
@@ -153,7 +155,9 @@ async def test_refine_level_from_config_reaches_the_category_classifier():
         return config.model_copy(update={"classifier": config.classifier.model_copy(update=update)})
 
     await runner.run(_request(("user", "a derivative")), classifier(category_refiner=True))
-    await runner.run(_request(("user", "a cell")), classifier(category_refiner=True, category_refine_below=0.6))
+    await runner.run(_request(("user", "a cell")), classifier(
+        category_refiner=True, category_refine_below=0.6, category_refiner_weight=0.5
+    ))
     await runner.run(_request(("user", "a cell wall")), classifier(category_refine_below=0.6))
     assert await runner.classify_intent("a contract", 1.0) == ("law", 0.9)
     # 0: refiner off (the default; a level alone does not turn it on); None: its own decisive level
@@ -162,6 +166,7 @@ async def test_refine_level_from_config_reaches_the_category_classifier():
     # classifier skips prompts the refiner could not lift to it); the classify endpoint
     # reports the best estimate, with none.
     assert category.thresholds == [0.0, 0.5, 0.5, 0.0, 0.0]
+    assert category.weights == [None, 0.3, 0.5, None, None]
     runner.close()
 
 
@@ -182,11 +187,11 @@ async def test_refiner_is_not_asked_where_the_category_routes_nothing():
 class BrokenRefinerCategory(RefineRecordingCategory):
     """The head works; asking the refiner fails the way a missing artifact does."""
 
-    def predict(self, texts, embeddings, refine_below=0.0, threshold=0.0):
+    def predict(self, texts, embeddings, refine_below=0.0, threshold=0.0, weight=None):
         if refine_below != 0.0:
             self.refine_below.append(refine_below)
             raise ConfigError("category refiner artifact is missing")
-        return super().predict(texts, embeddings, refine_below, threshold)
+        return super().predict(texts, embeddings, refine_below, threshold, weight)
 
 
 async def test_a_refiner_that_cannot_load_falls_back_to_the_head_once(caplog):

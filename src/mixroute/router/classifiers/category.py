@@ -10,8 +10,9 @@ labels' probabilities. Two optional parts, named in the head's json:
   per-category offsets tuned for accuracy and a temperature fitted for calibration.
 
 With a `refiner` (`refiner.py`), prompts whose top probability stays below
-`refine_below` (default 0: never; None: the refiner's `decisive_below`) are also read
-by the fine-tuned transformer and the two are averaged: p = (1 - w) * p + w * p_refiner.
+`refine_below` (default 0: never; None: `decisive_level(w)`) are also read by the
+fine-tuned transformer and the two are averaged: p = (1 - w) * p + w * p_refiner, w the
+caller's `weight` (default: the refiner's).
 Given the caller's confidence `threshold` (under it the router ignores the category),
 prompts that even a unanimous refiner could not lift to it, (1 - w) * top + w < threshold,
 are not read: the decision would be the same.
@@ -28,7 +29,7 @@ from mixroute.errors import ConfigError
 from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead, featurize
 from mixroute.router.classifiers.neighbours import NeighbourIndex
-from mixroute.router.classifiers.refiner import CategoryRefiner
+from mixroute.router.classifiers.refiner import CategoryRefiner, decisive_level
 
 
 class CategoryClassifier:
@@ -99,7 +100,7 @@ class CategoryClassifier:
 
     def probabilities(
         self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0,
-        threshold: float = 0.0,
+        threshold: float = 0.0, weight: float | None = None,
     ) -> np.ndarray:
         """[n, num_categories] probabilities, columns in `categories` order; rows whose top
         probability is below `refine_below` get the refiner's second opinion, unless it
@@ -119,21 +120,22 @@ class CategoryClassifier:
             out /= out.sum(axis=1, keepdims=True)
         if self.refiner is None:
             return out.astype(np.float32)
+        weight = self.refiner.weight if weight is None else weight
         if refine_below is None:
-            refine_below = self.refiner.decisive_below
-        top, weight = out.max(axis=1), self.refiner.weight
+            refine_below = decisive_level(weight)
+        top = out.max(axis=1)
         unsure = np.flatnonzero((top < refine_below) & ((1.0 - weight) * top + weight >= threshold))
         if len(unsure):
             second = self.refiner.probabilities([texts[i] for i in unsure], self._categories)
-            out[unsure] = (1.0 - self.refiner.weight) * out[unsure] + self.refiner.weight * second
+            out[unsure] = (1.0 - weight) * out[unsure] + weight * second
         return out.astype(np.float32)
 
     def predict(
         self, texts: list[str], embeddings: np.ndarray, refine_below: float | None = 0.0,
-        threshold: float = 0.0,
+        threshold: float = 0.0, weight: float | None = None,
     ) -> list[tuple[str, float]]:
         if not texts:
             return []
-        proba = self.probabilities(texts, embeddings, refine_below, threshold)
+        proba = self.probabilities(texts, embeddings, refine_below, threshold, weight)
         best = proba.argmax(axis=1)
         return [(self._categories[k], float(proba[i, k])) for i, k in enumerate(best)]

@@ -34,10 +34,19 @@ from mixroute.router.classifiers.minilm import load_minilm
 REFINER_ARTIFACT = ARTIFACTS_DIR / "category_refiner"
 MAX_TOKENS = 128
 REFINER_WEIGHT = 0.3
-"""Share of the refiner in the averaged probabilities (chosen on dev: 0.3 over 0.5)."""
+"""Default share of the refiner in the averaged probabilities (the router's
+`classifier.category_refiner_weight`; chosen on dev: 0.3 over 0.5)."""
 
 SCALE_SUFFIX = ".scale"
 _FROZEN = ("encoder.embeddings.", "encoder.pooler.")
+
+
+def decisive_level(weight: float) -> float:
+    """Top probability under which a refiner averaged in at `weight` can still change the
+    decision. A head at top probability p keeps at least (1 - w) p for its class, while any
+    other class gets at most (1 - w)(1 - p) + w: only p below 1 / (2 (1 - w)) can be
+    overturned (0.71 at w = 0.3; every prompt from w = 0.5 on)."""
+    return 1.0 if weight >= 0.5 else 1.0 / (2.0 * (1.0 - weight))
 
 
 def pooled(hidden: Any, mask: Any) -> Any:
@@ -79,13 +88,9 @@ class CategoryRefiner:
 
     @property
     def decisive_below(self) -> float:
-        """Top probability under which the refiner can still change the decision.
-
-        Averaged with weight w, a head at top probability p keeps at least (1 - w) p for
-        its class, while any other class gets at most (1 - w)(1 - p) + w: only p below
-        1 / (2 (1 - w)) can be overturned (0.71 at w = 0.3). Asking it above that would
+        """`decisive_level` at this refiner's default weight: asking it above that would
         cost CPU and change nothing but the confidence."""
-        return min(1.0, 1.0 / (2.0 * (1.0 - self.weight)))
+        return decisive_level(self.weight)
 
     def load(self) -> None:
         with self._lock:

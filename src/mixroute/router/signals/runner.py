@@ -59,6 +59,7 @@ class _Work:
     with_jailbreak: bool
     refine_below: float | None
     category_threshold: float
+    refiner_weight: float
 
 
 class SignalRunner:
@@ -103,6 +104,7 @@ class SignalRunner:
             with_jailbreak=config.jailbreak.enabled,
             refine_below=self.refine_below(request, config, results),
             category_threshold=config.classifier.category_threshold,
+            refiner_weight=config.classifier.category_refiner_weight,
         )
         if not work.pii_texts and not work.embed_texts:
             return results
@@ -153,7 +155,7 @@ class SignalRunner:
         fresh = [texts[0], *(t for t, p in zip(texts[1:], known) if p is None)]
         vectors = np.asarray(self.models.embedder.encode(fresh), dtype=np.float32)
         category, confidence = self._categorise(
-            fresh[0], vectors[:1], work.refine_below, work.category_threshold
+            fresh[0], vectors[:1], work.refine_below, work.category_threshold, work.refiner_weight
         )
         results.embedding = vectors[0]
         results.category, results.category_confidence = category, float(confidence)
@@ -164,14 +166,15 @@ class SignalRunner:
             results.jailbreak_probability = max([*scores, *(p for p in known if p is not None)])
 
     def _categorise(
-        self, text: str, vectors: np.ndarray, refine_below: float | None, threshold: float = 0.0
+        self, text: str, vectors: np.ndarray, refine_below: float | None, threshold: float = 0.0,
+        weight: float | None = None,
     ) -> tuple[str, float]:
         """The category; when the refiner cannot load (a reload turned it on and its artifact
         is missing), the head alone from then on, with one error in the log, rather than
         failing requests (a restart tries again; at start a missing refiner stops it)."""
         if refine_below != 0.0 and not self._refiner_failed:
             try:
-                return self.models.category.predict([text], vectors, refine_below, threshold)[0]
+                return self.models.category.predict([text], vectors, refine_below, threshold, weight)[0]
             except ConfigError as exc:
                 self._refiner_failed = True
                 log.error("category refiner unavailable, routing with the head alone: %s", exc)
@@ -179,10 +182,12 @@ class SignalRunner:
 
     # Single-text classification for the /api/v1/classify/* endpoints.
 
-    async def classify_intent(self, text: str, refine_below: float | None) -> tuple[str, float]:
+    async def classify_intent(
+        self, text: str, refine_below: float | None, weight: float | None = None
+    ) -> tuple[str, float]:
         def work() -> tuple[str, float]:
             vectors = np.asarray(self.models.embedder.encode([text]), dtype=np.float32)
-            name, confidence = self._categorise(text, vectors, refine_below)
+            name, confidence = self._categorise(text, vectors, refine_below, weight=weight)
             return name, float(confidence)
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, work)

@@ -17,7 +17,7 @@ from mixroute.router.classifiers.category import CategoryClassifier
 from mixroute.router.classifiers.embedder import Embedder
 from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.minilm import default_model_dir
-from mixroute.router.classifiers.refiner import CategoryRefiner
+from mixroute.router.classifiers.refiner import CategoryRefiner, decisive_level
 
 
 class RecordingRefiner:
@@ -36,10 +36,11 @@ class RecordingRefiner:
         return out
 
 
-def test_decisive_below_bounds_every_possible_flip() -> None:
-    refiner = CategoryRefiner(Path("/nonexistent"))
-    w, limit = refiner.weight, refiner.decisive_below
-    assert limit == pytest.approx(1 / (2 * (1 - w)))
+@pytest.mark.parametrize("w", [0.3, 0.4, 0.5])
+def test_decisive_level_bounds_every_possible_flip(w: float) -> None:
+    limit = decisive_level(w)
+    assert limit == pytest.approx(min(1.0, 1 / (2 * (1 - w))))
+    assert CategoryRefiner(Path("/nonexistent")).decisive_below == decisive_level(0.3)
     rng = np.random.default_rng(0)
     for _ in range(2000):
         head = rng.dirichlet(np.full(14, 0.3))
@@ -48,6 +49,8 @@ def test_decisive_below_bounds_every_possible_flip() -> None:
         if head.max() >= limit:
             assert blended.argmax() == head.argmax()
     # Just under the limit a certain refiner overturns a two-way split.
+    if limit == 1.0:
+        return
     head = np.zeros(14)
     head[0], head[1] = limit - 1e-3, 1 - limit + 1e-3
     other = np.eye(14)[1]
@@ -92,6 +95,12 @@ def test_refiner_is_asked_only_below_the_threshold(
     np.testing.assert_allclose(kept, alone)
     classifier.probabilities([sure, vague], vectors, refine_below=None, threshold=reach - 0.01)
     assert refiner.asked == [vague]
+
+    # The caller's weight: at 0.5 the decisive level is 1, so every prompt is read.
+    refiner.asked.clear()
+    half = classifier.probabilities([sure, vague], vectors, refine_below=None, weight=0.5)
+    assert refiner.asked == [sure, vague]
+    np.testing.assert_allclose(half, 0.5 * alone + 0.5 * law, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
