@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extproc-port", type=int, default=50051, help="ext_proc gRPC port")
     parser.add_argument("--no-watch", action="store_true", help="do not reload the config when it changes")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    parser.add_argument("--refiner-device", default="cpu",
+                        help="torch device of the category refiner (classifier.category_refiner): "
+                             "cpu (default) or cuda[:N]")
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -35,6 +38,8 @@ async def _serve(args: argparse.Namespace) -> int:
     log.info("loading router signals (embedder, category, jailbreak, PII)")
     models = await asyncio.to_thread(load_signal_models)
     refiner = getattr(models.category, "refiner", None)
+    if refiner is not None:
+        refiner.device = args.refiner_device
     if source.current.classifier.category_refiner and refiner is not None:
         # Now rather than on the first unsure prompt: a missing artifact stops the start.
         log.info("loading the category refiner (classifier.category_refiner: true)")

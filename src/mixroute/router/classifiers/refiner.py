@@ -75,11 +75,14 @@ class CategoryRefiner:
     """`probabilities(texts, categories) -> float32 [n, len(categories)]`; loaded lazily."""
 
     def __init__(
-        self, artifact: Path = REFINER_ARTIFACT, model_dir: Path | None = None, num_threads: int | None = None
+        self, artifact: Path = REFINER_ARTIFACT, model_dir: Path | None = None, num_threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         self.artifact = artifact
         self.model_dir = model_dir
         self.num_threads = num_threads
+        self.device = device
+        """torch device it runs on (`mixroute router --refiner-device`); set before it loads."""
         self.weight = REFINER_WEIGHT
         self._lock = threading.Lock()
         self._model: Any = None
@@ -108,6 +111,8 @@ class CategoryRefiner:
         import torch
         from safetensors.torch import load_file
 
+        if self.device != "cpu" and not (self.device.startswith("cuda") and torch.cuda.is_available()):
+            raise ConfigError(f"category refiner device {self.device!r}: no such device here (cpu, or cuda with a GPU)")
         self._meta = json.loads(meta.read_text(encoding="utf-8"))
         self._tokenizer, encoder = load_minilm(self.model_dir, self.num_threads)
         state = dequantize(load_file(str(weights)))
@@ -121,7 +126,8 @@ class CategoryRefiner:
             raise ConfigError(f"{weights} does not match the packaged MiniLM; retrain the refiner")
         head = torch.nn.Linear(encoder.config.hidden_size, len(labels))
         head.load_state_dict(head_state)
-        self._model = torch.nn.ModuleDict({"encoder": encoder.eval(), "head": head.eval()})
+        model = torch.nn.ModuleDict({"encoder": encoder.eval(), "head": head.eval()})
+        self._model = model.to(self.device)
 
     def probabilities(self, texts: list[str], categories: list[str]) -> np.ndarray:
         """Summed label probabilities per category, columns in `categories` order."""
@@ -133,11 +139,11 @@ class CategoryRefiner:
             batch = self._tokenizer(
                 texts, truncation=True, max_length=int(self._meta.get("max_tokens", MAX_TOKENS)),
                 padding=True, return_tensors="pt",
-            )
+            ).to(self.device)
             with torch.inference_mode():
                 hidden = self._model["encoder"](**batch).last_hidden_state
                 logits = self._model["head"](pooled(hidden, batch["attention_mask"]))
-                proba = torch.softmax(logits, dim=-1).numpy()
+                proba = torch.softmax(logits, dim=-1).cpu().numpy()
             groups = self._meta["label_group"]
         out = np.zeros((len(texts), len(categories)), dtype=np.float32)
         for column, group in enumerate(groups):

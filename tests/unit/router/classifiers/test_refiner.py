@@ -168,3 +168,26 @@ def test_packaged_refiner_reads_questions_offline(no_network: list[str]) -> None
     proba = refiner.probabilities(texts, list(corpora.CATEGORIES))
     assert [corpora.CATEGORIES[k] for k in proba.argmax(axis=1)] == ["biology", "law"]
     assert no_network == []
+
+
+def test_a_device_this_host_lacks_is_a_config_error(tiny_bert: Path, tmp_path: Path) -> None:
+    import torch
+
+    weights = rt.fine_tune(["a b c"] * 2, np.array([0, 1]), 2, tiny_bert, device="cpu")
+    stem = tmp_path / "refiner"
+    rt.save_refiner(stem, weights, ["x", "y"], ["law", "biology"], "test")
+    for device in ("tpu", *(() if torch.cuda.is_available() else ("cuda",))):
+        with pytest.raises(ConfigError, match="no such device"):
+            CategoryRefiner(stem, model_dir=tiny_bert, device=device).load()
+
+
+@pytest.mark.gpu
+def test_packaged_refiner_on_the_gpu_agrees_with_the_cpu() -> None:
+    texts = [
+        "Which organelle produces most of the ATP in eukaryotic cells?",
+        "Under the Fourth Amendment, when may police search a car without a warrant?",
+        "Compute the derivative of x^3 sin(x).",
+    ]
+    on_cpu = CategoryRefiner().probabilities(texts, list(corpora.CATEGORIES))
+    on_gpu = CategoryRefiner(device="cuda").probabilities(texts, list(corpora.CATEGORIES))
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-3)
