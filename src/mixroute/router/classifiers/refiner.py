@@ -49,6 +49,17 @@ def decisive_level(weight: float) -> float:
     return 1.0 if weight >= 0.5 else 1.0 / (2.0 * (1.0 - weight))
 
 
+def _device_present(torch: Any, name: str) -> bool:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return False
+    if device.type == "cpu":
+        return True
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    return count > (device.index or 0)
+
+
 def pooled(hidden: Any, mask: Any) -> Any:
     """Mean of the token states under the attention mask (sentence-transformers' pooling)."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -111,8 +122,10 @@ class CategoryRefiner:
         import torch
         from safetensors.torch import load_file
 
-        if self.device != "cpu" and not (self.device.startswith("cuda") and torch.cuda.is_available()):
-            raise ConfigError(f"category refiner device {self.device!r}: no such device here (cpu, or cuda with a GPU)")
+        if not _device_present(torch, self.device):
+            raise ConfigError(
+                f"category refiner device {self.device!r}: no such device here (cpu, or cuda[:N] with a GPU)"
+            )
         self._meta = json.loads(meta.read_text(encoding="utf-8"))
         self._tokenizer, encoder = load_minilm(self.model_dir, self.num_threads)
         state = dequantize(load_file(str(weights)))

@@ -176,7 +176,7 @@ def test_a_device_this_host_lacks_is_a_config_error(tiny_bert: Path, tmp_path: P
     weights = rt.fine_tune(["a b c"] * 2, np.array([0, 1]), 2, tiny_bert, device="cpu")
     stem = tmp_path / "refiner"
     rt.save_refiner(stem, weights, ["x", "y"], ["law", "biology"], "test")
-    for device in ("tpu", *(() if torch.cuda.is_available() else ("cuda",))):
+    for device in ("tpu", "cuda:99", *(() if torch.cuda.is_available() else ("cuda",))):
         with pytest.raises(ConfigError, match="no such device"):
             CategoryRefiner(stem, model_dir=tiny_bert, device=device).load()
 
