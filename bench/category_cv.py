@@ -164,10 +164,10 @@ class PrecomputedRefiner:
     """Stands in for `CategoryRefiner` with one fold's refiner probabilities, by text."""
 
     def __init__(self, texts: list[str], subject_proba: np.ndarray) -> None:
-        from mixroute.router.classifiers.refiner import REFINER_WEIGHT
+        from mixroute.router.classifiers.refiner import REFINER_WEIGHT, decisive_level
 
         self.weight = REFINER_WEIGHT
-        self.decisive_below = min(1.0, 1.0 / (2.0 * (1.0 - self.weight)))
+        self.decisive_below = decisive_level(self.weight)
         self.by_text = dict(zip(texts, ct.category_proba(subject_proba.astype(np.float64))))
 
     def probabilities(self, texts: list[str], categories: list[str]) -> np.ndarray:

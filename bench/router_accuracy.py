@@ -73,10 +73,11 @@ class EmbeddingSource:
 def asked_share(top: np.ndarray, refiner: Any) -> float:
     """Share of auto-routed prompts (head top probability `top`) the refiner reads at the
     default `category_threshold`: under its decisive level, and liftable to the threshold."""
+    from mixroute.router.classifiers.category import refined
     from mixroute.router.config import ClassifierConfig
 
-    threshold, w = ClassifierConfig().category_threshold, refiner.weight
-    return float(((top < refiner.decisive_below) & ((1.0 - w) * top + w >= threshold)).mean())
+    threshold = ClassifierConfig().category_threshold
+    return float(refined(top, refiner.weight, refiner.decisive_below, threshold).mean())
 
 
 def run_category(state: dict[str, Any], embeddings: EmbeddingSource) -> None:

@@ -32,6 +32,12 @@ from mixroute.router.classifiers.neighbours import NeighbourIndex
 from mixroute.router.classifiers.refiner import CategoryRefiner, decisive_level
 
 
+def refined(top: np.ndarray, weight: float, refine_below: float, threshold: float = 0.0) -> np.ndarray:
+    """Which rows (head top probability `top`) the refiner reads: under `refine_below`, and
+    liftable to `threshold` by a unanimous refiner at `weight`."""
+    return (top < refine_below) & ((1.0 - weight) * top + weight >= threshold)
+
+
 class CategoryClassifier:
     """`predict(texts, embeddings) -> [(category, probability)]`; artifact loaded lazily."""
 
@@ -123,8 +129,7 @@ class CategoryClassifier:
         weight = self.refiner.weight if weight is None else weight
         if refine_below is None:
             refine_below = decisive_level(weight)
-        top = out.max(axis=1)
-        unsure = np.flatnonzero((top < refine_below) & ((1.0 - weight) * top + weight >= threshold))
+        unsure = np.flatnonzero(refined(out.max(axis=1), weight, refine_below, threshold))
         if len(unsure):
             second = self.refiner.probabilities([texts[i] for i in unsure], self._categories)
             out[unsure] = (1.0 - weight) * out[unsure] + weight * second
