@@ -170,7 +170,9 @@ class PrecomputedRefiner:
         self.decisive_below = decisive_level(self.weight)
         self.by_text = dict(zip(texts, ct.category_proba(subject_proba.astype(np.float64))))
 
-    def probabilities(self, texts: list[str], categories: list[str]) -> np.ndarray:
+    def probabilities(
+        self, texts: list[str], categories: list[str], token_ids: list[np.ndarray] | None = None
+    ) -> np.ndarray:
         if list(categories) != list(corpora.CATEGORIES):
             raise AssertionError("category order differs from the refiner's")
         return np.array([self.by_text[t] for t in texts], dtype=np.float32)

@@ -131,7 +131,9 @@ class CategoryClassifier:
             refine_below = decisive_level(weight)
         unsure = np.flatnonzero(refined(out.max(axis=1), weight, refine_below, threshold))
         if len(unsure):
-            second = self.refiner.probabilities([texts[i] for i in unsure], self._categories)
+            second = self.refiner.probabilities(
+                [texts[i] for i in unsure], self._categories, [features[i].token_ids for i in unsure]
+            )
             out[unsure] = (1.0 - weight) * out[unsure] + weight * second
         return out.astype(np.float32)
 

@@ -17,7 +17,7 @@ from mixroute.router.classifiers.category import CategoryClassifier
 from mixroute.router.classifiers.embedder import Embedder
 from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.minilm import default_model_dir
-from mixroute.router.classifiers.refiner import CategoryRefiner, decisive_level
+from mixroute.router.classifiers.refiner import MAX_TOKENS, CategoryRefiner, decisive_level
 
 
 class RecordingRefiner:
@@ -28,9 +28,13 @@ class RecordingRefiner:
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.ids: list[list[int]] = []
 
-    def probabilities(self, texts: list[str], categories: list[str]) -> np.ndarray:
+    def probabilities(
+        self, texts: list[str], categories: list[str], token_ids: list[np.ndarray] | None = None
+    ) -> np.ndarray:
         self.asked += texts
+        self.ids += [ids.tolist() for ids in token_ids or []]
         out = np.zeros((len(texts), len(categories)), dtype=np.float32)
         out[:, categories.index("law")] = 1.0
         return out
@@ -78,6 +82,8 @@ def test_refiner_is_asked_only_below_the_threshold(
 
     refined = classifier.probabilities([sure, vague], vectors, refine_below=None)  # its own level
     assert refiner.asked == [vague]
+    # It gets the featurizer's token ids along, so it need not tokenise the prompt again.
+    assert refiner.ids == [classifier.featurizer.features(vague).token_ids.tolist()]
     np.testing.assert_allclose(refined[0], alone[0])
     law = np.eye(len(corpora.CATEGORIES))[corpora.CATEGORIES.index("law")]
     np.testing.assert_allclose(refined[1], 0.7 * alone[1] + 0.3 * law, atol=1e-6)
@@ -170,6 +176,27 @@ def test_packaged_refiner_reads_questions_offline(no_network: list[str]) -> None
     assert no_network == []
 
 
+def test_given_token_ids_match_its_own_tokenising(tiny_bert: Path, tmp_path: Path) -> None:
+    # The classifier passes the featurizer's ids; the refiner must read exactly what its
+    # tokenizer would: [CLS], the first max_tokens - 2 ids, [SEP], padded in a batch.
+    weights = rt.fine_tune(["a b c"] * 2, np.array([0, 1]), 2, tiny_bert, device="cpu")
+    stem = tmp_path / "refiner"
+    rt.save_refiner(stem, weights, ["x", "y"], ["law", "biology"], "test")
+    refiner = CategoryRefiner(stem, model_dir=tiny_bert, num_threads=1)
+    long = " ".join(f"The appellate court reviewed clause {i} of the lease." for i in range(40))
+    texts = ["Which enzyme unwinds DNA?", long, ""]
+    featurizer = Featurizer(tiny_bert / "tokenizer.json")
+    ids = [featurizer.features(t).token_ids for t in texts]
+    assert len(ids[1]) > MAX_TOKENS  # longer than the window: cut
+    categories = list(corpora.CATEGORIES)
+    tokenised = refiner.probabilities(texts, categories)
+    np.testing.assert_allclose(refiner.probabilities(texts, categories, ids), tokenised, atol=1e-6)
+    for i, text in enumerate(texts):  # one at a time: no padding, no mask
+        np.testing.assert_allclose(
+            refiner.probabilities([text], categories, [ids[i]]), tokenised[i : i + 1], atol=1e-5
+        )
+
+
 def test_a_device_this_host_lacks_is_a_config_error(tiny_bert: Path, tmp_path: Path) -> None:
     import torch
 
@@ -188,6 +215,14 @@ def test_packaged_refiner_on_the_gpu_agrees_with_the_cpu() -> None:
         "Under the Fourth Amendment, when may police search a car without a warrant?",
         "Compute the derivative of x^3 sin(x).",
     ]
-    on_cpu = CategoryRefiner().probabilities(texts, list(corpora.CATEGORIES))
-    on_gpu = CategoryRefiner(device="cuda").probabilities(texts, list(corpora.CATEGORIES))
-    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-3)
+    categories = list(corpora.CATEGORIES)
+    on_cpu = CategoryRefiner().probabilities(texts, categories)
+    gpu = CategoryRefiner(device="cuda")
+    np.testing.assert_allclose(gpu.probabilities(texts, categories), on_cpu, atol=1e-3)
+    # One prompt at a time, with the featurizer's ids, is the router's call: it replays
+    # the CUDA graph of that prompt's length, captured at load.
+    assert sorted(gpu._graphs) == list(range(3, gpu.max_tokens + 1))
+    featurizer = Featurizer()
+    for i, text in enumerate(texts):
+        alone = gpu.probabilities([text], categories, [featurizer.features(text).token_ids])
+        np.testing.assert_allclose(alone, on_cpu[i : i + 1], atol=1e-3)
