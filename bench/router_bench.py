@@ -310,7 +310,7 @@ def report(args: argparse.Namespace, results: dict) -> str:
         "for: PERSON by the name lexicon, LOCATION by spaCy's NER around capitalised words after a "
         "place preposition, the rest by patterns; jailbreak, category, keywords, semantic cache in "
         "memory); upstream: the integration-test echo app (answers instantly). Sequential requests "
-        f"for latency; {args.requests} pairs per size. Code: commit {_commit()}."),
+        f"for latency; {args.requests} pairs per size. Code: commit {args.commit or _commit()}."),
         "",
         ("| prompt tokens | direct p50 | routed p50 | **added p50** | added p99 | exact-repeat hit p50 / p99 "
         "| paraphrase hit p50 / p99 (hits) | req/s direct | req/s routed |"),
@@ -369,12 +369,14 @@ def report(args: argparse.Namespace, results: dict) -> str:
           for size in args.sizes),
         "",
         ("With the category refiner on (`classifier.category_refiner: true`; off by default: the fine-tuned "
-         "MiniLM is asked when the head's confidence is under 0.71), same signals and cache otherwise:"),
+         "MiniLM is asked when the head's confidence is under 0.71; `--refiner-device "
+         f"{args.refiner_device}`), same signals and cache otherwise:"),
         "",
         *refiner_lines(results["refiner"], args.sizes),
         "",
         ("With the refiner at weight 0.5 (`category_refiner_weight: 0.5`: the setting that meets the "
-         "category goal in bench/results/category-cv.md; it reads every auto-routed prompt):"),
+         "category goal in bench/results/category-cv.md; it reads every auto-routed prompt; "
+         f"`--refiner-device {args.refiner_device}`):"),
         "",
         *refiner_lines(results["refiner_half"], args.sizes),
         "",
@@ -389,10 +391,10 @@ def report(args: argparse.Namespace, results: dict) -> str:
 
 
 @contextlib.contextmanager
-def router_process(path: Path, config: str, port: int) -> Iterator[int]:
+def router_process(path: Path, config: str, port: int, refiner_device: str = "cpu") -> Iterator[int]:
     path.write_text(config)
     proc = subprocess.Popen([sys.executable, "-m", "mixroute", "router", "--config", str(path),
-                             "--port", str(port), "--log-level", "WARNING"])
+                             "--port", str(port), "--log-level", "WARNING", "--refiner-device", refiner_device])
     try:
         wait_ready(f"http://127.0.0.1:{port}/ready", proc, 300)
         yield proc.pid
@@ -410,6 +412,9 @@ def main() -> int:
     parser.add_argument("--throughput-requests", type=int, default=200)
     parser.add_argument("--cpu-requests", type=int, default=20, help="routed requests for the CPU-time figure")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "router.md"))
+    parser.add_argument("--refiner-device", default="cpu",
+                        help="`mixroute router --refiner-device` for the two refiner runs (cuda: on a GPU host)")
+    parser.add_argument("--commit", default=None, help="commit to name in the report (default: git's HEAD)")
     parser.add_argument("--lean-only", action="store_true",
                         help="only the plumbing run (every signal off); prints, writes no report")
     args = parser.parse_args()
@@ -439,10 +444,10 @@ def main() -> int:
                 with router_process(Path(tmp) / "default.yaml", default_policy, router_port):
                     results["default_policy"] = measure_lean(args, upstream, router, prompts, with_signals=True)
                 refined = full.replace("category_threshold: 0.3}", "category_threshold: 0.3, category_refiner: true}")
-                with router_process(Path(tmp) / "refiner.yaml", refined, router_port):
+                with router_process(Path(tmp) / "refiner.yaml", refined, router_port, args.refiner_device):
                     results["refiner"] = measure_lean(args, upstream, router, prompts, with_signals=True)
                 half = refined.replace("category_refiner: true}", "category_refiner: true, category_refiner_weight: 0.5}")
-                with router_process(Path(tmp) / "refiner-half.yaml", half, router_port):
+                with router_process(Path(tmp) / "refiner-half.yaml", half, router_port, args.refiner_device):
                     results["refiner_half"] = measure_lean(args, upstream, router, prompts, with_signals=True)
             with router_process(Path(tmp) / "lean.yaml", lean, router_port):
                 lean_added = measure_lean(args, upstream, router, prompts)
