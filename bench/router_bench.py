@@ -380,6 +380,13 @@ def report(args: argparse.Namespace, results: dict) -> str:
         "",
         *refiner_lines(results["refiner_half"], args.sizes),
         "",
+        ("The accuracy profile: weight 0.5 read only below a head confidence of 0.9 "
+         "(`category_refiner_weight: 0.5, category_refine_below: 0.9`: the same 93.0%, every category "
+         ">= 86.2% in bench/results/category-cv.md, the level chosen there on fold 0; "
+         f"`--refiner-device {args.refiner_device}`):"),
+        "",
+        *refiner_lines(results["refiner_gated"], args.sizes),
+        "",
         "Router plumbing alone (same router, every signal and the cache off: parse, decide, relay):",
         "",
         *(f"- {size} tokens: added p50 {percentile(results['lean'][size], 50):.1f} ms, "
@@ -413,7 +420,7 @@ def main() -> int:
     parser.add_argument("--cpu-requests", type=int, default=20, help="routed requests for the CPU-time figure")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "router.md"))
     parser.add_argument("--refiner-device", default="cpu",
-                        help="`mixroute router --refiner-device` for the two refiner runs (cuda: on a GPU host)")
+                        help="`mixroute router --refiner-device` for the three refiner runs (cuda: on a GPU host)")
     parser.add_argument("--commit", default=None, help="commit to name in the report (default: git's HEAD)")
     parser.add_argument("--lean-only", action="store_true",
                         help="only the plumbing run (every signal off); prints, writes no report")
@@ -449,6 +456,9 @@ def main() -> int:
                 half = refined.replace("category_refiner: true}", "category_refiner: true, category_refiner_weight: 0.5}")
                 with router_process(Path(tmp) / "refiner-half.yaml", half, router_port, args.refiner_device):
                     results["refiner_half"] = measure_lean(args, upstream, router, prompts, with_signals=True)
+                gated = half.replace("category_refiner_weight: 0.5}", "category_refiner_weight: 0.5, category_refine_below: 0.9}")
+                with router_process(Path(tmp) / "refiner-gated.yaml", gated, router_port, args.refiner_device):
+                    results["refiner_gated"] = measure_lean(args, upstream, router, prompts, with_signals=True)
             with router_process(Path(tmp) / "lean.yaml", lean, router_port):
                 lean_added = measure_lean(args, upstream, router, prompts)
         finally:
