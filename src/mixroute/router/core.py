@@ -26,6 +26,7 @@ from mixroute.router.cache import (
     cache_scope,
     cache_tenant,
     exact_key,
+    is_cacheable,
 )
 from mixroute.router.config import RouterConfig
 from mixroute.router.decision import Block, Forward, decide
@@ -115,7 +116,7 @@ class RouterCore:
         except ApiError as exc:
             return Reply(exc.status_code, responses.error_json(exc), responses.JSON_MEDIA_TYPE)
         start = time.perf_counter()
-        use_cache = self.cache is not None and config.cache.enabled
+        use_cache = self.cache is not None and config.cache.enabled and is_cacheable(request)
         key = ""
         if use_cache:
             key = exact_key(request, cache_tenant(config.cache, request, headers), self.source.version)
@@ -129,8 +130,7 @@ class RouterCore:
         ticket = None
         if use_cache and signals.embedding is not None:
             assert self.cache is not None
-            route = decision.route
-            scope = cache_scope(config.cache, request, headers, f"{route.model}|{route.use_reasoning}")
+            scope = cache_scope(config.cache, request, headers, decision.body)
             hit = await self.cache.lookup(config.cache, scope, signals.embedding)
             if hit is not None:
                 self.metrics.cache_hits.inc()

@@ -40,6 +40,20 @@ def test_cache_hit_scoped_per_user_with_ttl(start_router, upstream, tmp_path, ba
     assert len(upstream.received()) == 5
 
 
+def test_paraphrase_with_other_settings_or_numbers_is_not_a_hit(start_router, upstream):
+    upstream.reset()
+    router = start_router(router_config(upstream.url))
+    assert "x-vsr-cache-hit" not in chat(router, BIOLOGY, user="erin", max_tokens=2).headers
+    # The same question with room for a whole answer, or several choices, is sent upstream.
+    assert "x-vsr-cache-hit" not in chat(router, PARAPHRASE, user="erin", max_tokens=500).headers
+    assert "x-vsr-cache-hit" not in chat(router, PARAPHRASE, user="erin", max_tokens=500, n=2).headers
+    assert chat(router, PARAPHRASE, user="erin", max_tokens=500).headers["x-vsr-cache-hit"] == "true"
+    first = chat(router, "What is 17 times 23? Show the product.", user="erin")
+    assert "x-vsr-cache-hit" not in first.headers
+    assert "x-vsr-cache-hit" not in chat(router, "What is 17 times 24? Show the product.", user="erin").headers
+    assert len(upstream.received()) == 5
+
+
 def test_streamed_answer_is_cached_and_replayed(start_router, upstream):
     upstream.reset()
     router = start_router(router_config(upstream.url))

@@ -4,7 +4,13 @@ import json
 
 import numpy as np
 
-from mixroute.router.cache import CachedAnswer, StreamRecorder, answer_from_json, cache_scope
+from mixroute.router.cache import (
+    CachedAnswer,
+    StreamRecorder,
+    answer_from_json,
+    cache_scope,
+    is_cacheable,
+)
 from mixroute.router.cache.memory import MemoryCacheStore
 from mixroute.router.config import CacheConfig
 from mixroute.router.request import parse_chat_request
@@ -58,12 +64,62 @@ def test_scope_separates_users_models_and_conversations():
         msgs = [*history, {"role": "user", "content": "q"}]
         body = {"model": model, "messages": msgs} | ({"user": user} if user else {})
         return parse_chat_request(json.dumps(body).encode())
-    base = cache_scope(config, req(), {})
-    assert cache_scope(config, req(), {}) == base
-    assert cache_scope(config, req(), {"x-user-id": "alice"}) != base
-    assert cache_scope(config, req(user="alice"), {}) == cache_scope(config, req(), {"x-user-id": "alice"})
-    assert cache_scope(config, req(model="other"), {}) != base
-    assert cache_scope(config, req(history=[{"role": "system", "content": "s"}]), {}) != base
+    def scope(request, headers):
+        return cache_scope(config, request, headers, request.body)
+    base = scope(req(), {})
+    assert scope(req(), {}) == base
+    assert scope(req(), {"x-user-id": "alice"}) != base
+    assert scope(req(user="alice"), {}) == scope(req(), {"x-user-id": "alice"})
+    assert scope(req(model="other"), {}) != base
+    assert scope(req(history=[{"role": "system", "content": "s"}]), {}) != base
+
+
+def _scope(body, forwarded=None):
+    request = parse_chat_request(json.dumps(body).encode())
+    return cache_scope(CacheConfig(), request, {}, forwarded or request.body)
+
+
+def test_scope_covers_everything_the_answer_depends_on_but_the_last_user_text():
+    def body(text="What is the boiling point of water?", **extra):
+        return {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+    base = _scope(body())
+    # the text itself is what the embedding compares; how the answer is delivered does not count
+    assert _scope(body("Tell me the boiling point of water.")) == base
+    assert _scope(body(stream=True, stream_options={"include_usage": True})) == base
+    # generation settings do
+    for extra in ({"max_tokens": 2}, {"temperature": 1.5}, {"response_format": {"type": "json_object"}},
+                  {"tools": [{"type": "function", "function": {"name": "f"}}]}, {"seed": 3}):
+        assert _scope(body(**extra)) != base, extra
+    # so do the numbers in the text: 17 * 23 is not 17 * 24, however close the embeddings
+    assert _scope(body("What is 17 * 23?")) != _scope(body("What is 17 * 24?"))
+    assert _scope(body("What is 17 * 23?")) == _scope(body("Compute 17 * 23."))
+    # and what the upstream is sent: a different system prompt after a reload
+    request = body()
+    forwarded = {**request, "messages": [{"role": "system", "content": "new prompt"}, *request["messages"]]}
+    assert _scope(request, forwarded) != base
+
+
+def test_scope_covers_images_and_tool_results_after_the_user_turn():
+    def image(url):
+        return {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Describe this image in detail."},
+            {"type": "image_url", "image_url": {"url": url}}]}]}
+    assert _scope(image("https://example.com/cat.png")) != _scope(image("https://example.com/invoice.png"))
+    def agent(result):
+        return {"model": "m", "messages": [
+            {"role": "user", "content": "Look up the current weather in Oslo"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": result}]}
+    assert _scope(agent("sunny, 20C")) != _scope(agent("snowstorm, -15C"))
+
+
+def test_requests_with_several_choices_or_logprobs_do_not_use_the_cache():
+    def request(**extra):
+        return parse_chat_request(json.dumps({"model": "m", "messages": [{"role": "user", "content": "q"}], **extra}).encode())
+    assert is_cacheable(request()) and is_cacheable(request(n=1))
+    assert not is_cacheable(request(n=3))
+    assert not is_cacheable(request(logprobs=True, top_logprobs=2))
 
 
 def test_stream_recorder_reassembles_split_chunks():

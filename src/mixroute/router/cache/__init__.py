@@ -11,9 +11,10 @@ from mixroute.router.cache.semantic import (
     answer_from_json,
     cache_scope,
     cache_tenant,
+    is_cacheable,
 )
 
 __all__ = [
     "CacheHit", "CacheStore", "CachedAnswer", "ExactEntry", "SemanticCache", "StreamRecorder",
-    "answer_from_json", "cache_scope", "cache_tenant", "exact_key",
+    "answer_from_json", "cache_scope", "cache_tenant", "exact_key", "is_cacheable",
 ]

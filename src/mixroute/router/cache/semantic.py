@@ -1,9 +1,14 @@
 """The semantic cache as the router uses it: scoping, TTL, and answer capture.
 
-A cache key is (scope, embedding of the last user turn). The scope combines the user or
-tenant (a request header, else the OpenAI `user` field, else "anonymous"), the model
-the client asked for, the routing outcome (selected model, reasoning on/off), and a digest of the conversation before the last user turn, so an
-answer never crosses users and never leaks into a different conversation.
+A cache key is (scope, embedding of the last user turn). The scope is a digest of
+everything else that can change the answer: the user or tenant (a request header, else
+the OpenAI `user` field, else "anonymous"), the model the client asked for, and the body
+the upstream is sent (routed model, injected system prompt, reasoning switch, every
+other message, images and other non-text parts of the last user turn, generation
+parameters, tools) minus the last user turn's text, plus the numbers in that text. So an
+answer never crosses users, conversations, settings or a changed system prompt, and
+"17 * 23" never answers "17 * 24" however close their embeddings are. Requests whose
+answer the cache could not reproduce (`n` > 1, log-probabilities) do not use it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +27,7 @@ from mixroute.router.cache.base import CachedAnswer, CacheHit, CacheStore
 from mixroute.router.cache.exact import ExactCache
 from mixroute.router.cache.memory import MemoryCacheStore
 from mixroute.router.config import CacheConfig
-from mixroute.router.request import ChatRequest
+from mixroute.router.request import ChatRequest, message_text
 
 
 def make_store(config: CacheConfig, dim: int | None = None) -> CacheStore:
@@ -44,15 +50,51 @@ def cache_tenant(config: CacheConfig, request: ChatRequest, headers: Mapping[str
     return tenant or "anonymous"
 
 
+# Body fields that say how the answer is delivered, or who asks (the tenant is keyed apart).
+_DELIVERY_FIELDS = frozenset({"stream", "stream_options", "user"})
+_NUMBER = re.compile(r"\d+")
+
+
+def is_cacheable(request: ChatRequest) -> bool:
+    """False where a stored answer (one choice of plain text) would not be what was asked:
+    several choices, or token log-probabilities."""
+    body = request.body
+    return body.get("n") in (None, 1) and not body.get("logprobs")
+
+
 def cache_scope(
-    config: CacheConfig, request: ChatRequest, headers: Mapping[str, str], route: str = ""
+    config: CacheConfig, request: ChatRequest, headers: Mapping[str, str], forwarded: Mapping[str, Any]
 ) -> str:
-    """`route` names the routing outcome (model, reasoning) so answers of different
-    models or reasoning modes are never shared."""
-    tenant = cache_tenant(config, request, headers)
-    context = list(request.messages[:-1])
-    material = json.dumps([tenant, request.model, route, context], sort_keys=True, default=str)
+    """Digest of everything but the last user turn's text (see the module docstring);
+    `forwarded` is the body as the upstream receives it."""
+    body = {k: v for k, v in forwarded.items() if k not in _DELIVERY_FIELDS}
+    messages = list(body.get("messages") or [])
+    last = _last_user_index(messages)
+    if last is not None:
+        messages[last] = _without_text(messages[last])
+    body["messages"] = messages
+    numbers = _NUMBER.findall(request.last_user_text())
+    material = json.dumps(
+        [cache_tenant(config, request, headers), request.model, numbers, body], sort_keys=True, default=str
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def _last_user_index(messages: list[Any]) -> int | None:
+    """The message `ChatRequest.last_user_text` reads: the last user turn with text."""
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if isinstance(message, dict) and message.get("role") == "user" and message_text(message):
+            return i
+    return None
+
+
+def _without_text(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, list):
+        kept = [p for p in content if not (isinstance(p, dict) and p.get("type") == "text")]
+        return {**message, "content": kept}
+    return {**message, "content": ""}
 
 
 class SemanticCache:
