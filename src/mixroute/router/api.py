@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,24 +9,34 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from mixroute.errors import ApiError, BadRequestError, NotFoundError
+from mixroute.errors import ApiError, BadRequestError, NotFoundError, PayloadTooLargeError
 from mixroute.router import responses
 from mixroute.router.core import RouterCore
 from mixroute.router.proxy import Proxy
+from mixroute.router.request import check_text, parse_json
 
 
 def _error(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code)
 
 
+# The classify endpoints read one text, every signal over all of it (PII has no clip):
+# 1 MB bounds the work one call can queue.
+MAX_CLASSIFY_BYTES = 1024 * 1024
+
+
 async def _text_field(request: Request) -> str:
-    try:
-        body: Any = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequestError("request body is not valid JSON") from None
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_CLASSIFY_BYTES:
+        raise PayloadTooLargeError(f"request body is larger than {MAX_CLASSIFY_BYTES} bytes")
+    raw = await request.body()
+    if len(raw) > MAX_CLASSIFY_BYTES:
+        raise PayloadTooLargeError(f"request body is larger than {MAX_CLASSIFY_BYTES} bytes")
+    body: Any = parse_json(raw)
     text = body.get("text") if isinstance(body, dict) else None
     if not isinstance(text, str) or not text.strip():
         raise BadRequestError("`text` is required and must be a non-empty string", param="text")
+    check_text(text, "text")
     return text
 
 
@@ -73,6 +82,11 @@ def _build_api(core: RouterCore, proxy: Proxy) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette still logs the exception; the client gets the OpenAI error shape.
+        return _error(ApiError("the router failed to handle this request"))
 
     @app.exception_handler(404)
     async def not_found(request: Request, _: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 from mixroute.router.config import Category, PiiPolicy, RouterConfig
 from mixroute.router.request import ChatRequest
@@ -27,6 +28,14 @@ JAILBREAK_MESSAGE = (
 JAILBREAK_TYPE = "jailbreak"
 
 
+def header_value(text: str) -> str:
+    """`text` as an HTTP header value: percent-encoded unless printable ASCII (a client's
+    model name may be any printable Unicode; header values are Latin-1 on the wire)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return quote(text, safe="")
+
+
 @dataclass(slots=True)
 class Route:
     category: str | None
@@ -39,7 +48,7 @@ class Route:
     def headers(self) -> dict[str, str]:
         return {
             "x-vsr-selected-category": self.category or "none",
-            "x-vsr-selected-model": self.model,
+            "x-vsr-selected-model": header_value(self.model),
             "x-vsr-selected-reasoning": "on" if self.use_reasoning else "off",
             "x-vsr-injected-system-prompt": "true" if self.injected_system_prompt else "false",
         }

@@ -26,6 +26,7 @@ from mixroute.errors import ConfigError
 from mixroute.router import responses
 from mixroute.router.cache import StreamRecorder, answer_from_json
 from mixroute.router.core import Reply, RouterCore, Upstream
+from mixroute.router.decision import header_value
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def forward(upstream: Upstream) -> pb.ProcessingResponse:
     route = upstream.forward.route
     headers = {
         "content-length": str(len(upstream.body)),
-        "x-vsr-selected-model": route.model,
+        "x-vsr-selected-model": header_value(route.model),
         UPSTREAM_HEADER: upstream_authority(upstream.forward.endpoint),
     }
     return pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse(

@@ -13,6 +13,7 @@ from typing import Any
 from mixroute.errors import BadRequestError, PayloadTooLargeError
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_MODEL_CHARS = 256
 
 
 @dataclass(slots=True)
@@ -58,15 +59,18 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     """Parse and check a chat-completions body; raises BadRequestError saying what is wrong."""
     if len(raw) > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"request body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequestError("request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("`model` is required and must be a non-empty string", param="model")
+    if len(model) > MAX_MODEL_CHARS or not model.isprintable():
+        # It is echoed in a response header and in log lines.
+        raise BadRequestError(
+            f"`model` must be at most {MAX_MODEL_CHARS} printable characters", param="model"
+        )
+    check_text(model, "model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequestError("`messages` is required and must be a non-empty array", param="messages")
@@ -76,8 +80,33 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise BadRequestError(f"messages[{i}].content must be a string or an array of parts", param="messages")
-    stream = body.get("stream", False)
+        check_text(message_text(message), "messages", f"messages[{i}]")
+    stream = body.get("stream")
+    if stream is None:  # OpenAI's schema allows null
+        stream = False
     if not isinstance(stream, bool):
         raise BadRequestError("`stream` must be a boolean", param="stream")
     user = body.get("user")
     return ChatRequest(body=body, model=model, is_stream=stream, user=user if isinstance(user, str) else None)
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON of a request body; BadRequestError for anything `json` cannot read, nesting too
+    deep for it included."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("request body is nested too deeply") from None
+
+
+def check_text(text: str, param: str, where: str | None = None) -> None:
+    """BadRequestError for text that is not valid Unicode: a lone UTF-16 surrogate (a JSON
+    escape like \\ud800 with no pair) cannot be tokenised, encoded or forwarded as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequestError(
+            f"{where or '`' + param + '`'} contains an unpaired UTF-16 surrogate (invalid Unicode)", param=param
+        ) from None

@@ -100,6 +100,34 @@ async def test_bad_input_and_upstream_down(client, upstream):
     assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
 
 
+async def test_invalid_unicode_deep_nesting_and_unprintable_model_names_are_400(client, upstream):
+    lone = b'{"model": "MoM", "messages": [{"role": "user", "content": "bad \\ud800 surrogate"}]}'
+    r = await client.post("/v1/chat/completions", content=lone)
+    assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"]
+    in_history = (b'{"model": "MoM", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]},'
+                  b' {"role": "user", "content": "fine"}]}')
+    r = await client.post("/v1/chat/completions", content=in_history)
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("messages[0]")
+    deep = b'{"model": "MoM", "messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = await client.post("/v1/chat/completions", content=deep)
+    assert r.status_code == 400 and "nested" in r.json()["error"]["message"]
+    for model in ("evil\r\nx-injected: 1", "a\u0000b", "m" * 300):
+        r = await client.post("/v1/chat/completions", json=_chat("hello there", model=model))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model", model
+    assert upstream.received == []
+    # printable non-ASCII names are fine, and percent-encoded in the header
+    r = await client.post("/v1/chat/completions", json=_chat("hello there", model="模型"))
+    assert r.status_code == 200 and r.headers["x-vsr-selected-model"] == "%E6%A8%A1%E5%9E%8B"
+    assert upstream.received[-1]["model"] == "模型"
+    r = await client.post("/v1/chat/completions", json=_chat("hello there", model="small", stream=None))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    for path in ("/api/v1/classify/intent", "/api/v1/classify/pii", "/api/v1/classify/security"):
+        r = await client.post(path, content=b'{"text": "bad \\ud800"}')
+        assert r.status_code == 400 and r.json()["error"]["param"] == "text", path
+        r = await client.post(path, json={"text": "a " * 600_000})
+        assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error", path
+
+
 async def test_api_endpoints(client):
     models = (await client.get("/v1/models")).json()
     assert [m["id"] for m in models["data"]] == ["MoM", "auto", "small", "big", "effort"]
