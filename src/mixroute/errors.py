@@ -105,6 +105,11 @@ class NotFoundError(ApiError):
     error_type = "not_found_error"
 
 
+class MethodNotAllowedError(ApiError):
+    status_code = 405
+    error_type = "invalid_request_error"
+
+
 class PayloadTooLargeError(ApiError):
     status_code = 413
     error_type = "invalid_request_error"

@@ -9,7 +9,13 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from mixroute.errors import ApiError, BadRequestError, NotFoundError, PayloadTooLargeError
+from mixroute.errors import (
+    ApiError,
+    BadRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from mixroute.router import responses
 from mixroute.router.core import RouterCore
 from mixroute.router.proxy import Proxy
@@ -77,6 +83,7 @@ def build_app(core: RouterCore, proxy: Proxy) -> RouterApp:
 
 def _build_api(core: RouterCore, proxy: Proxy) -> FastAPI:
     app = FastAPI(title="mixroute semantic router", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.redirect_slashes = False  # "/v1/chat/completions/" is a 404, not an empty 307
     app.state.router_core = core
 
     @app.exception_handler(ApiError)
@@ -91,6 +98,10 @@ def _build_api(core: RouterCore, proxy: Proxy) -> FastAPI:
     @app.exception_handler(404)
     async def not_found(request: Request, _: Exception) -> JSONResponse:
         return _error(NotFoundError(f"no route {request.method} {request.url.path}"))
+
+    @app.exception_handler(405)
+    async def wrong_method(request: Request, _: Exception) -> JSONResponse:
+        return _error(MethodNotAllowedError(f"{request.url.path} does not take {request.method}"))
 
     @app.post(CHAT_PATH)  # served by RouterApp; kept so FastAPI answers other methods with 405
     async def chat_completions(request: Request) -> Response:

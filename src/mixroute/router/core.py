@@ -152,7 +152,7 @@ class RouterCore:
         self.metrics.cache_hits.inc()
         route_headers = entry.headers
         category, model = route_headers["x-vsr-selected-category"], route_headers["x-vsr-selected-model"]
-        self.metrics.decisions.labels("cache_hit", category, model).inc()
+        self.metrics.decisions.labels("cache_hit", category, self._model_label(model)).inc()
         if log.isEnabledFor(logging.INFO):
             ms = f"{(time.perf_counter() - start) * 1e3:.1f}"
             log.info("route %s", kv(decision="cache_hit", tier="exact", category=category, model=model, ms=ms))
@@ -182,11 +182,16 @@ class RouterCore:
         headers = {**forward.headers, "x-vsr-cache-hit": "true"}
         return Reply(200, body, media_type, headers)
 
+    def _model_label(self, model: str) -> str:
+        """A configured model's name, else "other": clients choose explicit names freely, and
+        each label value is a time series kept for the process's life."""
+        return model if model in self.config.models else "other"
+
     def _record(
         self, decision: str, category: str | None, model: str, signals: SignalResults, start: float,
         forward: Forward | None = None, similarity: float | None = None,
     ) -> None:
-        self.metrics.decisions.labels(decision, category or "none", model).inc()
+        self.metrics.decisions.labels(decision, category or "none", self._model_label(model)).inc()
         if not log.isEnabledFor(logging.INFO):
             return
         # PII types only, never the matched text.

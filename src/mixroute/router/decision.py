@@ -168,6 +168,7 @@ def _apply_reasoning(
 ) -> None:
     entry = config.models.get(route.model)
     if entry is None or entry.reasoning_family is None:
+        route.use_reasoning = False  # no switch to set: the header and log say off
         return
     family = config.reasoning_families[entry.reasoning_family]
     if family.type == "chat_template_kwargs":

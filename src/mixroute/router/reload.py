@@ -62,6 +62,14 @@ class ConfigSource:
 
         directory = self.path.absolute().parent
         name = self.path.name
-        async for changes in awatch(directory, stop_event=stop, debounce=200, step=50, recursive=False):
-            if any(Path(p).name == name or Path(p).name.startswith("..") for _, p in changes):
-                self.reload(metrics)
+
+        def is_config(_: object, path: str) -> bool:
+            # Other files there (a log file next to the config) must not wake the watcher:
+            # watchfiles logs every wake-up, which writes the log, which wakes it again.
+            entry = Path(path).name
+            return entry == name or entry.startswith("..")
+
+        async for _ in awatch(
+            directory, watch_filter=is_config, stop_event=stop, debounce=200, step=50, recursive=False
+        ):
+            self.reload(metrics)

@@ -85,3 +85,39 @@ async def test_watch_follows_a_configmap_style_symlink_swap(tmp_path):
     finally:
         stop.set()
         await asyncio.wait_for(watcher, 5)
+
+
+async def test_watch_is_not_woken_by_other_files_in_the_config_directory(tmp_path, monkeypatch, caplog):
+    # A log file next to the config: each wake-up of the watcher used to log a line into
+    # it, which woke the watcher again, forever.
+    import asyncio
+    import logging
+
+    from mixroute.router.reload import ConfigSource
+
+    caplog.set_level(logging.DEBUG, logger="watchfiles")
+    path = tmp_path / "router.yaml"
+    path.write_text(CONFIG_YAML)
+    source = ConfigSource(path)
+    reloads = []
+    monkeypatch.setattr(source, "reload", lambda metrics=None: reloads.append(1))
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(source.watch(stop=stop))
+    try:
+        await asyncio.sleep(0.5)
+        for i in range(5):
+            with (tmp_path / "router.log").open("a") as log:
+                log.write(f"line {i}\n")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        assert reloads == []
+        assert not [r for r in caplog.records if "change detected" in r.getMessage()]
+        path.write_text(CONFIG_YAML + "\n")
+        for _ in range(100):
+            if reloads:
+                break
+            await asyncio.sleep(0.05)
+        assert reloads
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, 5)

@@ -128,6 +128,26 @@ async def test_invalid_unicode_deep_nesting_and_unprintable_model_names_are_400(
         assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error", path
 
 
+async def test_wrong_method_and_trailing_slash_get_openai_errors(client):
+    r = await client.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    r = await client.post("/v1/models")
+    assert r.status_code == 405 and "error" in r.json()
+    r = await client.post("/v1/chat/completions/", json=_chat("hello"))
+    assert r.status_code == 404 and "error" in r.json()
+
+
+async def test_unknown_model_names_share_one_metrics_label(client):
+    for i in range(3):
+        r = await client.post("/v1/chat/completions", json=_chat("hello there", model=f"junk-{i}"))
+        assert r.status_code == 200
+    metrics = (await client.get("/metrics")).text
+    assert "junk-" not in metrics
+    forwarded = [line for line in metrics.splitlines()
+                 if line.startswith("mixroute_router_decisions_total{") and 'decision="forward"' in line]
+    assert len(forwarded) == 1 and 'model="other"' in forwarded[0] and forwarded[0].endswith(" 3.0")
+
+
 async def test_api_endpoints(client):
     models = (await client.get("/v1/models")).json()
     assert [m["id"] for m in models["data"]] == ["MoM", "auto", "small", "big", "effort"]
