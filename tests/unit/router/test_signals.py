@@ -209,3 +209,65 @@ async def test_a_refiner_that_cannot_load_falls_back_to_the_head_once(caplog):
         "category refiner unavailable, routing with the head alone: category refiner artifact is missing"
     ) == 1
     runner.close()
+
+
+def test_pii_pieces_cover_long_text_and_count_each_entity_once():
+    import itertools
+    import random
+    import re
+
+    from mixroute.router.signals.runner import pii_pieces
+
+    rng = random.Random(7)
+    words = [rng.choice(["alpha", "beta", "gamma", "delta", "epsilon\n"]) for _ in range(9000)]
+    for i in range(0, len(words), 37):  # SSNs everywhere, near every possible cut
+        words[i] = f"{rng.randint(100, 999)}-{rng.randint(10, 99)}-{rng.randint(1000, 9999)}"
+    text = " ".join(words)
+    pieces = pii_pieces(text, size=2000, overlap=200)
+    assert len(pieces) > 20 and all(len(piece) <= 2000 for _, piece, _ in pieces)
+    assert [text[o:o + len(p)] == p for o, p, _ in pieces] == [True] * len(pieces)
+    assert pieces[0][0] == 0 and pieces[-1][0] + len(pieces[-1][1]) == len(text)
+    for (o1, p1, keep1), (o2, _, _) in itertools.pairwise(pieces):
+        assert o2 < o1 + len(p1) and o2 <= keep1 <= o1 + len(p1)  # overlapping; the boundary is in both
+    ssn = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
+    counted, low = [], 0
+    for offset, piece, keep_below in pieces:
+        counted += [(offset + m.start(), offset + m.end()) for m in ssn.finditer(piece)
+                    if low <= offset + m.start() < keep_below]
+        low = keep_below
+    assert counted == [(m.start(), m.end()) for m in ssn.finditer(text)]
+
+
+async def test_a_long_pii_scan_does_not_hold_up_a_short_request():
+    import asyncio
+    import threading
+    import time
+
+    class SlowPii(FakePii):
+        """One call at a time, like the real detector, at ~1 s per 100,000 characters."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def detect(self, text):
+            with self.lock:
+                time.sleep(len(text) / 100_000)
+                return super().detect(text)
+
+    runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), FakeJailbreak(), SlowPii()))
+    config = parse_config(CONFIG_YAML)
+    long_text = ("call me at 123-45-6789 " + "lorem ipsum " * 20) * 400  # ~105,000 chars, ~1 s
+    finished: dict[str, float] = {}
+    start = time.perf_counter()
+
+    async def send(name: str, text: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        out = await runner.run(_request(("user", text)), config)
+        assert out.pii_types == ["US_SSN"]
+        finished[name] = time.perf_counter() - start
+
+    await asyncio.gather(send("long", long_text, 0.0), send("short", "ssn 987-65-4321", 0.2))
+    # The short one ran between the long one's pieces (in one piece, it would wait out the
+    # whole second, and finish with it).
+    assert finished["short"] < finished["long"] / 2
+    runner.close()

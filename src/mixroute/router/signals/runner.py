@@ -12,11 +12,13 @@ the types some model's policy forbids (`pii_scope.py`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,16 @@ from mixroute.router.signals.pii_scope import actionable_pii_types
 
 # Earlier user turns screened for jailbreaks besides the last one (bounds the embedding cost).
 MAX_JAILBREAK_HISTORY = 3
+# PII over more text than this is cut into pieces of about this size, each its own hand-off
+# to the worker threads: another request's signals then run between the pieces instead of
+# waiting behind the whole of a long one (the detector runs one call at a time; PII-dense
+# text costs ~4 ms per 1,000 characters here).
+PII_PIECE_CHARS = 8000
+# Pieces overlap by this much; an entity counts in the piece where it starts in the first
+# half of the overlap or before, so each one is seen whole with context on both sides.
+PII_OVERLAP_CHARS = 400
+# Texts longer than this are memoised by digest, not kept as keys.
+_MEMO_TEXT_CHARS = 1024
 
 log = logging.getLogger("mixroute.router")
 
@@ -67,7 +79,8 @@ class SignalRunner:
         self.models = models
         self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="router-signals")
         # Keyed by (types looked for, text): a reload that changes the policies changes the key.
-        self._pii_memo: LruMemo[tuple[frozenset[str] | None, str], list[tuple[str, float]]] = LruMemo()
+        self._pii_memo: LruMemo[tuple[frozenset[str] | None, str | bytes], list[tuple[str, float]]] = LruMemo()
+        self._pii_entity_memo: LruMemo[tuple[frozenset[str] | None, str | bytes], list[Any]] = LruMemo(256)
         self._jailbreak_memo: LruMemo[str, float] = LruMemo()
         self._known_pii: Collection[str] | None = getattr(models.pii, "entities", None)
         self._scope_of: tuple[RouterConfig | None, frozenset[str] | None] = (None, None)
@@ -106,10 +119,41 @@ class SignalRunner:
             category_threshold=config.classifier.category_threshold,
             refiner_weight=config.classifier.category_refiner_weight,
         )
+        if sum(len(t) for t in work.pii_texts) > PII_PIECE_CHARS:
+            start = time.perf_counter()
+            types: set[str] = set()
+            for entities in await self._pieces_pii(work.pii_texts, work.pii_types):
+                types.update(e.entity_type for e in entities if e.score >= work.pii_threshold)
+            results.pii_types = sorted(types)
+            results.latency_ms["pii"] = (time.perf_counter() - start) * 1e3
+            work.pii_texts = []
         if not work.pii_texts and not work.embed_texts:
             return results
         await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, work, results)
         return results
+
+    async def _pieces_pii(self, texts: list[str], pii_types: frozenset[str] | None) -> list[list[Any]]:
+        """Entities of each text (offsets in that text), found piece by piece, one worker
+        hand-off per PII_PIECE_CHARS of text; memoised per text."""
+        loop = asyncio.get_running_loop()
+        out: list[list[Any]] = []
+        for text in texts:
+            key = (pii_types, _memo_text(text))
+            found = self._pii_entity_memo.get(key)
+            if found is None:
+                found = []
+                for offset, piece, keep_below in pii_pieces(text):
+                    entities = await loop.run_in_executor(self._pool, self._detect, piece, pii_types)
+                    found += [
+                        _shifted(e, offset) for e in entities if offset + e.start < keep_below
+                    ]
+                self._pii_entity_memo.put(key, found)
+            out.append(found)
+        return out
+
+    def _detect(self, text: str, pii_types: frozenset[str] | None) -> list[Any]:
+        pii = self.models.pii
+        return list(pii.detect(text) if pii_types is None else pii.detect(text, pii_types))
 
     @staticmethod
     def refine_below(request: ChatRequest, config: RouterConfig, results: SignalResults) -> float | None:
@@ -138,13 +182,11 @@ class SignalRunner:
     def _detect_pii(self, texts: list[str], pii_types: frozenset[str] | None, threshold: float) -> list[str]:
         types: set[str] = set()
         for text in texts:
-            found = self._pii_memo.get((pii_types, text))
+            key = (pii_types, _memo_text(text))
+            found = self._pii_memo.get(key)
             if found is None:
-                entities = self.models.pii.detect(text) if pii_types is None else self.models.pii.detect(
-                    text, pii_types
-                )
-                found = [(e.entity_type, float(e.score)) for e in entities]
-                self._pii_memo.put((pii_types, text), found)
+                found = [(e.entity_type, float(e.score)) for e in self._detect(text, pii_types)]
+                self._pii_memo.put(key, found)
             types.update(t for t, score in found if score >= threshold)
         return sorted(types)
 
@@ -199,5 +241,42 @@ class SignalRunner:
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, work)
 
-    async def detect_pii(self, text: str) -> list[object]:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.models.pii.detect, text)
+    async def detect_pii(self, text: str) -> list[Any]:
+        """Every PII type in `text`, piece by piece like a request's (see PII_PIECE_CHARS)."""
+        return (await self._pieces_pii([text], None))[0]
+
+
+def pii_pieces(
+    text: str, size: int = PII_PIECE_CHARS, overlap: int = PII_OVERLAP_CHARS
+) -> list[tuple[int, str, int]]:
+    """(offset, piece, keep_below) covering `text`: pieces of at most `size` characters, cut
+    and started at whitespace where there is some, each overlapping the previous one by
+    about `overlap`; an entity is counted in the piece whose `keep_below` (an offset in
+    `text`) its start is under and the previous piece's is not."""
+    if len(text) <= size:
+        return [(0, text, len(text) + 1)]
+    pieces: list[tuple[int, str, int]] = []
+    start = 0
+    while True:
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = max(text.rfind(c, start + size // 2, end) for c in " \n\t")
+            end = cut if cut > start else end
+        if end >= len(text):
+            pieces.append((start, text[start:], len(text) + 1))
+            return pieces
+        nxt = end - overlap
+        space = max(text.rfind(c, start + 1, nxt) for c in " \n\t")
+        nxt = space + 1 if space > start else nxt
+        pieces.append((start, text[start:end], nxt + (end - nxt) // 2))
+        start = nxt
+
+
+def _shifted(entity: Any, offset: int) -> Any:
+    return replace(entity, start=entity.start + offset, end=entity.end + offset) if offset else entity
+
+
+def _memo_text(text: str) -> str | bytes:
+    if len(text) <= _MEMO_TEXT_CHARS:
+        return text
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
