@@ -271,3 +271,16 @@ async def test_a_long_pii_scan_does_not_hold_up_a_short_request():
     # whole second, and finish with it).
     assert finished["short"] < finished["long"] / 2
     runner.close()
+
+
+async def test_many_short_messages_are_screened_in_batches_and_remembered():
+    pii = CountingPii()
+    runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), FakeJailbreak(), pii))
+    config = parse_config(CONFIG_YAML)
+    turns = [("user", f"message number {i} " + "x" * 80) for i in range(300)]  # ~30,000 chars
+    turns[150] = ("user", "my ssn is 123-45-6789")
+    out = await runner.run(_request(*turns), config)
+    assert out.pii_types == ["US_SSN"] and len(pii.texts) == 300
+    again = await runner.run(_request(*turns, ("user", "and one more")), config)
+    assert again.pii_types == ["US_SSN"] and pii.texts[300:] == ["and one more"]  # the rest remembered
+    runner.close()

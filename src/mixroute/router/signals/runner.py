@@ -121,16 +121,35 @@ class SignalRunner:
         )
         if sum(len(t) for t in work.pii_texts) > PII_PIECE_CHARS:
             start = time.perf_counter()
-            types: set[str] = set()
-            for entities in await self._pieces_pii(work.pii_texts, work.pii_types):
-                types.update(e.entity_type for e in entities if e.score >= work.pii_threshold)
-            results.pii_types = sorted(types)
+            results.pii_types = await self._pii_in_turns(work)
             results.latency_ms["pii"] = (time.perf_counter() - start) * 1e3
             work.pii_texts = []
         if not work.pii_texts and not work.embed_texts:
             return results
         await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, work, results)
         return results
+
+    async def _pii_in_turns(self, work: _Work) -> list[str]:
+        """PII types of a request with more than PII_PIECE_CHARS of text, in several turns on
+        the worker threads: messages batched up to that size, longer ones cut in pieces."""
+        loop = asyncio.get_running_loop()
+        types: set[str] = set()
+        batch: list[str] = []
+        size = 0
+        for text in [*(t for t in work.pii_texts if len(t) <= PII_PIECE_CHARS), ""]:
+            if batch and (not text or size + len(text) > PII_PIECE_CHARS):
+                found = await loop.run_in_executor(
+                    self._pool, self._detect_pii, batch, work.pii_types, work.pii_threshold
+                )
+                types.update(found)
+                batch, size = [], 0
+            if text:
+                batch.append(text)
+                size += len(text)
+        long = [t for t in work.pii_texts if len(t) > PII_PIECE_CHARS]
+        for entities in await self._pieces_pii(long, work.pii_types):
+            types.update(e.entity_type for e in entities if e.score >= work.pii_threshold)
+        return sorted(types)
 
     async def _pieces_pii(self, texts: list[str], pii_types: frozenset[str] | None) -> list[list[Any]]:
         """Entities of each text (offsets in that text), found piece by piece, one worker
