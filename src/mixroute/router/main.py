@@ -35,6 +35,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from mixroute.router.signals import load_signal_models
 
     source = ConfigSource(args.config)
+    _check_ports(args)
     log.info("loading router signals (embedder, category, jailbreak, PII)")
     models = await asyncio.to_thread(load_signal_models)
     refiner = getattr(models.category, "refiner", None)
@@ -58,6 +59,20 @@ async def _serve(args: argparse.Namespace) -> int:
     waiter.cancel()
     await server.stop()
     return 0
+
+
+def _check_ports(args: argparse.Namespace) -> None:
+    """Before the models load (~15 s): a port in use is a one-line error, not two tracebacks."""
+    from mixroute.up.ports import is_port_free
+
+    if ":" in args.host:  # an IPv6 address: left to the server to report
+        return
+    wanted = {"--port": args.port}
+    if args.mode in ("extproc", "both"):
+        wanted["--extproc-port"] = args.extproc_port
+    for flag, port in wanted.items():
+        if not is_port_free(port, args.host):
+            raise ConfigError(f"port {port} on {args.host} is already in use; stop what holds it or pass {flag} N")
 
 
 def run(args: argparse.Namespace) -> int:

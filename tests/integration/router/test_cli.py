@@ -27,6 +27,22 @@ def test_invalid_config_exits_with_the_fix(tmp_path):
     assert "default_model: unknown model 'ghost'; add it under `models:`" in err
 
 
+def test_port_in_use_exits_with_one_line_before_loading_models(tmp_path, upstream):
+    import socket
+
+    path = tmp_path / "router.yaml"
+    path.write_text(router_config(upstream.url))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = _cli("--config", str(path), "--port", str(port))
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use; stop what holds it or pass --port N" in err
+    assert "Traceback" not in err and "loading router signals" not in err
+
+
 @pytest.mark.slow  # loads the real signal models a second time, in the child process
 def test_router_process_serves_and_stops_on_sigterm(tmp_path, upstream, signal_models):
     del signal_models  # only to skip when the real signals are not installed
