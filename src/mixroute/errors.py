@@ -125,6 +125,11 @@ class OverloadedError(ApiError):
     error_type = "rate_limit_error"
 
 
+class BadGatewayError(ApiError):
+    status_code = 502
+    error_type = "upstream_error"
+
+
 class UnavailableError(ApiError):
     status_code = 503
     error_type = "service_unavailable"

@@ -12,6 +12,7 @@ generation upstream.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 
@@ -19,7 +20,7 @@ import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from mixroute.errors import UnavailableError
+from mixroute.errors import BadGatewayError, BadRequestError, UnavailableError
 from mixroute.logs import kv
 from mixroute.router import responses
 from mixroute.router.cache import StreamRecorder, answer_from_json
@@ -49,6 +50,25 @@ def _upstream_headers(client_headers: Mapping[str, str]) -> dict[str, str]:
 def _unavailable(endpoint: str, model: str, exc: Exception) -> Response:
     error = UnavailableError(f"upstream {endpoint} for model {model!r} is unavailable ({type(exc).__name__})")
     return Response(responses.error_json(error), status_code=503, media_type=responses.JSON_MEDIA_TYPE)
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _upstream_error(status: int, body: bytes, model: str, headers: dict[str, str]) -> Response:
+    """An upstream error that is not JSON (a bare 'Internal Server Error' page), in the
+    OpenAI shape: 5xx as 502 (the router itself did not fail), 4xx kept."""
+    snippet = body[:200].decode("utf-8", "replace").strip()
+    message = f"upstream for model {model!r} answered HTTP {status}: {snippet or '(empty body)'}"
+    error = BadGatewayError(message) if status >= 500 else BadRequestError(message)
+    headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+    return Response(responses.error_json(error), status_code=error.status_code if status >= 500 else status,
+                    media_type=responses.JSON_MEDIA_TYPE, headers=headers)
 
 
 class Proxy:
@@ -92,6 +112,8 @@ class Proxy:
                 await response.aclose()
             if response.status_code == 200 and upstream.ticket is not None:
                 await self.core.remember(upstream.ticket, answer_from_json(body))
+            if response.status_code >= 400 and not _is_json(body):
+                return _upstream_error(response.status_code, body, route.model, headers)
             return Response(body, status_code=response.status_code, headers=headers)
         return StreamingResponse(
             self._relay(response, upstream), status_code=response.status_code, headers=headers,

@@ -148,6 +148,29 @@ async def test_unknown_model_names_share_one_metrics_label(client):
     assert len(forwarded) == 1 and 'model="other"' in forwarded[0] and forwarded[0].endswith(" 3.0")
 
 
+async def test_upstream_errors_that_are_not_json_come_back_openai_shaped():
+    def upstream(request: httpx.Request) -> httpx.Response:
+        kind = json.loads(request.content)["messages"][-1]["content"]
+        if kind == "crash":
+            return httpx.Response(500, text="Internal Server Error", headers={"content-type": "text/plain"})
+        if kind == "teapot":
+            return httpx.Response(418, text="", headers={"content-type": "text/plain"})
+        return httpx.Response(400, json={"error": {"message": "max_tokens too large", "type": "invalid_request_error"}})
+
+    core = build_core(ConfigSource(None, parse_config(CONFIG_YAML)), fake_models())
+    app = build_app(core, Proxy(core, httpx.MockTransport(upstream)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
+        r = await c.post("/v1/chat/completions", json=_chat("crash", model="small"))
+        assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+        assert "HTTP 500: Internal Server Error" in r.json()["error"]["message"]
+        assert r.headers["x-vsr-selected-model"] == "small"
+        r = await c.post("/v1/chat/completions", json=_chat("teapot", model="small"))
+        assert r.status_code == 418 and "(empty body)" in r.json()["error"]["message"]
+        r = await c.post("/v1/chat/completions", json=_chat("json", model="small"))  # passed on as it is
+        assert r.status_code == 400 and r.json()["error"]["message"] == "max_tokens too large"
+    core.runner.close()
+
+
 async def test_api_endpoints(client):
     models = (await client.get("/v1/models")).json()
     assert [m["id"] for m in models["data"]] == ["MoM", "auto", "small", "big", "effort"]
