@@ -40,6 +40,12 @@ class ConfigSource:
                 metrics.config_reloads.labels("rejected").inc()
             return False
         if config != self.current:
+            old = self.current.cache
+            if (config.cache.backend, config.cache.milvus) != (old.backend, old.milvus):
+                log.warning(
+                    "config reload: cache.backend and cache.milvus take effect at the next "
+                    "restart; the cache keeps using %s until then", old.backend,
+                )
             self.current = config
             self.version += 1
             log.info("config reloaded %s", kv(path=self.path, version=self.version))

@@ -121,3 +121,17 @@ async def test_watch_is_not_woken_by_other_files_in_the_config_directory(tmp_pat
     finally:
         stop.set()
         await asyncio.wait_for(watcher, 5)
+
+
+def test_reload_that_changes_the_cache_backend_says_it_needs_a_restart(tmp_path, caplog):
+    import logging
+
+    from mixroute.router.reload import ConfigSource
+
+    path = tmp_path / "router.yaml"
+    path.write_text(CONFIG_YAML)
+    source = ConfigSource(path)
+    caplog.set_level(logging.WARNING, logger="mixroute.router.reload")
+    path.write_text(CONFIG_YAML + "\ncache:\n  backend: milvus\n")
+    assert source.reload() and source.current.cache.backend == "milvus"
+    assert any("next restart" in r.getMessage() for r in caplog.records)
