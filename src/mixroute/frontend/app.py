@@ -53,6 +53,8 @@ def _parse(body: bytes, kind: type[BaseModel]) -> Any:
         raw = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise BadRequestError(f"the body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError:
+        raise BadRequestError("the body is not valid UTF-8") from None
     if not isinstance(raw, dict):
         raise BadRequestError("the body must be a JSON object")
     try:

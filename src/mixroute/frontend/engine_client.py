@@ -89,6 +89,7 @@ class RoutedBackend:
             candidates = [w for w in workers if w not in excluded]
             if not candidates:
                 raise UnavailableError(f"no {selector.name} worker is available for {pool.entry.name}")
+            payload = encode(current)  # before select: a failure here must not leave load counted
             started = time.perf_counter()
             decision = selector.select(request.request_id, candidates, prompt)
             worker_id = decision.worker_id
@@ -98,7 +99,7 @@ class RoutedBackend:
             info = workers[worker_id]
             got_output = False
             num_before = len(generated)
-            stream = self.client.stream(info.address, ENDPOINT_GENERATE, encode(current))
+            stream = self.client.stream(info.address, ENDPOINT_GENERATE, payload)
             try:
                 async for payload in stream:
                     frame = decode_frame(payload)

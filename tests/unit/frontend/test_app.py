@@ -117,6 +117,13 @@ async def test_completions_stop_string_and_max_tokens(client: httpx.AsyncClient)
         (b"[1, 2]", 400, "object"),
         (json.dumps(dict(CHAT, logprobs=True)).encode(), 400, "logprobs"),
         (json.dumps(dict(CHAT, n=3)).encode(), 400, "n"),
+        # past what the wire to the workers carries (int64 / uint64): 400, not a 500
+        (json.dumps(dict(CHAT, seed=2**64)).encode(), 400, "seed"),
+        (json.dumps(dict(CHAT, seed=-(2**63) - 1)).encode(), 400, "seed"),
+        (json.dumps(dict(CHAT, top_k=2**70)).encode(), 400, "top_k"),
+        (json.dumps(dict(CHAT, min_tokens=2**70)).encode(), 400, "min_tokens"),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi ' + b"\xff\xfe" + b' bad"}]}',
+         400, "UTF-8"),
     ],
 )
 async def test_bad_requests_get_openai_errors(client: httpx.AsyncClient, body: bytes, status: int, needle: str) -> None:

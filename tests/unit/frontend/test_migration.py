@@ -201,3 +201,14 @@ def test_restated_usage_counts_the_original_prompt_and_every_token() -> None:
     usage = restate_usage(frame, num_prompt_tokens=9, num_generated_before=3).usage
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (9, 6, 9)
+
+
+async def test_a_request_that_cannot_be_encoded_leaves_no_load_counted() -> None:
+    # The API bounds seed; past that bound msgpack cannot carry it. The selector must not
+    # count the request as running on a worker it was never sent to.
+    backend, _ = _backend(FakeClient({"tcp://w1:1": Worker(tokens=[1])}))
+    selector = FakeSelector()
+    request = GenerateRequest(request_id="r", token_ids=[1], sampling=SamplingParams(max_tokens=1, seed=2**70))
+    with pytest.raises(OverflowError):
+        await _run(backend, selector, 1, request)
+    assert selector.offered == [] and selector.finished == 0
