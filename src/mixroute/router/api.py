@@ -65,8 +65,14 @@ class RouterApp:
             await self.api(scope, receive, send)
             return
         request = StarletteRequest(scope, receive)
+
+        async def client_gone() -> None:
+            # After the body, the server's next message is the disconnect.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
         try:
-            response = await self.proxy.chat_completions(await request.body(), request.headers)
+            response = await self.proxy.chat_completions(await request.body(), request.headers, client_gone)
         except ApiError as exc:
             response = _error(exc)
         except Exception:

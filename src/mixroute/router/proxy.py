@@ -12,9 +12,11 @@ generation upstream.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
 from starlette.background import BackgroundTask
@@ -76,12 +78,30 @@ class Proxy:
         self.core = core
         self.transport = transport
 
-    async def chat_completions(self, raw: bytes, client_headers: Mapping[str, str]) -> Response:
+    async def chat_completions(
+        self, raw: bytes, client_headers: Mapping[str, str],
+        client_gone: Callable[[], Awaitable[None]] | None = None,
+    ) -> Response:
+        """`client_gone` returns when the client disconnects: a JSON answer still being
+        generated is then abandoned, which closes the upstream connection and so cancels
+        the generation (streams are cancelled by the relay itself)."""
         lowered = {k.lower(): v for k, v in client_headers.items()}
         outcome = await self.core.handle(raw, lowered)
         if isinstance(outcome, Reply):
             return reply_response(outcome)
-        return await self._forward(outcome, lowered)
+        if client_gone is None or outcome.is_stream:
+            return await self._forward(outcome, lowered)
+        forward = asyncio.ensure_future(self._forward(outcome, lowered))
+        gone = asyncio.ensure_future(client_gone())
+        await asyncio.wait({forward, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if forward.done():
+            gone.cancel()
+            return forward.result()
+        forward.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forward
+        log.info("client disconnected; upstream request cancelled %s", kv(model=outcome.forward.route.model))
+        return Response(status_code=499)  # nobody reads it
 
     async def _forward(self, upstream: Upstream, client_headers: Mapping[str, str]) -> Response:
         route = upstream.forward.route

@@ -79,6 +79,9 @@ class UpstreamProcess:
     def received(self) -> list[dict]:
         return httpx.get(f"{self.url}/_received").json()
 
+    def abandoned(self) -> list[dict]:
+        return httpx.get(f"{self.url}/_abandoned").json()
+
     def reset(self) -> None:
         httpx.post(f"{self.url}/_reset")
 

@@ -143,6 +143,18 @@ def test_stream_is_relayed_chunk_by_chunk(router, upstream):
     assert sse_content(text) == ("echo: one two three four", "stop")
 
 
+def test_a_client_that_leaves_cancels_its_json_request_upstream(router, upstream):
+    body = {"model": "small", "messages": [{"role": "user", "content": "write a long essay"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{router.url}/v1/chat/completions", json=body, timeout=1.0,
+                   headers={"x-test-json-delay": "10"})
+    deadline = time.monotonic() + 5
+    while not upstream.abandoned() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # The upstream saw its client (the router) go away well before its 10 s answer.
+    assert [a["body"]["messages"][-1]["content"] for a in upstream.abandoned()] == ["write a long essay"]
+
+
 def test_bad_input_gets_openai_shaped_400(router, upstream):
     r = httpx.post(f"{router.url}/v1/chat/completions", content=b"{not json", timeout=10)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"

@@ -2,8 +2,10 @@
 process: `python upstream_app.py --port N`.
 
 It answers chat completions with `echo: <last user text>` (JSON, or SSE one word per
-chunk with `x-test-chunk-delay` seconds between chunks), and records every request it
-received (body + headers) for the test to inspect at GET /_received (POST /_reset clears).
+chunk with `x-test-chunk-delay` seconds between chunks; a JSON answer after
+`x-test-json-delay` seconds), and records every request it received (body + headers) for
+the test to inspect at GET /_received, and every JSON request whose client went away
+before its answer at GET /_abandoned (POST /_reset clears both).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 RECEIVED: list[dict[str, Any]] = []
+ABANDONED: list[dict[str, Any]] = []
 
 
 def _last_user(messages: list[dict[str, Any]]) -> str:
@@ -34,6 +37,12 @@ async def chat(request: Request) -> Response:
     words = ["echo:", *_last_user(body.get("messages", [])).split()]
     model = body.get("model", "")
     if not body.get("stream"):
+        deadline = time.monotonic() + float(request.headers.get("x-test-json-delay", "0"))
+        while time.monotonic() < deadline:
+            if await request.is_disconnected():
+                ABANDONED.append({"body": body})
+                return Response(status_code=499)
+            await asyncio.sleep(0.05)
         return JSONResponse({
             "id": "chatcmpl-up", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
@@ -62,8 +71,13 @@ async def received(_: Request) -> Response:
     return JSONResponse(RECEIVED)
 
 
+async def abandoned(_: Request) -> Response:
+    return JSONResponse(ABANDONED)
+
+
 async def reset(_: Request) -> Response:
     RECEIVED.clear()
+    ABANDONED.clear()
     return JSONResponse({"ok": True})
 
 
@@ -73,7 +87,8 @@ async def health(_: Request) -> Response:
 
 app = Starlette(routes=[
     Route("/v1/chat/completions", chat, methods=["POST"]),
-    Route("/_received", received), Route("/_reset", reset, methods=["POST"]), Route("/health", health),
+    Route("/_received", received), Route("/_abandoned", abandoned), Route("/_reset", reset, methods=["POST"]),
+    Route("/health", health),
 ])
 
 if __name__ == "__main__":
