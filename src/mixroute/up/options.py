@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--worker-args",
         metavar="ARGS",
         default="",
-        help="extra flags for every worker, one shell-quoted string",
+        help="extra flags for every worker, one shell-quoted string; a value that starts "
+        "with - needs the = form: --worker-args='--max-num-seqs 8'",
     )
 
     routing = parser.add_argument_group("routing")
@@ -305,10 +306,17 @@ def options_from_args(args: argparse.Namespace) -> UpOptions:
         with_infra=args.with_infra,
         ready_timeout_s=args.ready_timeout,
         stop_timeout_s=args.stop_timeout,
-        worker_args=shlex.split(args.worker_args),
-        frontend_args=shlex.split(args.frontend_args),
-        router_args=shlex.split(args.router_args),
+        worker_args=_split("--worker-args", args.worker_args),
+        frontend_args=_split("--frontend-args", args.frontend_args),
+        router_args=_split("--router-args", args.router_args),
     )
+
+
+def _split(flag: str, value: str) -> list[str]:
+    try:
+        return shlex.split(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc} in {value!r} (one shell-quoted string)") from None
 
 
 def normalize_url(url: str, scheme: str, default_port: int) -> str:

@@ -144,6 +144,7 @@ def test_normalize_etcd_url(url: str, expected: str) -> None:
         (["--config", "/definitely/not/here.yaml"], "no such file"),
         (["--etcd", "ftp://x:1"], "expected HOST:PORT"),
         (["--nats", "nats://h:port"], "not a number"),
+        (["--worker-args", "'unterminated"], "--worker-args: No closing quotation"),
     ],
 )
 def test_bad_flags_say_what_to_change(argv: list[str], message: str) -> None:
