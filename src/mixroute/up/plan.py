@@ -79,6 +79,7 @@ def worker_specs(options: UpOptions, model: ModelChoice) -> list[ChildSpec]:
                     argv,
                     env=offline_env(),
                     stage=STAGE_WORKERS,
+                    restart=True,
                 )
             )
     return specs

@@ -33,6 +33,9 @@ from mixroute.up.router_config import write_router_config
 from mixroute.up.supervisor import Child, ChildSpec, Supervisor
 
 _LOG_TAIL_LINES = 40
+# A worker that dies is started again, at most this many times within this window.
+_MAX_RESTARTS = 3
+_RESTART_WINDOW_S = 60.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """SIGHUP too: closing the terminal must stop the stack cleanly, not just kill `up`."""
 
@@ -169,10 +172,16 @@ class Stack:
         self._infra.clear()
         self.say(f"  [{time.monotonic() - started:4.1f}s] all stopped")
 
-    def report_exit(self, child: Child) -> None:
+    def report_exit(self, child: Child, restarting: bool = False) -> None:
         code = child.poll()
         how = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
-        self.say(f"\nerror: {child.name} exited ({how}). Last lines of {child.log_path}:")
+        if restarting:
+            self.say(
+                f"\nwarning: {child.name} exited ({how}); starting it again (the frontend "
+                f"routes around it meanwhile). Last lines of {child.log_path}:"
+            )
+        else:
+            self.say(f"\nerror: {child.name} exited ({how}). Last lines of {child.log_path}:")
         self.say(_indent(child.tail(_LOG_TAIL_LINES)))
 
 
@@ -194,7 +203,7 @@ async def run_stack(options: UpOptions, model: plan.ModelChoice, out: TextIO) ->
         if result is WaitResult.READY:
             elapsed = time.monotonic() - started
             stack.say(ready_banner(stack.options, model, elapsed, stack.banner_lines))
-            exited = await _wait_for_exit(stack.supervisor, stop)
+            exited = await _supervise(stack, stop)
         if exited is not None:
             stack.report_exit(exited)
             return 1
@@ -237,6 +246,29 @@ async def _start_and_wait(
             )
     finally:
         await discovery.close()
+
+
+async def _supervise(stack: Stack, stop: asyncio.Event) -> Child | None:
+    """Runs the ready stack until a stop request (None) or the exit of a child that is not
+    restarted (that child). A worker that exits is started again, unless it keeps dying:
+    more than _MAX_RESTARTS exits within _RESTART_WINDOW_S stop the stack."""
+    exits: dict[str, list[float]] = {}
+    while True:
+        exited = await _wait_for_exit(stack.supervisor, stop)
+        if exited is None or not exited.spec.restart:
+            return exited
+        now = time.monotonic()
+        recent = [t for t in exits.get(exited.name, []) if now - t < _RESTART_WINDOW_S] + [now]
+        exits[exited.name] = recent
+        if len(recent) > _MAX_RESTARTS:
+            stack.say(
+                f"\n{exited.name} exited {len(recent)} times within {_RESTART_WINDOW_S:.0f}s; "
+                "not starting it again"
+            )
+            return exited
+        stack.report_exit(exited, restarting=True)
+        child = stack.supervisor.restart(exited)
+        stack.say(f"  started {child.name:<18} pid {child.pid:<7} log {child.log_path}")
 
 
 async def _wait_for_exit(supervisor: Supervisor, stop: asyncio.Event) -> Child | None:

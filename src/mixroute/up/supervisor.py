@@ -37,6 +37,9 @@ class ChildSpec:
     stage: int = 1
     """Stop order: higher stages stop first (infrastructure is stage 0, stopped last)."""
     cwd: str | None = None
+    restart: bool = False
+    """Started again when it exits while the stack runs (workers: meanwhile the frontend
+    routes around the dead one and moves its streams to the others)."""
 
 
 class Child:
@@ -126,6 +129,15 @@ class Supervisor:
         child.start()
         self.children.append(child)
         return child
+
+    def restart(self, child: Child) -> Child:
+        """Start `child`'s spec again in its place (its log file is appended to)."""
+        child.signal_group(signal.SIGKILL)  # helpers the dead process may have left
+        child.close_log()
+        fresh = Child(child.spec, child.log_path)
+        fresh.start()
+        self.children[self.children.index(child)] = fresh
+        return fresh
 
     def first_exited(self) -> Child | None:
         """The first child that has exited, if any."""

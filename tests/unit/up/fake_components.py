@@ -4,7 +4,7 @@ without models: `python fake_components.py <component> <its flags>`.
 A fake worker registers a leased instance key in real (file) discovery and revokes it on
 SIGTERM; the fake frontend and router answer their health URLs. `FAKE_BEHAVIOUR` in the
 environment makes one misbehave: `<component>:crash` exits at once with an error line,
-`<component>:hang` never becomes ready (a worker never registers), `<component>:crash-later` exits after 1 s.
+`<component>:hang` never becomes ready (a worker never registers), `<component>:crash-later` exits after 1 s (a worker: 3 s after registering).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ async def worker(args: argparse.Namespace) -> None:
     )
     print(f"fake worker registered {instance_id:x}", flush=True)
     try:
-        await _until_sigterm()
+        await _until_sigterm(3.0 if _behaviour("worker") == "crash-later" else None)
     finally:
         await discovery.close()
         print("fake worker revoked its lease", flush=True)

@@ -164,6 +164,39 @@ def test_child_crashing_after_ready_stops_the_stack(tmp_path: Path) -> None:
     assert not any(_alive(pid) for pid in _child_pids(output).values())
 
 
+def test_a_worker_that_dies_is_started_again_and_the_stack_keeps_running(tmp_path: Path) -> None:
+    proc, _ = _start(tmp_path)
+    try:
+        output = _read_until(proc, r"Press Ctrl-C to stop")
+        first = _child_pids(output)
+        os.kill(first["worker-decode-0"], signal.SIGKILL)
+        output = _read_until(proc, r"started worker-decode-0")
+        assert "warning: worker-decode-0 exited (signal 9); starting it again" in output
+        again = _child_pids(output)["worker-decode-0"]
+        assert again != first["worker-decode-0"] and _alive(again)
+        assert all(_alive(first[name]) for name in ("frontend", "router", "worker-prefill-0"))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # registered again (the dead one's lease expires)
+            if any(k.endswith(f"/{again:x}") for k in _registered(tmp_path / "run")):
+                break
+            time.sleep(0.2)
+        assert any(k.endswith(f"/{again:x}") for k in _registered(tmp_path / "run"))
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output + rest
+    assert not _alive(again)
+
+
+def test_a_worker_that_keeps_dying_stops_the_stack(tmp_path: Path) -> None:
+    proc, _ = _start(tmp_path, behaviour="worker:crash-later")
+    output, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 1, output
+    assert "exited 4 times within 60s; not starting it again" in output
+    assert not any(_alive(pid) for pid in _child_pids(output).values())
+
+
 def test_not_ready_within_timeout_fails_and_names_what_is_missing(tmp_path: Path) -> None:
     proc, _ = _start(tmp_path, "--ready-timeout", "3", behaviour="frontend:hang")
     output, _ = proc.communicate(timeout=60)
