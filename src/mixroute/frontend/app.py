@@ -133,7 +133,9 @@ class OpenAiApi:
     async def _run(
         self, request: Request, body: Any, entry: ModelEntry, token_ids: list[int], endpoint: str, max_tokens: int | None
     ) -> Response:
-        max_tokens = check_length(entry, len(token_ids), max_tokens)
+        max_tokens = check_length(
+            entry, len(token_ids), max_tokens, "messages" if endpoint == "chat" else "prompt"
+        )
         check_token_ids(body.stop_token_ids, entry.tokenizer.vocab_size, "stop_token_ids")
         request_id = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         sampling = sampling_params(

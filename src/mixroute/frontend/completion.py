@@ -43,16 +43,19 @@ class TextDelta:
     """Set on the last delta."""
 
 
-def check_length(entry: ModelEntry, num_prompt_tokens: int, max_tokens: int | None) -> int:
-    """The request's max_tokens, defaulted to the rest of the context; 400 if it cannot fit."""
+def check_length(
+    entry: ModelEntry, num_prompt_tokens: int, max_tokens: int | None, param: str = "messages"
+) -> int:
+    """The request's max_tokens, defaulted to the rest of the context; 400 if it cannot fit.
+    `param`: the field that holds the prompt (`messages`, or `prompt` for completions)."""
     if num_prompt_tokens == 0:
-        raise BadRequestError("the prompt is empty", param="messages")
+        raise BadRequestError("the prompt is empty", param=param)
     room = entry.max_model_len - num_prompt_tokens
     if room <= 0:
         raise BadRequestError(
             f"the prompt has {num_prompt_tokens} tokens but {entry.name}'s context is "
             f"{entry.max_model_len} tokens; shorten the prompt",
-            param="messages",
+            param=param,
             code="context_length_exceeded",
         )
     if max_tokens is None:

@@ -102,6 +102,8 @@ async def test_completions_stop_string_and_max_tokens(client: httpx.AsyncClient)
     assert r.json()["choices"][0]["finish_reason"] == "length"
     r = await client.post("/v1/completions", json={"model": "tiny", "prompt": "q", "echo": True})
     assert r.status_code == 400 and "echo" in r.json()["error"]["message"]
+    r = await client.post("/v1/completions", json={"model": "tiny", "prompt": "x " * 300})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
 
 
 @pytest.mark.parametrize(
