@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
+import os
 import signal
 import time
 from typing import TextIO
@@ -49,6 +51,7 @@ class Stack:
         self._infra: list[object] = []
         self._router_http_port = options.router_port
         self.banner_lines: list[str] = []
+        self._run_dir_lock: TextIO | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -66,6 +69,26 @@ class Stack:
                 raise ConfigError(
                     f"port {port} is already in use; stop what holds it or pass {flag} N"
                 )
+
+    def lock_run_dir(self) -> None:
+        """Held while this stack runs: two stacks on one run dir would share its file
+        discovery and quietly route across each other's workers."""
+        path = self.options.run_dir / "up.lock"
+        lock = open(path, "a+")  # noqa: SIM115 (held for the process's life)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise ConfigError(
+                f"another mixroute up (pid {holder}) runs from {self.options.run_dir}; stop it, "
+                "or give this one its own --run-dir (and ports)"
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._run_dir_lock = lock
 
     def start_infra(self) -> None:
         """Local etcd and nats-server (`--with-infra`); the children then use them."""
@@ -195,6 +218,7 @@ async def run_stack(options: UpOptions, model: plan.ModelChoice, out: TextIO) ->
     try:
         stack.check_ports()
         options.run_dir.mkdir(parents=True, exist_ok=True)
+        stack.lock_run_dir()
         options.log_dir.mkdir(parents=True, exist_ok=True)
         if options.with_infra:
             stack.start_infra()

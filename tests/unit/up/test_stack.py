@@ -217,6 +217,22 @@ def test_port_in_use_is_a_clear_error_before_anything_starts(tmp_path: Path) -> 
     assert "started" not in output
 
 
+def test_a_second_stack_on_the_same_run_dir_is_refused(tmp_path: Path) -> None:
+    first, _ = _start(tmp_path, "--no-router")
+    try:
+        _read_until(first, r"Press Ctrl-C to stop")
+        second, _ = _start(tmp_path, "--no-router")  # same run dir, other ports
+        output, _ = second.communicate(timeout=60)
+        assert second.returncode == 2, output
+        assert f"another mixroute up (pid {first.pid}) runs from {tmp_path / 'run'}" in output
+        assert "started" not in output
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+    finally:
+        first.kill()
+    assert first.returncode == 0
+
+
 def test_unreachable_etcd_fails_before_any_child_starts(tmp_path: Path) -> None:
     proc, _ = _start(tmp_path, "--no-router", "--etcd", f"127.0.0.1:{free_port()}")
     output, _ = proc.communicate(timeout=60)
