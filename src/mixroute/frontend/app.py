@@ -29,7 +29,12 @@ from mixroute.frontend.admission import AdmissionMiddleware, ApiLimits
 from mixroute.frontend.backend import Backend, ModelEntry
 from mixroute.frontend.completion import TextDelta, check_length, generate_text
 from mixroute.frontend.metrics import ApiMetrics
-from mixroute.frontend.preprocess import check_token_ids, prepare_prompt, sampling_params
+from mixroute.frontend.preprocess import (
+    check_not_far_too_long,
+    check_token_ids,
+    prepare_prompt,
+    sampling_params,
+)
 from mixroute.frontend.schemas import ChatCompletionRequest, CompletionRequest, usage_body
 from mixroute.logs import kv
 from mixroute.protocol.messages import GenerateRequest
@@ -63,6 +68,18 @@ def _parse(body: bytes, kind: type[BaseModel]) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise BadRequestError(f"{where}: {first['msg']}", param=where or None) from exc
+
+
+def _text_chars(messages: list[dict[str, Any]]) -> int:
+    """Characters of text in the messages (text parts only: an image's URL is not prompt text)."""
+    total = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return total
 
 
 class OpenAiApi:
@@ -116,6 +133,7 @@ class OpenAiApi:
             messages = [m.for_template() for m in body.messages]
         except ValueError as exc:
             raise BadRequestError(str(exc), param="messages") from exc
+        check_not_far_too_long(_text_chars(messages), entry.tokenizer, entry.max_model_len, "messages")
         token_ids = await entry.tokenizer.render_chat(messages, body.tools)
         return await self._run(request, body, entry, token_ids, "chat", body.requested_max_tokens)
 
@@ -123,6 +141,7 @@ class OpenAiApi:
         body = _parse(await request.body(), CompletionRequest)
         entry = self.backend.model(body.model)
         if isinstance(body.prompt, str):
+            check_not_far_too_long(len(body.prompt), entry.tokenizer, entry.max_model_len, "prompt")
             token_ids = await entry.tokenizer.encode(body.prompt)
         else:
             token_ids = list(body.prompt)

@@ -135,6 +135,20 @@ async def test_bad_requests_get_openai_errors(client: httpx.AsyncClient, body: b
     assert needle in err["message"] and err["type"] in ("invalid_request_error", "not_found_error")
 
 
+async def test_a_prompt_far_past_the_context_is_refused_without_tokenizing(
+    client: httpx.AsyncClient, tokenizer: ModelTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_tokenizing(*args: object) -> None:
+        raise AssertionError("tokenized a prompt that cannot fit")
+
+    monkeypatch.setattr(tokenizer, "encode_batch_sync", no_tokenizing)
+    huge = "x" * (tokenizer.max_token_chars * 5000)
+    r = await client.post("/v1/chat/completions", json=dict(CHAT, messages=[{"role": "user", "content": huge}]))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = await client.post("/v1/completions", json={"model": "tiny", "prompt": huge})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
 async def test_models_health_metrics(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/models")).json()["data"][0]["id"] == "tiny"
     assert (await client.get("/health")).json()["status"] == "ok"
