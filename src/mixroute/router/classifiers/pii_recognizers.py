@@ -1,8 +1,10 @@
 """Presidio recognizers added to (or replacing) Presidio's predefined English ones.
 
 Chosen on presidio-evaluator sentences of dev seeds (7, 11), never the test seed 2026:
-- US_SSN also accepts the well-known sample number 123-45-6789: a user who types
-  it next to "SSN" is sharing an SSN-shaped secret and the policy should see it;
+- US_SSN also accepts the numbers Presidio drops as published samples (123-45-6789,
+  987-65-4320, and 078-05-1120, the Woolworth number, which was issued and used by
+  thousands): a user who types one next to "SSN" is sharing an SSN-shaped secret and
+  the policy should see it;
 - EMAIL_ADDRESS validates domains with a `tldextract.TLDExtract` built with
   `suffix_list_urls=()` and no cache dir (the public-suffix snapshot bundled with
   tldextract), instead of the module-level extractor that downloads the list;
@@ -31,13 +33,16 @@ def offline_email_recognizer() -> Any:
     return OfflineEmailRecognizer()
 
 
+_PUBLISHED_SAMPLES = frozenset({"123456789", "987654320", "078051120"})
+
+
 def ssn_recognizer() -> Any:
     from presidio_analyzer.predefined_recognizers import UsSsnRecognizer
 
     class SampleTolerantSsnRecognizer(UsSsnRecognizer):  # type: ignore[misc]
         def invalidate_result(self, pattern_text: str) -> bool:
             digits = "".join(c for c in pattern_text if c.isdigit())
-            if digits == "123456789":
+            if digits in _PUBLISHED_SAMPLES:
                 return False
             return bool(super().invalidate_result(pattern_text))
 

@@ -120,3 +120,10 @@ def test_text_without_digits_is_not_scanned_for_number_types(
     assert calls == []
     assert [e.entity_type for e in detector.detect("SSN 123-45-6789", {"US_SSN"})] == ["US_SSN"]
     assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_published_sample_ssns_are_still_ssns(detector: PiiDetector) -> None:
+    for number in ("123-45-6789", "987-65-4320", "078-05-1120"):
+        found = detector.detect(f"My SSN is {number}, can you check my tax return?", {"US_SSN"})
+        assert [e.entity_type for e in found] == ["US_SSN"], number
