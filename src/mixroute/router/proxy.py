@@ -13,7 +13,6 @@ generation upstream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -91,17 +90,29 @@ class Proxy:
             return reply_response(outcome)
         if client_gone is None or outcome.is_stream:
             return await self._forward(outcome, lowered)
-        forward = asyncio.ensure_future(self._forward(outcome, lowered))
-        gone = asyncio.ensure_future(client_gone())
-        await asyncio.wait({forward, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if forward.done():
-            gone.cancel()
-            return forward.result()
-        forward.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await forward
-        log.info("client disconnected; upstream request cancelled %s", kv(model=outcome.forward.route.model))
-        return Response(status_code=499)  # nobody reads it
+        # One watcher task (the hot path pays for one task, not two and a wait): on a
+        # disconnect it cancels this request's task, which closes the upstream response.
+        this = asyncio.current_task()
+        assert this is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            await client_gone()
+            gone = True
+            this.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await self._forward(outcome, lowered)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            this.uncancel()
+            log.info("client disconnected; upstream request cancelled %s", kv(model=outcome.forward.route.model))
+            return Response(status_code=499)  # nobody reads it
+        finally:
+            watcher.cancel()
 
     async def _forward(self, upstream: Upstream, client_headers: Mapping[str, str]) -> Response:
         route = upstream.forward.route
