@@ -345,13 +345,18 @@ def weight_table(parts: list[dict[str, Any]]) -> list[str]:
     ]
     for w in WEIGHTS:
         pred = np.concatenate([r["by_weight"][w] for r in parts])
-        per = [np.mean(pred[y == k] == k) for k in range(len(corpora.CATEGORIES))]
-        weakest = int(np.argmin(per))
         lines.append(
-            f"| {w} | {pct(np.mean(pred == y))} | {corpora.CATEGORIES[weakest]} {pct(per[weakest])} | "
+            f"| {w} | {pct(np.mean(pred == y))} | {weakest(pred, y)} | "
             f"{pct(np.mean(top < decisive_level(w)))} |"
         )
     return lines
+
+
+def weakest(pred: np.ndarray, y: np.ndarray) -> str:
+    """The category with the lowest accuracy, and that accuracy ("biology 84.0%")."""
+    per = [np.mean(pred[y == k] == k) for k in range(len(corpora.CATEGORIES))]
+    k = int(np.argmin(per))
+    return f"{corpora.CATEGORIES[k]} {pct(per[k])}"
 
 
 def chosen_gate(y: np.ndarray, by_gate: dict[float, np.ndarray]) -> float:
@@ -404,12 +409,9 @@ def gate_table(parts: list[dict[str, Any]]) -> list[str]:
     ]
     for g in GATES:
         pred = np.concatenate([r["by_gate"][g] for r in clean])
-        per = [np.mean(pred[y == k] == k) for k in range(len(corpora.CATEGORIES))]
-        weakest = int(np.argmin(per))
         lines.append(
             f"| {g} | {pct(np.mean(fold0['by_gate'][g] == fold0['y']))} | {pct(np.mean(pred == y))} | "
-            f"{corpora.CATEGORIES[weakest]} {pct(per[weakest])} | {pct(np.mean(top < g))} | "
-            f"{pct(chat[g]) if chat else 'n/a'} |"
+            f"{weakest(pred, y)} | {pct(np.mean(top < g))} | {pct(chat[g]) if chat else 'n/a'} |"
         )
     g = chosen_gate(fold0["y"], fold0["by_gate"])
     pred = np.concatenate([r["by_gate"][g] for r in clean])
