@@ -1,14 +1,16 @@
 """OpenAI request bodies (pydantic, validated at the HTTP edge) and response shapes.
 
 Unknown fields are accepted and ignored, as OpenAI-compatible servers commonly do, so
-clients that send newer options keep working.
+clients that send newer options keep working. Known OpenAI options this server cannot
+honour are a 400 when set to anything but their no-op value (`UNSUPPORTED`): ignoring them
+would hand back something else than was asked for (plain text for JSON mode, say).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
 TokenId = Annotated[StrictInt, Field(ge=0, lt=2**31)]
 """A token id as clients send it: a plain JSON integer (no floats, bools or strings),
@@ -17,6 +19,17 @@ non-negative; the model's vocabulary bound is checked once the model is known.""
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    # field: the values that ask for nothing (accepted, as clients often send them)
+    "response_format": (None, {"type": "text"}),
+    "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "suffix": (None, ""),
+}
 
 
 class ContentPart(_Body):
@@ -73,6 +86,20 @@ class _Sampling(_Body):
     cache_salt: str | None = None
     user: str | None = None
     logprobs: bool | int | None = None
+
+    response_format: Any = None
+    best_of: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    suffix: Any = None
+
+    @field_validator(*UNSUPPORTED)
+    @classmethod
+    def _no_op_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if not any(value == v and type(value) is type(v) for v in UNSUPPORTED[info.field_name]):
+            raise ValueError(f"{info.field_name} is not supported by this server; leave the field out")
+        return value
 
     @field_validator("logprobs")
     @classmethod

@@ -126,6 +126,11 @@ async def test_completions_stop_string_and_max_tokens(client: httpx.AsyncClient)
         (json.dumps(dict(CHAT, min_tokens=2**70)).encode(), 400, "min_tokens"),
         (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi ' + b"\xff\xfe" + b' bad"}]}',
          400, "UTF-8"),
+        # options this server cannot honour: a 400 rather than an answer that ignores them
+        (json.dumps(dict(CHAT, response_format={"type": "json_object"})).encode(), 400, "response_format"),
+        (json.dumps(dict(CHAT, presence_penalty=0.5)).encode(), 400, "presence_penalty"),
+        (json.dumps(dict(CHAT, best_of=2)).encode(), 400, "best_of"),
+        (json.dumps(dict(CHAT, logit_bias={"5": 10})).encode(), 400, "logit_bias"),
     ],
 )
 async def test_bad_requests_get_openai_errors(client: httpx.AsyncClient, body: bytes, status: int, needle: str) -> None:
@@ -147,6 +152,13 @@ async def test_a_prompt_far_past_the_context_is_refused_without_tokenizing(
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     r = await client.post("/v1/completions", json={"model": "tiny", "prompt": huge})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+async def test_no_op_values_of_unsupported_options_are_accepted(client: httpx.AsyncClient) -> None:
+    body = dict(CHAT, response_format={"type": "text"}, presence_penalty=0, frequency_penalty=0.0, best_of=1,
+                logit_bias={}, max_tokens=2)
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
 
 
 async def test_models_health_metrics(client: httpx.AsyncClient) -> None:
