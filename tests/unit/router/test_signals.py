@@ -284,3 +284,12 @@ async def test_many_short_messages_are_screened_in_batches_and_remembered():
     again = await runner.run(_request(*turns, ("user", "and one more")), config)
     assert again.pii_types == ["US_SSN"] and pii.texts[300:] == ["and one more"]  # the rest remembered
     runner.close()
+
+
+async def test_long_text_entities_are_found_once_with_their_offsets():
+    runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), FakeJailbreak(), FakePii()))
+    text = " ".join(f"ssn {100 + i % 800}-{10 + i % 80}-{1000 + i} and some filler words here" for i in range(1500))
+    found = await runner.detect_pii(text)  # ~75,000 characters: ten pieces
+    expected = FakePii().detect(text)
+    assert [(e.entity_type, e.start, e.end) for e in found] == [(e.entity_type, e.start, e.end) for e in expected]
+    runner.close()

@@ -160,12 +160,13 @@ class SignalRunner:
             key = (pii_types, _memo_text(text))
             found = self._pii_entity_memo.get(key)
             if found is None:
-                found = []
+                found, low = [], 0
                 for offset, piece, keep_below in pii_pieces(text):
                     entities = await loop.run_in_executor(self._pool, self._detect, piece, pii_types)
                     found += [
-                        _shifted(e, offset) for e in entities if offset + e.start < keep_below
+                        _shifted(e, offset) for e in entities if low <= offset + e.start < keep_below
                     ]
+                    low = keep_below
                 self._pii_entity_memo.put(key, found)
             out.append(found)
         return out
