@@ -66,11 +66,11 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if not isinstance(model, str) or not model:
         raise BadRequestError("`model` is required and must be a non-empty string", param="model")
     if len(model) > MAX_MODEL_CHARS or not model.isprintable():
-        # It is echoed in a response header and in log lines.
+        # It is echoed in a response header and in log lines (a lone surrogate is not
+        # printable either).
         raise BadRequestError(
             f"`model` must be at most {MAX_MODEL_CHARS} printable characters", param="model"
         )
-    check_text(model, "model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequestError("`messages` is required and must be a non-empty array", param="messages")
