@@ -257,23 +257,30 @@ async def test_a_long_pii_scan_does_not_hold_up_a_short_request():
     runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), FakeJailbreak(), SlowPii()))
     config = parse_config(CONFIG_YAML)
     long_text = ("call me at 123-45-6789 " + "lorem ipsum " * 20) * 400  # ~105,000 chars, ~1 s
-    finished: dict[str, float] = {}
-    start = time.perf_counter()
+    # The same amount of text as 400 messages, sent twice at once: each screened in batches,
+    # not in one turn (two turns of a whole second would take both signal threads).
+    many_turns = [("user", f"message {i}: call me at 123-45-6789 " + "lorem ipsum " * 20) for i in range(400)]
+    other_turns = [("user", f"other {i}: call me at 123-45-6789 " + "lorem ipsum " * 20) for i in range(400)]
 
-    async def send(name: str, text: str, delay: float) -> None:
+    async def send(name: str, turns: list[tuple[str, str]], delay: float) -> None:
         await asyncio.sleep(delay)
-        out = await runner.run(_request(("user", text)), config)
+        out = await runner.run(_request(*turns), config)
         assert out.pii_types == ["US_SSN"]
         finished[name] = time.perf_counter() - start
 
-    await asyncio.gather(send("long", long_text, 0.0), send("short", "ssn 987-65-4321", 0.2))
-    # The short one ran between the long one's pieces (in one piece, it would wait out the
-    # whole second, and finish with it).
-    assert finished["short"] < finished["long"] / 2
+    for heavy in ([[("user", long_text)]], [many_turns, other_turns]):
+        finished: dict[str, float] = {}
+        start = time.perf_counter()
+        await asyncio.gather(
+            *(send("long", turns, 0.0) for turns in heavy), send("short", [("user", "ssn 987-65-4321")], 0.2)
+        )
+        # The short one ran between the long one's pieces (in one turn, it would wait out
+        # the whole second, and finish with it).
+        assert finished["short"] < finished["long"] / 2
     runner.close()
 
 
-async def test_many_short_messages_are_screened_in_batches_and_remembered():
+async def test_a_long_conversation_is_screened_once_and_remembered():
     pii = CountingPii()
     runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), FakeJailbreak(), pii))
     config = parse_config(CONFIG_YAML)
