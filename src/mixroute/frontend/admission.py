@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_REQUESTS = 512
 DEFAULT_REQUEST_IDLE_TIMEOUT_S = 120.0
+DEFAULT_DRAIN_TIMEOUT_S = 10.0
+"""Seconds a stopping frontend lets requests finish; under `mixroute up`'s 15 s stop timeout."""
 RETRY_AFTER_S = 1
 
 LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})

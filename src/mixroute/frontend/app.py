@@ -27,7 +27,7 @@ from starlette.routing import Route
 from mixroute.errors import ApiError, BadRequestError, UnavailableError
 from mixroute.frontend.admission import AdmissionMiddleware, ApiLimits
 from mixroute.frontend.backend import Backend, ModelEntry
-from mixroute.frontend.completion import TextDelta, check_length, generate_text
+from mixroute.frontend.completion import InflightRequests, TextDelta, check_length, generate_text
 from mixroute.frontend.metrics import ApiMetrics
 from mixroute.frontend.preprocess import (
     check_not_far_too_long,
@@ -87,6 +87,7 @@ class OpenAiApi:
         self.backend = backend
         self.metrics = metrics
         self.limits = limits
+        self.inflight = InflightRequests()
 
     # ---- simple routes ----
 
@@ -170,7 +171,9 @@ class OpenAiApi:
         prompt = prepare_prompt(token_ids, entry.block_size, body.cache_salt)
         gen = GenerateRequest(request_id=request_id, token_ids=token_ids, sampling=sampling, cache_salt=body.cache_salt)
         self.metrics.requests_started.labels(entry.name).inc()
-        deltas = generate_text(self.backend, entry, gen, prompt, body.stop_strings(), self.metrics, self.limits)
+        deltas = generate_text(
+            self.backend, entry, gen, prompt, body.stop_strings(), self.metrics, self.limits, self.inflight
+        )
         shape = _Shape(endpoint, request_id, entry.name)
         if body.stream:
             # Fail before the 200 is sent if the very first step fails (no worker, bad request).
@@ -217,12 +220,14 @@ def create_app(backend: Backend, metrics: ApiMetrics, *, lifespan: Any = None, l
     async def bad_method(request: Request, exc: Exception) -> Response:
         return _json_response({"error": {"message": f"method {request.method} not allowed", "type": "invalid_request_error", "param": None, "code": 405}}, 405)
 
-    return Starlette(
+    app = Starlette(
         routes=api.routes(),
         exception_handlers={404: not_found, 405: bad_method},
         lifespan=lifespan,
         middleware=[Middleware(AdmissionMiddleware, limits=limits, metrics=metrics)],
     )
+    app.state.inflight = api.inflight  # ended by a stopping frontend (main.py)
+    return app
 
 
 # ---- response shapes ----

@@ -43,6 +43,27 @@ class TextDelta:
     """Set on the last delta."""
 
 
+class InflightRequests:
+    """The generations in progress, so that a stopping frontend can end those still running
+    when its drain period is over with a 503 (an error chunk and `[DONE]` on a stream)
+    instead of a connection cut when the process is killed."""
+
+    def __init__(self) -> None:
+        self._waits: set[_FrameWaits] = set()
+        self.ended = False
+
+    def __len__(self) -> int:
+        return len(self._waits)
+
+    def end_all(self) -> int:
+        """End every request in progress, and any that starts from now on; returns how many."""
+        self.ended = True
+        waits = list(self._waits)
+        for wait in waits:
+            wait.end("shutdown")
+        return len(waits)
+
+
 def check_length(
     entry: ModelEntry, num_prompt_tokens: int, max_tokens: int | None, param: str = "messages"
 ) -> int:
@@ -78,12 +99,14 @@ async def generate_text(
     stop: list[str],
     metrics: ApiMetrics,
     limits: ApiLimits | None = None,
+    inflight: InflightRequests | None = None,
 ) -> AsyncIterator[TextDelta]:
     """Deltas of generated text; the last one has `finish_reason` and `usage`.
 
     Closing this iterator (client gone) closes the backend stream, which cancels the
     request on the worker. So does a timeout (`limits`): a worker silent for the idle
-    timeout, or a request running past the total timeout, ends with a 503."""
+    timeout, or a request running past the total timeout, ends with a 503; and so does
+    `inflight.end_all()` (the frontend stopping)."""
     limits = limits if limits is not None else ApiLimits()
     model = entry.name
     detok = IncrementalDetokenizer(entry.tokenizer.fast, stop)
@@ -92,7 +115,7 @@ async def generate_text(
     num_tokens = 0
     itl = metrics.itl.labels(model)
     frames = backend.generate(entry, request, prompt)
-    waits = _FrameWaits(frames, limits, request.request_id)
+    waits = _FrameWaits(frames, limits, request.request_id, inflight)
     try:
         while (frame := await waits.next()) is not None:
             if frame.error is not None:
@@ -155,7 +178,13 @@ class _FrameWaits:
     the worker; otherwise it re-arms. The timeouts cover only waits for a frame, never a
     `yield` to our consumer."""
 
-    def __init__(self, frames: AsyncIterator[GenerateFrame], limits: ApiLimits, request_id: str) -> None:
+    def __init__(
+        self,
+        frames: AsyncIterator[GenerateFrame],
+        limits: ApiLimits,
+        request_id: str,
+        inflight: InflightRequests | None = None,
+    ) -> None:
         self._frames = frames
         self._limits = limits
         self._request_id = request_id
@@ -167,10 +196,13 @@ class _FrameWaits:
         self._expired: str | None = None
         """Which timeout cancelled the current wait ("idle" or "total")."""
         self._timer: asyncio.TimerHandle | None = None
+        self._inflight = inflight
+        if inflight is not None:
+            inflight._waits.add(self)
 
     async def next(self) -> GenerateFrame | None:
-        if self._idle is None and self._deadline is None:
-            return await anext(self._frames, None)
+        if self._inflight is not None and self._inflight.ended:
+            raise self._timed_out("shutdown")
         now = self._loop.time()
         if self._deadline is not None and now >= self._deadline:
             raise self._timed_out("total")
@@ -178,7 +210,7 @@ class _FrameWaits:
         assert task is not None
         self._waiter, self._wait_started, self._expired = task, now, None
         cancelling = task.cancelling()
-        if self._timer is None:
+        if self._timer is None and (self._idle is not None or self._deadline is not None):
             self._arm()
         try:
             return await anext(self._frames, None)
@@ -193,6 +225,15 @@ class _FrameWaits:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._inflight is not None:
+            self._inflight._waits.discard(self)
+
+    def end(self, why: str) -> None:
+        """Fail the request now: its wait for a frame, if it is waiting, else its next one."""
+        task = self._waiter
+        if task is not None and self._expired is None:
+            self._expired = why
+            task.cancel()
 
     def _arm(self) -> None:
         ends = [t for t in (self._deadline, None if self._idle is None else self._wait_started + self._idle) if t is not None]
@@ -215,6 +256,9 @@ class _FrameWaits:
         task.cancel()
 
     def _timed_out(self, what: str) -> UnavailableError:
+        if what == "shutdown":
+            log.warning("request ended: the frontend is stopping %s", kv(request_id=self._request_id))
+            return UnavailableError("the server is shutting down; try again", code="shutting_down")
         limits = self._limits
         seconds = limits.request_timeout_s if what == "total" else limits.request_idle_timeout_s
         log.warning("request timed out %s", kv(request_id=self._request_id, timeout=what, seconds=seconds))

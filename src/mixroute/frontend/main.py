@@ -20,6 +20,7 @@ import msgspec
 from mixroute.errors import ConfigError, MixrouteError
 from mixroute.frontend import processes
 from mixroute.frontend.admission import (
+    DEFAULT_DRAIN_TIMEOUT_S,
     DEFAULT_MAX_INFLIGHT_REQUESTS,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_REQUEST_IDLE_TIMEOUT_S,
@@ -95,12 +96,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--request-timeout-s", type=float, default=0.0, help="fail a request (503) running longer than this (0: no limit)"
     )
+    limits.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=DEFAULT_DRAIN_TIMEOUT_S,
+        help="on SIGTERM/SIGINT, stop accepting and let requests in progress finish for this long; "
+        "those still running then end with a 503 (an error chunk and [DONE] on a stream); "
+        "a second signal ends them at once",
+    )
     parser.add_argument("--log-level", default=None)
     add_runtime_arguments(parser)
 
 
 def limits_from_args(args: argparse.Namespace) -> ApiLimits:
-    for flag in ("max_request_bytes", "max_inflight_requests", "request_idle_timeout_s", "request_timeout_s", "migration_limit"):
+    flags = ("max_request_bytes", "max_inflight_requests", "request_idle_timeout_s", "request_timeout_s", "migration_limit", "drain_timeout_s")
+    for flag in flags:
         if getattr(args, flag) < 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0")
     if args.max_request_bytes == 0:
@@ -175,14 +185,34 @@ async def _serve(
     if parent_pid is not None:
         tasks.append(asyncio.create_task(processes.watch_parent(parent_pid), name="first-frontend-process"))
     freeze = asyncio.create_task(_freeze_when_ready(registry), name="gc-freeze")
-    config = uvicorn.Config(app, host=args.host, port=args.http_port, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.http_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        # A backstop only: the drain below ends every generation first.
+        timeout_graceful_shutdown=args.drain_timeout_s + 5.0,
+    )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    inflight = app.state.inflight
+
+    def end_inflight() -> None:
+        ended = inflight.end_all()
+        if ended:
+            log.warning("drain over; requests still running ended with 503 %s", kv(requests=ended))
 
     def stop() -> None:
+        if stopping.is_set():
+            end_inflight()  # a second signal: do not wait for the drain
+            return
         server.should_exit = True
         stopping.set()
+        log.info("stopping: draining requests in progress %s", kv(requests=len(inflight), seconds=args.drain_timeout_s))
+        loop.call_later(args.drain_timeout_s, end_inflight)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)

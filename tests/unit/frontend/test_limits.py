@@ -112,3 +112,36 @@ async def test_the_total_timeout_ends_a_request_that_keeps_streaming(tokenizer: 
     async with _client(backend, ApiLimits(request_idle_timeout_s=5, request_timeout_s=0.5)) as client:
         r = await asyncio.wait_for(client.post("/v1/completions", json={"model": "tiny", "prompt": "q", "max_tokens": 100}), 20)
     assert r.status_code == 503 and "total timeout" in r.json()["error"]["message"]
+
+
+async def test_ending_the_requests_in_flight_answers_503_and_cancels_them(tokenizer: ModelTokenizer) -> None:
+    """What a stopping frontend does when its drain period is over (no timeouts set, so the
+    untimed wait is the one interrupted)."""
+    backend = StuckBackend(ModelEntry("tiny", tokenizer, 16, 128), num_tokens=2)
+    app = create_app(backend, ApiMetrics(), limits=ApiLimits(request_idle_timeout_s=0))  # type: ignore[arg-type]
+    inflight = app.state.inflight
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30) as client:
+
+        async def stream() -> list[str]:
+            async with client.stream("POST", "/v1/chat/completions", json=dict(CHAT, stream=True)) as r:
+                assert r.status_code == 200
+                return [line async for line in r.aiter_lines() if line.startswith("data: ")]
+
+        streamed = asyncio.ensure_future(stream())
+        whole = asyncio.ensure_future(client.post("/v1/completions", json={"model": "tiny", "prompt": "q", "max_tokens": 5}))
+        for _ in range(500):
+            if len(inflight) == 2 and len(backend.requests) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # both past their two tokens, waiting on a silent worker
+        assert not streamed.done() and not whole.done()
+        assert inflight.end_all() == 2
+        lines = await asyncio.wait_for(streamed, 10)
+        r = await asyncio.wait_for(whole, 10)
+        late = await client.post("/v1/completions", json={"model": "tiny", "prompt": "q", "max_tokens": 5})
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["error"]["code"] == "shutting_down"
+    assert len(lines) > 3  # the tokens sent before the end reached the client
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+    assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+    assert sorted(backend.closed) == sorted(q.request_id for q in backend.requests)
+    assert len(inflight) == 0
