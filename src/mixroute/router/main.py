@@ -8,7 +8,7 @@ import logging
 import signal
 
 from mixroute.errors import ConfigError
-from mixroute.logs import setup_logging
+from mixroute.logs import kv, setup_logging
 from mixroute.router.config import DEFAULT_CONFIG_PATH
 
 log = logging.getLogger("mixroute.router")
@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extproc-port", type=int, default=50051, help="ext_proc gRPC port")
     parser.add_argument("--no-watch", action="store_true", help="do not reload the config when it changes")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    parser.add_argument("--drain-timeout-s", type=float, default=10.0,
+                        help="on SIGTERM/SIGINT, stop accepting and let requests in progress finish for this "
+                             "long; those still running then end with a 503 (an error chunk and [DONE] on a "
+                             "stream); a second signal ends them at once")
     parser.add_argument("--refiner-device", default="cpu",
                         help="torch device of the category refiner (classifier.category_refiner): "
                              "cpu (default) or cuda[:N]")
@@ -34,6 +38,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from mixroute.router.server import RouterServer, ServerOptions, build_core
     from mixroute.router.signals import load_signal_models
 
+    if args.drain_timeout_s < 0:
+        raise ConfigError("--drain-timeout-s must be >= 0")
     source = ConfigSource(args.config)
     _check_ports(args)
     log.info("loading router signals (embedder, category, jailbreak, PII)")
@@ -46,13 +52,22 @@ async def _serve(args: argparse.Namespace) -> int:
         log.info("loading the category refiner (classifier.category_refiner: true)")
         await asyncio.to_thread(refiner.load)
     options = ServerOptions(host=args.host, port=args.port, mode=args.mode,
-                            extproc_port=args.extproc_port, watch_config=not args.no_watch)
+                            extproc_port=args.extproc_port, watch_config=not args.no_watch,
+                            drain_timeout_s=args.drain_timeout_s)
     server = RouterServer(build_core(source, models), options)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            server.end_forwards()  # a second signal: do not wait for the drain
+        else:
+            log.info("stopping: draining requests in progress %s", kv(seconds=args.drain_timeout_s))
+            stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     waiter = asyncio.create_task(stop.wait())
     serving = asyncio.create_task(server.wait())
     await asyncio.wait([waiter, serving], return_when=asyncio.FIRST_COMPLETED)

@@ -7,7 +7,9 @@ for a proxy and cost about a tenth of the router's own CPU per request.
 Streams are relayed chunk by chunk as they arrive (no buffering); a stream recorder
 assembles the answer on the side for the semantic cache. Upstream failures become an
 OpenAI-shaped 503. A client disconnect closes the upstream response, which cancels the
-generation upstream.
+generation upstream. A stopping router (`end_forwards`, after its drain period) ends the
+forwards still waiting on their upstream: a 503, or an error chunk and `[DONE]` on a
+stream that has begun.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import httpx
 from starlette.background import BackgroundTask
@@ -28,6 +31,7 @@ from mixroute.router.cache import StreamRecorder, answer_from_json
 from mixroute.router.core import Reply, RouterCore, Upstream
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Not forwarded: hop-by-hop headers, and the ones httpx recomputes for the new body.
 _DROP_REQUEST = {
@@ -72,10 +76,47 @@ def _upstream_error(status: int, body: bytes, model: str, headers: dict[str, str
                     media_type=responses.JSON_MEDIA_TYPE, headers=headers)
 
 
+def _shutting_down() -> UnavailableError:
+    return UnavailableError("the router is shutting down; try again", code="shutting_down")
+
+
 class Proxy:
     def __init__(self, core: RouterCore, transport: httpx.AsyncBaseTransport) -> None:
         self.core = core
         self.transport = transport
+        self._waiting: set[asyncio.Task[object]] = set()
+        """Tasks awaiting an upstream (a response, or a stream's next chunk) right now."""
+        self.ended = False
+
+    def end_forwards(self) -> int:
+        """End every forward in progress, and any that starts from now on; returns how many
+        were waiting on their upstream."""
+        self.ended = True
+        waiting = list(self._waiting)
+        for task in waiting:
+            task.cancel()
+        return len(waiting)
+
+    async def _upstream(self, step: Awaitable[_T]) -> _T:
+        """Await `step` (upstream I/O) so that `end_forwards` can interrupt it: then raises
+        the 503 of a stopping router instead of being cancelled."""
+        task = asyncio.current_task()
+        assert task is not None
+        if self.ended:
+            close = getattr(step, "close", None)
+            if close is not None:
+                close()  # not awaited: say so to the coroutine, not to the warnings log
+            raise _shutting_down()
+        cancelling = task.cancelling()
+        self._waiting.add(task)  # type: ignore[arg-type]
+        try:
+            return await step
+        except asyncio.CancelledError:
+            if self.ended and task.uncancel() <= cancelling:
+                raise _shutting_down() from None
+            raise
+        finally:
+            self._waiting.discard(task)  # type: ignore[arg-type]
 
     async def chat_completions(
         self, raw: bytes, client_headers: Mapping[str, str],
@@ -123,7 +164,7 @@ class Proxy:
             extensions={"timeout": {"connect": 5.0, "read": timeout, "write": timeout, "pool": timeout}},
         )
         try:
-            response = await self.transport.handle_async_request(request)
+            response = await self._upstream(self.transport.handle_async_request(request))
             response.request = request
         except httpx.HTTPError as exc:
             self.core.metrics.upstream_errors.inc()
@@ -135,7 +176,7 @@ class Proxy:
         is_sse = response.headers.get("content-type", "").startswith(responses.SSE_MEDIA_TYPE)
         if not is_sse:
             try:
-                body = await response.aread()
+                body = await self._upstream(response.aread())
             except httpx.HTTPError as exc:
                 self.core.metrics.upstream_errors.inc()
                 return _unavailable(upstream.forward.endpoint, route.model, exc)
@@ -153,11 +194,16 @@ class Proxy:
 
     async def _relay(self, response: httpx.Response, upstream: Upstream) -> AsyncIterator[bytes]:
         recorder = StreamRecorder() if upstream.ticket is not None and response.status_code == 200 else None
+        chunks = response.aiter_raw()
         try:
-            async for chunk in response.aiter_raw():
+            while (chunk := await self._upstream(anext(chunks, None))) is not None:
                 if recorder is not None:
                     recorder.feed(chunk)
                 yield chunk
+        except UnavailableError as exc:  # the router is stopping: the stream is cut short
+            log.warning("stream ended: the router is stopping %s", kv(model=upstream.forward.route.model))
+            yield b"data: " + responses.error_json(exc) + b"\n\ndata: [DONE]\n\n"
+            return
         except httpx.HTTPError as exc:
             # Headers are already sent: end the stream with an error event the client can see.
             self.core.metrics.upstream_errors.inc()

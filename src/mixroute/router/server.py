@@ -16,6 +16,7 @@ from typing import Literal
 import httpx
 import uvicorn
 
+from mixroute.logs import kv
 from mixroute.router.api import build_app
 from mixroute.router.cache import SemanticCache
 from mixroute.router.core import RouterCore
@@ -36,6 +37,8 @@ class ServerOptions:
     mode: Mode = "proxy"
     extproc_port: int = 50051
     watch_config: bool = True
+    drain_timeout_s: float = 10.0
+    """At stop, requests in progress get this long to finish before they are ended (503)."""
 
 
 def build_core(source: ConfigSource, models: SignalModels, metrics: RouterMetrics | None = None) -> RouterCore:
@@ -50,7 +53,8 @@ class RouterServer:
         self.transport = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64)
         )
-        self.app = build_app(core, Proxy(core, self.transport))
+        self.proxy = Proxy(core, self.transport)
+        self.app = build_app(core, self.proxy)
         self.port: int | None = None
         self.extproc_port: int | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -66,7 +70,9 @@ class RouterServer:
             self._grpc, self.extproc_port = await start_extproc_server(self.core, opts.host, opts.extproc_port)
         # The HTTP app also serves /health, /metrics and /api/v1/classify in extproc mode.
         config = uvicorn.Config(self.app, host=opts.host, port=opts.port, log_level="warning",
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+                                access_log=False, lifespan="off",
+                                # a backstop only: the drain in stop() ends every forward first
+                                timeout_graceful_shutdown=opts.drain_timeout_s + 2.0)
         self._uvicorn = uvicorn.Server(config)
         # Signals belong to main.py (and tests run the server off the main thread).
         self._uvicorn.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
@@ -90,13 +96,25 @@ class RouterServer:
     async def wait(self) -> None:
         await self._tasks[0]
 
+    def end_forwards(self) -> None:
+        """End the requests still waiting on an upstream (503, or an error chunk and [DONE])."""
+        ended = self.proxy.end_forwards()
+        if ended:
+            log.warning("drain over; forwards still running ended with 503 %s", kv(requests=ended))
+
     async def stop(self) -> None:
+        """Stop accepting, let requests in progress finish for `drain_timeout_s`, then end
+        the rest (see `end_forwards`)."""
         self._stop_watch.set()
+        timer = None
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+            timer = asyncio.get_running_loop().call_later(self.options.drain_timeout_s, self.end_forwards)
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if timer is not None:
+            timer.cancel()
         await self.transport.aclose()
         self.core.runner.close()
         if self.core.cache is not None:

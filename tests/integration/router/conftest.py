@@ -112,6 +112,8 @@ class RouterThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
 
     def close(self) -> None:
+        if self.loop.is_closed():
+            return  # closed by the test already
         self._call(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
@@ -123,14 +125,16 @@ def start_router(signal_models, tmp_path):
     """start_router(yaml_text, mode=..., watch=...) -> RouterThread, stopped after the test."""
     started: list[RouterThread] = []
 
-    def start(yaml_text: str, mode: str = "proxy", watch: bool = False, path: Path | None = None) -> RouterThread:
+    def start(
+        yaml_text: str, mode: str = "proxy", watch: bool = False, path: Path | None = None, drain_timeout_s: float = 10.0
+    ) -> RouterThread:
         if path is None:
             source = ConfigSource(None, parse_config(yaml_text))
         else:
             path.write_text(yaml_text)
             source = ConfigSource(path)
         options = ServerOptions(port=0, mode=mode, extproc_port=free_port() if mode != "proxy" else 0,
-                                watch_config=watch)
+                                watch_config=watch, drain_timeout_s=drain_timeout_s)
         router = RouterThread(source, signal_models, options)
         started.append(router)
         return router

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import httpx
@@ -153,6 +154,45 @@ def test_a_client_that_leaves_cancels_its_json_request_upstream(router, upstream
         time.sleep(0.1)
     # The upstream saw its client (the router) go away well before its 10 s answer.
     assert [a["body"]["messages"][-1]["content"] for a in upstream.abandoned()] == ["write a long essay"]
+
+
+def test_a_stopping_router_drains_then_ends_what_is_still_running(start_router, upstream):
+    """Stop with three requests in progress and a 1 s drain: a stream that ends within it ends
+    normally; a long stream and a slow JSON answer still running after it end with the
+    router's 503 (an error chunk and [DONE] on the stream) instead of a cut connection."""
+    upstream.reset()
+    router = start_router(router_config(upstream.url), drain_timeout_s=1.0)
+    url = f"{router.url}/v1/chat/completions"
+    results: dict[str, tuple[int, str]] = {}
+
+    def send(name: str, text: str, delay: str, stream: bool) -> None:
+        body = {"model": "small", "stream": stream, "messages": [{"role": "user", "content": text}]}
+        header = "x-test-chunk-delay" if stream else "x-test-json-delay"
+        with httpx.stream("POST", url, json=body, timeout=30, headers={header: delay}) as r:
+            results[name] = (r.status_code, r.read().decode())
+
+    threads = [threading.Thread(target=send, args=args) for args in
+               (("short", "name a fruit", "0.1", True), ("long", "tell me about the weather " * 20, "0.3", True),
+                ("json", "write a poem", "20", False))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(upstream.received()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    started = time.monotonic()
+    router.close()
+    took = time.monotonic() - started
+    for thread in threads:
+        thread.join(10)
+    assert 0.8 < took < 5, took
+    assert sse_content(results["short"][1]) == ("echo: name a fruit", "stop")
+    status, text = results["long"]
+    events = sse_events(text)
+    assert status == 200 and events[-1] == "[DONE]" and len(events) > 3
+    assert json.loads(events[-2])["error"]["code"] == "shutting_down"
+    status, text = results["json"]
+    assert status == 503 and json.loads(text)["error"]["code"] == "shutting_down"
 
 
 def test_bad_input_gets_openai_shaped_400(router, upstream):
