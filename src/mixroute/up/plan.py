@@ -85,12 +85,20 @@ def worker_specs(options: UpOptions, model: ModelChoice) -> list[ChildSpec]:
     return specs
 
 
+def drain_timeout_s(options: UpOptions) -> float:
+    """How long the router and the frontend let requests finish when the stack stops: the
+    stop timeout less time to close, so that they end the rest with an error themselves
+    rather than being killed mid-stream."""
+    return max(0.0, options.stop_timeout_s - 5.0)
+
+
 def frontend_spec(options: UpOptions) -> ChildSpec:
     argv = (
         *options.child_command, "frontend",
         "--host", options.host,
         "--http-port", str(options.frontend_port),
         "--router-mode", options.router_mode,
+        "--drain-timeout-s", f"{drain_timeout_s(options):g}",
         *runtime_args(options),
         *options.frontend_args,
     )  # fmt: skip
@@ -111,6 +119,7 @@ def router_spec(options: UpOptions, config_path: Path, http_port: int) -> ChildS
         "--host", options.host,
         "--port", str(http_port),
         *mode,
+        "--drain-timeout-s", f"{drain_timeout_s(options):g}",
         *options.router_args,
     )  # fmt: skip
     return ChildSpec("router", argv, env=offline_env(), stage=STAGE_EDGE)

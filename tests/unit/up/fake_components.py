@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("component")
     for flag in ("--model", "--served-model-name", "--worker-type", "--engine", "--device", "--namespace",
                  "--discovery", "--events", "--host", "--port", "--http-port", "--router-mode", "--config",
-                 "--mode", "--extproc-port"):  # fmt: skip
+                 "--mode", "--extproc-port", "--drain-timeout-s"):  # fmt: skip
         parser.add_argument(flag)
     args = parser.parse_args()
     for name in ("port", "http_port"):

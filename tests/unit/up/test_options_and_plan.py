@@ -82,6 +82,11 @@ def test_real_servers_and_extra_args_reach_every_child() -> None:
     assert _flag(frontend, "--router-mode") == "round-robin"
     assert _flag(frontend, "--discovery") == "etcd://127.0.0.1:2379"
     assert frontend[-2:] == ["--kv-temperature", "0.5"]
+    # Both doors stop draining before `up` would kill them (--stop-timeout, default 15 s).
+    assert _flag(frontend, "--drain-timeout-s") == "10"
+    assert _flag(list(plan.router_spec(options, Path("/c"), 1).argv), "--drain-timeout-s") == "10"
+    short = _options("--stop-timeout", "3")
+    assert _flag(list(plan.frontend_spec(short).argv), "--drain-timeout-s") == "0"
 
 
 def test_router_modes() -> None:
