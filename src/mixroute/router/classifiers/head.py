@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mixroute.errors import ConfigError
-from mixroute.router.classifiers.featurizer import Featurizer, TextFeatures, tag_of
+from mixroute.router.classifiers.featurizer import BatchFeatures, Featurizer, TextFeatures, tag_of
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 
@@ -66,6 +66,20 @@ class NgramVocabulary:
         norms = np.sqrt(np.bincount(block, values * values, minlength=self.num_blocks))
         norms[norms == 0] = 1.0
         return rows, (values / norms[block]).astype(np.float32)
+
+    def batch_tfidf(self, batch: BatchFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`tfidf` of every text of `batch` at once: (text of each value, vocabulary row, value)."""
+        if not self.keys.size or not batch.keys.size:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        pos = np.searchsorted(self.keys, batch.keys)
+        pos[pos == self.keys.size] = 0
+        hit = self.keys[pos] == batch.keys
+        rows, texts = pos[hit], batch.rows[hit]
+        values = (1.0 + np.log(batch.counts[hit])) * self.idf[rows]
+        slot = texts * self.num_blocks + self.block_of_row[rows]
+        norms = np.sqrt(np.bincount(slot, values * values, minlength=len(batch) * self.num_blocks))
+        norms[norms == 0] = 1.0
+        return texts, rows, (values / norms[slot]).astype(np.float32)
 
 
 @dataclass(slots=True)
@@ -116,8 +130,21 @@ class LinearHead:
                 out[row] += values @ self.weight[rows]
         return out
 
+    def batch_logits(self, batch: BatchFeatures, embeddings: np.ndarray) -> np.ndarray:
+        """`logits` of many texts from their `BatchFeatures` (one pass, no loop per text)."""
+        out = embeddings.astype(np.float32) @ self.emb_weight + self.bias
+        texts, rows, values = self.vocabulary.batch_tfidf(batch)
+        for column in range(out.shape[1]):
+            out[:, column] += np.bincount(texts, values * self.weight[rows, column], minlength=len(batch))
+        return out
+
     def probabilities(self, features: list[TextFeatures], embeddings: np.ndarray) -> np.ndarray:
-        logits = self.logits(features, embeddings)
+        return self._activate(self.logits(features, embeddings))
+
+    def batch_probabilities(self, batch: BatchFeatures, embeddings: np.ndarray) -> np.ndarray:
+        return self._activate(self.batch_logits(batch, embeddings))
+
+    def _activate(self, logits: np.ndarray) -> np.ndarray:
         if self.output == "sigmoid":
             return 1.0 / (1.0 + np.exp(-logits))
         logits -= logits.max(axis=1, keepdims=True)

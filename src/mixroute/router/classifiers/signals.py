@@ -36,10 +36,11 @@ def build_signals() -> Signals:
     its own 384-d vectors, at ~100x the CPU per prompt."""
     # One featurizer: the embedder and both heads tokenise each prompt once between them.
     featurizer = Featurizer()
+    embedder = Embedder(featurizer=featurizer)
     return Signals(
-        embedder=Embedder(featurizer=featurizer),
+        embedder=embedder,
         category=CategoryClassifier(featurizer=featurizer, refiner=CategoryRefiner()),
-        jailbreak=JailbreakClassifier(featurizer=featurizer),
+        jailbreak=JailbreakClassifier(featurizer=featurizer, embedder=embedder),
         pii=PiiDetector(),
     )
 

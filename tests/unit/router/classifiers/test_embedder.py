@@ -51,3 +51,10 @@ def test_sum_of_token_rows(embedder: Embedder) -> None:
 def test_missing_table_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train_router_classifiers"):
         Embedder(tmp_path / "none").encode(["x"])
+
+
+def test_batched_ids_embed_as_one_text_at_a_time(embedder: Embedder) -> None:
+    texts = ["the cat sat", "", "Bonjour tout le monde", "   ", "東京"]
+    ids = embedder.featurizer.token_ids(texts)
+    np.testing.assert_allclose(embedder.encode_ids(ids), embedder.encode(texts), rtol=1e-5, atol=1e-6)
+    assert embedder.encode_ids([]).shape == (0, DIM)

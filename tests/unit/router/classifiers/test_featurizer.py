@@ -11,6 +11,7 @@ from mixroute.router.classifiers.featurizer import (
     TAG_TOKEN,
     TAG_TOKEN_BIGRAM,
     Featurizer,
+    batch_keys,
     char_keys,
     clip_text,
     tag_of,
@@ -83,3 +84,19 @@ def test_memo_is_bounded_and_returns_the_same_object(featurizer: Featurizer) -> 
     small.features("three")
     small.features("four")
     assert small.features("one two") is not first
+
+
+def test_batch_keys_equal_each_text_on_its_own(featurizer: Featurizer) -> None:
+    """No n-gram crosses from one text into the next, and counts are per text."""
+    texts = [*TEXTS, "ab", "x y x y x y", TEXTS[0]]
+    ids = featurizer.token_ids(texts)
+    batch = batch_keys(texts, ids)
+    assert len(batch) == len(texts)
+    for row, text in enumerate(texts):
+        alone = Featurizer.from_ids(clip_text(text), ids[row])
+        mine = batch.rows == row
+        order = np.argsort(batch.keys[mine])
+        np.testing.assert_array_equal(batch.keys[mine][order], alone.keys)
+        np.testing.assert_array_equal(batch.counts[mine][order], alone.counts)
+    empty = batch_keys([], [])
+    assert len(empty) == 0 and empty.keys.size == 0
