@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mixroute.errors import ConfigError
-from mixroute.router.classifiers.featurizer import Featurizer, batch_keys
+from mixroute.router.classifiers.featurizer import Featurizer, batch_keys, clip_text
 from mixroute.router.classifiers.head import ARTIFACTS_DIR, LinearHead, featurize
 from mixroute.router.classifiers.neighbours import NeighbourIndex
 
@@ -63,7 +63,9 @@ def onto_prompt_scale(score: np.ndarray, sentence_threshold: float, threshold: f
 
 def sentence_maxima(head: LinearHead, texts: list[str], featurizer: Featurizer, embedder: Any) -> np.ndarray:
     """Per text, the sentence head's highest probability over its sentences; 0 for a text
-    of one sentence (its whole-prompt score already is that sentence's)."""
+    of one sentence (its whole-prompt score already is that sentence's). A text over
+    `featurizer.MAX_CHARS` is scanned in its head and tail, as the prompt score reads it:
+    the cost grows with the text (~60 us a sentence here) up to that bound."""
     out = np.zeros(len(texts))
     pieces: list[str] = []
     owners: list[int] = []
@@ -76,7 +78,7 @@ def sentence_maxima(head: LinearHead, texts: list[str], featurizer: Featurizer, 
         owners.clear()
 
     for row, text in enumerate(texts):
-        split = sentences(text)
+        split = sentences(clip_text(text))  # the whole-prompt score's bound on cost, too
         if len(split) > 1:
             pieces += split
             owners += [row] * len(split)
