@@ -368,6 +368,15 @@ def report(args: argparse.Namespace, results: dict) -> str:
           + ", ".join(f"{k} {v:.1f} ms" for k, v in results["default_policy"][f"means{size}"].items())
           for size in args.sizes),
         "",
+        ("Without the jailbreak sentence scan (`jailbreak.scan_sentences: false`; on by default: each "
+         "sentence of a longer message is scored too, bench/results/jailbreak-dilution.md), every "
+         "other signal as in the main run:"),
+        "",
+        *(f"- {size} tokens: added p50 {percentile(results['no_scan'][size], 50):.1f} ms, "
+          f"p99 {percentile(results['no_scan'][size], 99):.1f} ms; "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in results["no_scan"][f"means{size}"].items())
+          for size in args.sizes),
+        "",
         ("With the category refiner on (`classifier.category_refiner: true`; off by default: the fine-tuned "
          "MiniLM is asked when the head's confidence is under 0.71; `--refiner-device "
          f"{args.refiner_device}`), same signals and cache otherwise:"),
@@ -450,6 +459,9 @@ def main() -> int:
                     results = measure(args, upstream, router, prompts, pid)
                 with router_process(Path(tmp) / "default.yaml", default_policy, router_port):
                     results["default_policy"] = measure_lean(args, upstream, router, prompts, with_signals=True)
+                no_scan = full.replace("jailbreak: {enabled: true,", "jailbreak: {enabled: true, scan_sentences: false,")
+                with router_process(Path(tmp) / "no-scan.yaml", no_scan, router_port):
+                    results["no_scan"] = measure_lean(args, upstream, router, prompts, with_signals=True)
                 refined = full.replace("category_threshold: 0.3}", "category_threshold: 0.3, category_refiner: true}")
                 with router_process(Path(tmp) / "refiner.yaml", refined, router_port, args.refiner_device):
                     results["refiner"] = measure_lean(args, upstream, router, prompts, with_signals=True)

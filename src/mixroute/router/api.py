@@ -149,7 +149,7 @@ def _build_api(core: RouterCore, proxy: Proxy) -> FastAPI:
     @app.post("/api/v1/classify/security")
     async def classify_security(request: Request) -> dict[str, Any]:
         text = await _text_field(request)
-        probability = await core.runner.classify_jailbreak(text)
+        probability = await core.runner.classify_jailbreak(text, core.config.jailbreak.scan_sentences)
         threshold = core.runner.jailbreak_threshold(core.config)
         return {"is_jailbreak": probability >= threshold, "confidence": probability, "threshold": threshold,
                 "type": "jailbreak" if probability >= threshold else "benign"}

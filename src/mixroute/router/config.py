@@ -111,6 +111,9 @@ class JailbreakConfig(_Strict):
     enabled: bool = True
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """Block at or above this probability; None: the classifier's own calibrated threshold."""
+    scan_sentences: bool = True
+    """Also score a message of several sentences sentence by sentence (an injection inside
+    longer benign text); off saves ~2-3.5 ms per 500-token message on a 2-core CPU."""
 
 
 class CacheScope(_Strict):

@@ -43,10 +43,19 @@ class FakeCategory:
 
 
 class FakeJailbreak:
+    """Flags "ignore previous instructions"; with the sentence scan, also a message whose
+    sentence after the first says "ignore the above"."""
+
     threshold = 0.6
 
-    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[float]:
-        return [0.99 if "ignore previous instructions" in t.lower() else 0.01 for t in texts]
+    def predict(self, texts: list[str], embeddings: np.ndarray, *, scan_sentences: bool = True) -> list[float]:
+        def score(text: str) -> float:
+            lowered = text.lower()
+            if "ignore previous instructions" in lowered:
+                return 0.99
+            return 0.95 if scan_sentences and ". ignore the above" in lowered else 0.01
+
+        return [score(t) for t in texts]
 
 
 @dataclass

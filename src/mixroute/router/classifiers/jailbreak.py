@@ -165,7 +165,9 @@ class JailbreakClassifier:
     def threshold(self) -> float:
         return float(self.load().meta["threshold"])
 
-    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[float]:
+    def predict(self, texts: list[str], embeddings: np.ndarray, *, scan_sentences: bool = True) -> list[float]:
+        """Probability of an attack per text; `scan_sentences=False` skips the sentence scan
+        (the whole-prompt score alone)."""
         if not texts:
             return []
         head = self.load()
@@ -174,7 +176,7 @@ class JailbreakClassifier:
         if self._neighbours is not None and self._neighbour_weight > 0:
             votes = self._neighbours.vote_or(features, np.stack([1.0 - proba, proba], axis=1))
             proba = (1.0 - self._neighbour_weight) * proba + self._neighbour_weight * votes[:, 1]
-        if self._sentence_head is not None:
+        if self._sentence_head is not None and scan_sentences:
             proba = np.maximum(proba, self._sentence_scores(texts, float(head.meta["threshold"])))
         return [float(p) for p in proba]
 

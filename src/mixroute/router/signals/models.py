@@ -31,7 +31,7 @@ class CategoryClassifierLike(Protocol):
 
 
 class JailbreakClassifierLike(Protocol):
-    def predict(self, texts: list[str], embeddings: np.ndarray) -> list[float]: ...
+    def predict(self, texts: list[str], embeddings: np.ndarray, *, scan_sentences: bool = True) -> list[float]: ...
 
     @property
     def threshold(self) -> float:

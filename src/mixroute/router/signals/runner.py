@@ -69,6 +69,7 @@ class _Work:
     pii_threshold: float
     embed_texts: list[str]
     with_jailbreak: bool
+    jailbreak_scan: bool
     refine_below: float | None
     category_threshold: float
     refiner_weight: float
@@ -81,7 +82,8 @@ class SignalRunner:
         # Keyed by (types looked for, text): a reload that changes the policies changes the key.
         self._pii_memo: LruMemo[tuple[frozenset[str] | None, str | bytes], list[tuple[str, float]]] = LruMemo()
         self._pii_entity_memo: LruMemo[tuple[frozenset[str] | None, str | bytes], list[Any]] = LruMemo(256)
-        self._jailbreak_memo: LruMemo[str, float] = LruMemo()
+        # Keyed by (sentence scan on, text): a reload that turns the scan on or off changes the key.
+        self._jailbreak_memo: LruMemo[tuple[bool, str], float] = LruMemo()
         self._known_pii: Collection[str] | None = getattr(models.pii, "entities", None)
         self._scope_of: tuple[RouterConfig | None, frozenset[str] | None] = (None, None)
         self._refiner_failed = False
@@ -115,6 +117,7 @@ class SignalRunner:
             pii_threshold=config.pii.threshold,
             embed_texts=[query, *history] if query and needs_embedding else [],
             with_jailbreak=config.jailbreak.enabled,
+            jailbreak_scan=config.jailbreak.scan_sentences,
             refine_below=self.refine_below(request, config, results),
             category_threshold=config.classifier.category_threshold,
             refiner_weight=config.classifier.category_refiner_weight,
@@ -211,9 +214,9 @@ class SignalRunner:
         return sorted(types)
 
     def _embed_and_classify(self, work: _Work, results: SignalResults) -> None:
-        texts, with_jailbreak = work.embed_texts, work.with_jailbreak
+        texts, with_jailbreak, scan = work.embed_texts, work.with_jailbreak, work.jailbreak_scan
         # Earlier turns already scored (they were the query of an earlier request) are not re-embedded.
-        known = [self._jailbreak_memo.get(t) for t in texts[1:]] if with_jailbreak else []
+        known = [self._jailbreak_memo.get((scan, t)) for t in texts[1:]] if with_jailbreak else []
         fresh = [texts[0], *(t for t, p in zip(texts[1:], known) if p is None)]
         vectors = np.asarray(self.models.embedder.encode(fresh), dtype=np.float32)
         category, confidence = self._categorise(
@@ -222,9 +225,9 @@ class SignalRunner:
         results.embedding = vectors[0]
         results.category, results.category_confidence = category, float(confidence)
         if with_jailbreak:
-            scores = [float(s) for s in self.models.jailbreak.predict(fresh, vectors)]
+            scores = [float(s) for s in self.models.jailbreak.predict(fresh, vectors, scan_sentences=scan)]
             for text, score in zip(fresh, scores):
-                self._jailbreak_memo.put(text, score)
+                self._jailbreak_memo.put((scan, text), score)
             results.jailbreak_probability = max([*scores, *(p for p in known if p is not None)])
 
     def _categorise(
@@ -254,10 +257,10 @@ class SignalRunner:
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, work)
 
-    async def classify_jailbreak(self, text: str) -> float:
+    async def classify_jailbreak(self, text: str, scan_sentences: bool = True) -> float:
         def work() -> float:
             vectors = np.asarray(self.models.embedder.encode([text]), dtype=np.float32)
-            return float(self.models.jailbreak.predict([text], vectors)[0])
+            return float(self.models.jailbreak.predict([text], vectors, scan_sentences=scan_sentences)[0])
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, work)
 
