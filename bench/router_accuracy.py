@@ -426,7 +426,7 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
         "",
         "| model | split | threshold | TPR | FPR | accuracy |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
-        *jailbreak_rows("ours (static MiniLM + n-gram tf-idf, logistic, + neighbour vote)", j),
+        *jailbreak_rows("ours (static MiniLM + n-gram tf-idf, logistic, + neighbour vote + sentence scan)", j),
     ]
     ng = state.get("nanoguard")
     if ng:
@@ -463,6 +463,13 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
                 f"Highest-scoring of them: {examples}."
             ),
         ]
+    lines += [
+        "",
+        (
+            "An attack inside a longer benign prompt (after an exam question, before an e-mail to "
+            "summarise): bench/results/jailbreak-dilution.md, with and without the sentence scan."
+        ),
+    ]
     lines += ["", f"Embeddings: {embedding_note(j.get('embedding'))}."]
     if ng:
         lines += ["", f"nanoguard scores: {ng['where']}."]
@@ -472,7 +479,7 @@ def jailbreak_section(state: dict[str, Any]) -> list[str]:
 LATENCY_ROWS = (
     ("embedder", "embedder (tokenise + static lookup)"),
     ("category", "category head"),
-    ("jailbreak", "jailbreak head"),
+    ("jailbreak", "jailbreak head + vote + sentence scan"),
     ("embed_category_jailbreak", "**embed + category + jailbreak**"),
     ("embed_category_jailbreak_cold", "embed + category + jailbreak, word memo cleared"),
     ("refiner", "category refiner, when asked (first 128 tokens)"),
@@ -656,14 +663,13 @@ def write_report(state: dict[str, Any], path: Path) -> None:
         "    python3 scripts/train_router_classifiers.py --grid chosen --jobs 6",
         "    python3 bench/router_accuracy.py",
         "",
-        "This report was produced part by part with the commands below (parts write their",
-        "results into one state file, /tmp/mixroute-router-accuracy.json, and every run",
-        "rebuilds the report from it); the nanoguard scores came from `--part nanoguard",
-        "--nanoguard-device cuda --nanoguard-dump ng.json` on an H100:",
-        "",
-        "    python3 bench/router_accuracy.py --part category --part jailbreak --part latency",
-        "    python3 bench/router_accuracy.py --part pii --pii-seed 2026 --pii-sentences 3000",
-        "    python3 bench/router_accuracy.py --part nanoguard --nanoguard-scores ng.json",
+        "That last command runs every part (`pip install --no-deps metatronnanoguard` for the",
+        "nanoguard comparison). Parts can also run one at a time (`--part NAME`): they write",
+        "their results into one state file (/tmp/mixroute-router-accuracy.json) and every run",
+        "rebuilds this report from it; nanoguard's scores can come from a GPU elsewhere",
+        "(`--part nanoguard --nanoguard-device cuda --nanoguard-dump ng.json`, then",
+        "`--part nanoguard --nanoguard-scores ng.json` here). Where this run's nanoguard scores",
+        "came from is said under its table.",
         "",
     ]
     if "category" in state:

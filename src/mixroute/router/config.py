@@ -113,7 +113,8 @@ class JailbreakConfig(_Strict):
     """Block at or above this probability; None: the classifier's own calibrated threshold."""
     scan_sentences: bool = True
     """Also score a message of several sentences sentence by sentence (an injection inside
-    longer benign text); off saves ~2-3.5 ms per 500-token message on a 2-core CPU."""
+    longer benign text); off saves ~1.5-2 ms of signal time per 500-token message on a
+    2-core CPU (bench/results/router.md)."""
 
 
 class CacheScope(_Strict):
