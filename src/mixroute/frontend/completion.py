@@ -194,7 +194,7 @@ class _FrameWaits:
         self._waiter: asyncio.Task[object] | None = None
         self._wait_started = 0.0
         self._expired: str | None = None
-        """Which timeout cancelled the current wait ("idle" or "total")."""
+        """What cancelled the current wait: a timeout ("idle" or "total"), or "shutdown"."""
         self._timer: asyncio.TimerHandle | None = None
         self._inflight = inflight
         if inflight is not None:
