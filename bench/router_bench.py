@@ -119,6 +119,15 @@ def refiner_lines(runs: dict, sizes: list[int]) -> list[str]:
     ]
 
 
+def variant_lines(run: dict, sizes: list[int]) -> list[str]:
+    """Added p50 / p99 and the mean signal times of one config variant, per prompt size."""
+    return [
+        f"- {size} tokens: added p50 {percentile(run[size], 50):.1f} ms, p99 {percentile(run[size], 99):.1f} ms; "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in run[f"means{size}"].items())
+        for size in sizes
+    ]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -363,19 +372,13 @@ def report(args: argparse.Namespace, results: dict) -> str:
          "SSN, cards, IBAN, bank and ID numbers forbidden), the router looks only for the forbidden "
          "types (patterns only, no name rules, no NER); same signals and cache otherwise:"),
         "",
-        *(f"- {size} tokens: added p50 {percentile(results['default_policy'][size], 50):.1f} ms, "
-          f"p99 {percentile(results['default_policy'][size], 99):.1f} ms; "
-          + ", ".join(f"{k} {v:.1f} ms" for k, v in results["default_policy"][f"means{size}"].items())
-          for size in args.sizes),
+        *variant_lines(results["default_policy"], args.sizes),
         "",
         ("Without the jailbreak sentence scan (`jailbreak.scan_sentences: false`; on by default: each "
          "sentence of a longer message is scored too, bench/results/jailbreak-dilution.md), every "
          "other signal as in the main run:"),
         "",
-        *(f"- {size} tokens: added p50 {percentile(results['no_scan'][size], 50):.1f} ms, "
-          f"p99 {percentile(results['no_scan'][size], 99):.1f} ms; "
-          + ", ".join(f"{k} {v:.1f} ms" for k, v in results["no_scan"][f"means{size}"].items())
-          for size in args.sizes),
+        *variant_lines(results["no_scan"], args.sizes),
         "",
         ("With the category refiner on (`classifier.category_refiner: true`; off by default: the fine-tuned "
          "MiniLM is asked when the head's confidence is under 0.71; `--refiner-device "
