@@ -126,6 +126,8 @@ class JailbreakClassifier:
         if not self._scan_sentences or not stem.with_suffix(".json").is_file():
             return  # an artifact set without the scan (older, or a test's)
         sentence_head = LinearHead.load(stem)
+        if not 0.0 < float(sentence_head.meta["threshold"]) < 1.0:
+            raise ConfigError(f"{stem}.json: the sentence threshold must be strictly between 0 and 1")
         calibrated_for = float(sentence_head.meta["prompt_threshold"])
         if abs(calibrated_for - float(head.meta["threshold"])) > 1e-9:
             raise ConfigError(

@@ -147,6 +147,10 @@ def test_a_sentence_head_calibrated_for_another_threshold_is_refused(tmp_path: P
                {"threshold": 0.9, "prompt_threshold": 0.6}, k=1)  # fmt: skip
     with pytest.raises(ConfigError, match="jailbreak-sentences"):
         JailbreakClassifier(tmp_path / "jailbreak", featurizer, _RowsEmbedder()).load()
+    write_head(tmp_path / "jailbreak_sentences", featurizer, ["jailbreak"],
+               {"threshold": 1.0, "prompt_threshold": 0.7}, k=1)  # fmt: skip
+    with pytest.raises(ConfigError, match="strictly between"):
+        JailbreakClassifier(tmp_path / "jailbreak", featurizer, _RowsEmbedder()).load()
 
 
 def test_sentence_scores_map_onto_the_prompt_scale() -> None:
