@@ -244,6 +244,8 @@ class _FrameWaits:
         task = self._waiter
         if task is None:
             return  # not waiting for a frame now; the next wait arms the timer again
+        if self._expired is not None:
+            return  # this wait is already cancelled (the frontend stopping): one cancel, one reason
         now = self._loop.time()
         # The loop's timers may fire a hair early: allow 1 ms.
         if self._deadline is not None and now >= self._deadline - 1e-3:

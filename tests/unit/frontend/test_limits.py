@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from mixroute.errors import UnavailableError
 from mixroute.frontend.admission import ApiLimits
 from mixroute.frontend.app import create_app
 from mixroute.frontend.backend import ModelEntry
@@ -145,3 +146,25 @@ async def test_ending_the_requests_in_flight_answers_503_and_cancels_them(tokeni
     assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
     assert sorted(backend.closed) == sorted(q.request_id for q in backend.requests)
     assert len(inflight) == 0
+
+
+async def test_a_timeout_firing_right_after_the_drain_ends_a_request_keeps_the_shutdown_reason() -> None:
+    """The idle timer and the drain's end in the same loop turn: one cancel, reported as the
+    shutdown (a second cancel would surface as a bare cancellation, not a 503)."""
+    from mixroute.frontend.completion import InflightRequests, _FrameWaits
+
+    async def silent() -> AsyncIterator[GenerateFrame]:
+        await asyncio.Event().wait()
+        yield GenerateFrame(token_ids=[1])  # never reached
+
+    inflight = InflightRequests()
+    waits = _FrameWaits(silent(), ApiLimits(request_idle_timeout_s=0.001), "r1", inflight)
+    waiting = asyncio.ensure_future(waits.next())
+    await asyncio.sleep(0)  # the wait has begun
+    inflight.end_all()
+    waits._wait_started -= 1.0  # the idle timeout is past too
+    waits._check()
+    with pytest.raises(UnavailableError) as caught:
+        await waiting
+    assert caught.value.code == "shutting_down"
+    waits.close()
