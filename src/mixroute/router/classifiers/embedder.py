@@ -95,13 +95,20 @@ class Embedder:
         assert self._empty is not None
         out = np.empty((len(token_ids), table.shape[1]), dtype=np.float32)
         out[:] = self._empty
+        if not token_ids:
+            return out
+        from scipy.sparse import csr_matrix
+
+        # Every text's sum of rows as one sparse (texts x vocabulary) @ table product: for
+        # the ~40 sentences of a 500-token prompt 94 us, against 188 us looping per text and
+        # 255 us for np.add.reduceat (one text alone: `encode`'s loop is the quicker).
         lengths = np.array([ids.size for ids in token_ids], dtype=np.int64)
-        full = np.flatnonzero(lengths)
-        if full.size:
-            # One gather and one segmented sum for all texts (a loop per text cost ~10 us each).
-            starts = np.concatenate([[0], np.cumsum(lengths[full])[:-1]])
-            sums = np.add.reduceat(table[np.concatenate([token_ids[i] for i in full])], starts, axis=0)
-            norms = np.linalg.norm(sums, axis=1)
-            ok = norms > 1e-12
-            out[full[ok]] = sums[ok] / norms[ok, None]
+        counts = csr_matrix(
+            (np.ones(int(lengths.sum()), np.float32), np.concatenate(token_ids), np.concatenate([[0], np.cumsum(lengths)])),
+            shape=(len(token_ids), table.shape[0]),
+        )
+        sums = np.asarray(counts @ table)
+        norms = np.linalg.norm(sums, axis=1)
+        ok = norms > 1e-12
+        out[ok] = sums[ok] / norms[ok, None]
         return out
