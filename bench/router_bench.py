@@ -186,9 +186,15 @@ async def throughput(url: str, prompts: list[str], model: str, concurrency: int)
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
+    """User + system CPU time so far of a process (all its threads) and of its live
+    children (the router's screening process)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in (children.read_text().split() if children.exists() else []):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(int(child))
+    return total
 
 
 def measure(args: argparse.Namespace, upstream: str, router: str, prompts: Prompts, pid: int) -> dict:
@@ -300,6 +306,10 @@ def _commit() -> str:
 
 
 def report(args: argparse.Namespace, results: dict) -> str:
+    from mixroute.router.main import wants_screen_process
+
+    screening = ("PII and the sentence scan in a child process, beside the other signals"
+                 if wants_screen_process("auto") else "every signal in the router process (one core)")
     load = os.getloadavg()
     cpu = platform.processor() or platform.machine()
     try:
@@ -318,7 +328,7 @@ def report(args: argparse.Namespace, results: dict) -> str:
         "(PII over all messages with a policy that forbids every PII type, so all of them are looked "
         "for: PERSON by the name lexicon, LOCATION by spaCy's NER around capitalised words after a "
         "place preposition, the rest by patterns; jailbreak, category, keywords, semantic cache in "
-        "memory); upstream: the integration-test echo app (answers instantly). Sequential requests "
+        f"memory; `--screen-process auto`: {screening}); upstream: the integration-test echo app (answers instantly). Sequential requests "
         f"for latency; {args.requests} pairs per size. Code: commit {args.commit or _commit()}."),
         "",
         ("| prompt tokens | direct p50 | routed p50 | **added p50** | added p99 | exact-repeat hit p50 / p99 "
@@ -363,7 +373,7 @@ def report(args: argparse.Namespace, results: dict) -> str:
              if results[size]["inside"]["para"] else "n/a")
           + " ms" for size in args.sizes),
         "",
-        ("CPU time the router process spends per routed cache-miss request (user + system, all threads; "
+        ("CPU time the router process and its screening child spend per routed cache-miss request (user + system, all threads; "
         "from /proc):"),
         "",
         *(f"- {size} tokens: {results[size]['cpu_ms']:.1f} ms CPU per request" for size in args.sizes),
@@ -373,6 +383,12 @@ def report(args: argparse.Namespace, results: dict) -> str:
          "types (patterns only, no name rules, no NER); same signals and cache otherwise:"),
         "",
         *variant_lines(results["default_policy"], args.sizes),
+        "",
+        ("With every signal in the router process (`--screen-process off`; by default, on a host "
+         "with 2 cores or more, PII detection and the jailbreak sentence scan run in a child "
+         "process beside the other signals), every signal and the cache as in the main run:"),
+        "",
+        *variant_lines(results["in_process"], args.sizes),
         "",
         ("Without the jailbreak sentence scan (`jailbreak.scan_sentences: false`; on by default: each "
          "sentence of a longer message is scored too, bench/results/jailbreak-dilution.md), every "
@@ -410,10 +426,13 @@ def report(args: argparse.Namespace, results: dict) -> str:
 
 
 @contextlib.contextmanager
-def router_process(path: Path, config: str, port: int, refiner_device: str = "cpu") -> Iterator[int]:
+def router_process(
+    path: Path, config: str, port: int, refiner_device: str = "cpu", screen_process: str = "auto"
+) -> Iterator[int]:
     path.write_text(config)
     proc = subprocess.Popen([sys.executable, "-m", "mixroute", "router", "--config", str(path),
-                             "--port", str(port), "--log-level", "WARNING", "--refiner-device", refiner_device])
+                             "--port", str(port), "--log-level", "WARNING", "--refiner-device", refiner_device,
+                             "--screen-process", screen_process])
     try:
         wait_ready(f"http://127.0.0.1:{port}/ready", proc, 300)
         yield proc.pid
@@ -462,6 +481,8 @@ def main() -> int:
                     results = measure(args, upstream, router, prompts, pid)
                 with router_process(Path(tmp) / "default.yaml", default_policy, router_port):
                     results["default_policy"] = measure_lean(args, upstream, router, prompts, with_signals=True)
+                with router_process(Path(tmp) / "in-process.yaml", full, router_port, screen_process="off"):
+                    results["in_process"] = measure_lean(args, upstream, router, prompts, with_signals=True)
                 no_scan = full.replace("jailbreak: {enabled: true,", "jailbreak: {enabled: true, scan_sentences: false,")
                 with router_process(Path(tmp) / "no-scan.yaml", no_scan, router_port):
                     results["no_scan"] = measure_lean(args, upstream, router, prompts, with_signals=True)

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+from typing import TYPE_CHECKING
 
 from mixroute.errors import ConfigError
 from mixroute.logs import kv, setup_logging
 from mixroute.router.config import DEFAULT_CONFIG_PATH
+
+if TYPE_CHECKING:
+    from mixroute.router.reload import ConfigSource
+    from mixroute.router.server import RouterServer
+    from mixroute.router.signals.screen_process import ScreenProcess
 
 log = logging.getLogger("mixroute.router")
 
@@ -28,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="on SIGTERM/SIGINT, stop accepting and let requests in progress finish for this "
                              "long; those still running then end with a 503 (an error chunk and [DONE] on a "
                              "stream); a second signal ends them at once")
+    parser.add_argument("--screen-process", choices=["auto", "on", "off"], default="auto",
+                        help="run PII detection and the jailbreak sentence scan in a child "
+                             "process, beside the other signals (auto: on where this process may "
+                             "use 2 CPUs or more); off: all signals in the router process")
     parser.add_argument("--refiner-device", default="cpu",
                         help="torch device of the category refiner (classifier.category_refiner): "
                              "cpu (default) or cuda[:N]")
@@ -35,27 +46,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     from mixroute.router.reload import ConfigSource
-    from mixroute.router.server import RouterServer, ServerOptions, build_core
-    from mixroute.router.signals import load_signal_models
+    from mixroute.router.signals.screen_process import ScreenProcess
 
     if args.drain_timeout_s < 0:
         raise ConfigError("--drain-timeout-s must be >= 0")
     source = ConfigSource(args.config)
     _check_ports(args)
-    log.info("loading router signals (embedder, category, jailbreak, PII)")
-    models = await asyncio.to_thread(load_signal_models)
-    refiner = getattr(models.category, "refiner", None)
-    if refiner is not None:
-        refiner.device = args.refiner_device
-    if source.current.classifier.category_refiner and refiner is not None:
-        # Now rather than on the first unsure prompt: a missing artifact stops the start.
-        log.info("loading the category refiner (classifier.category_refiner: true)")
-        await asyncio.to_thread(refiner.load)
-    options = ServerOptions(host=args.host, port=args.port, mode=args.mode,
-                            extproc_port=args.extproc_port, watch_config=not args.no_watch,
-                            drain_timeout_s=args.drain_timeout_s)
-    server = RouterServer(build_core(source, models), options)
-    await server.start()
+    screen_process = ScreenProcess() if wants_screen_process(args.screen_process) else None
+    try:
+        server = await _start(args, source, screen_process)
+    except BaseException:
+        if screen_process is not None:
+            screen_process.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -74,6 +77,37 @@ async def _serve(args: argparse.Namespace) -> int:
     waiter.cancel()
     await server.stop()
     return 0
+
+
+async def _start(args: argparse.Namespace, source: ConfigSource, screen_process: ScreenProcess | None) -> RouterServer:
+    from mixroute.router.server import RouterServer, ServerOptions, build_core
+    from mixroute.router.signals import load_signal_models
+
+    # The child loads its own models meanwhile (a fresh interpreter: ~10 s).
+    child = asyncio.create_task(asyncio.to_thread(screen_process.start)) if screen_process else None
+    log.info("loading router signals (embedder, category, jailbreak, PII)")
+    models = await asyncio.to_thread(load_signal_models, screen_process is None)
+    if child is not None:
+        await child
+    refiner = getattr(models.category, "refiner", None)
+    if refiner is not None:
+        refiner.device = args.refiner_device
+    if source.current.classifier.category_refiner and refiner is not None:
+        # Now rather than on the first unsure prompt: a missing artifact stops the start.
+        log.info("loading the category refiner (classifier.category_refiner: true)")
+        await asyncio.to_thread(refiner.load)
+    options = ServerOptions(host=args.host, port=args.port, mode=args.mode,
+                            extproc_port=args.extproc_port, watch_config=not args.no_watch,
+                            drain_timeout_s=args.drain_timeout_s)
+    server = RouterServer(build_core(source, models, screen_process=screen_process), options)
+    await server.start()
+    return server
+
+
+def wants_screen_process(choice: str) -> bool:
+    if choice != "auto":
+        return choice == "on"
+    return len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) >= 2
 
 
 def _check_ports(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from mixroute.router.metrics import RouterMetrics
 from mixroute.router.proxy import Proxy
 from mixroute.router.reload import ConfigSource
 from mixroute.router.signals import SignalModels, SignalRunner
+from mixroute.router.signals.screen_process import ScreenProcess
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,13 @@ class ServerOptions:
     """At stop, requests in progress get this long to finish before they are ended (503)."""
 
 
-def build_core(source: ConfigSource, models: SignalModels, metrics: RouterMetrics | None = None) -> RouterCore:
+def build_core(
+    source: ConfigSource, models: SignalModels, metrics: RouterMetrics | None = None,
+    screen_process: ScreenProcess | None = None,
+) -> RouterCore:
     cache = SemanticCache(source.current.cache, getattr(models.embedder, "dim", None))
-    return RouterCore(source, SignalRunner(models), metrics or RouterMetrics(), cache)
+    runner = SignalRunner(models, screen_process=screen_process)
+    return RouterCore(source, runner, metrics or RouterMetrics(), cache)
 
 
 class RouterServer:

@@ -96,15 +96,15 @@ def upstream() -> Iterator[UpstreamProcess]:
 class RouterThread:
     """A RouterServer on its own event loop in a daemon thread (tests talk to it over HTTP)."""
 
-    def __init__(self, source: ConfigSource, models, options: ServerOptions) -> None:
+    def __init__(self, source: ConfigSource, models, options: ServerOptions, screen_process=None) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="router-test-loop")
         self._thread.start()
-        self.server: RouterServer = self._call(self._start(source, models, options))
+        self.server: RouterServer = self._call(self._start(source, models, options, screen_process))
         self.url = f"http://127.0.0.1:{self.server.port}"
 
-    async def _start(self, source, models, options) -> RouterServer:
-        server = RouterServer(build_core(source, models), options)
+    async def _start(self, source, models, options, screen_process) -> RouterServer:
+        server = RouterServer(build_core(source, models, screen_process=screen_process), options)
         await server.start()
         return server
 
@@ -126,7 +126,8 @@ def start_router(signal_models, tmp_path):
     started: list[RouterThread] = []
 
     def start(
-        yaml_text: str, mode: str = "proxy", watch: bool = False, path: Path | None = None, drain_timeout_s: float = 10.0
+        yaml_text: str, mode: str = "proxy", watch: bool = False, path: Path | None = None, drain_timeout_s: float = 10.0,
+        screen_process=None,
     ) -> RouterThread:
         if path is None:
             source = ConfigSource(None, parse_config(yaml_text))
@@ -135,7 +136,7 @@ def start_router(signal_models, tmp_path):
             source = ConfigSource(path)
         options = ServerOptions(port=0, mode=mode, extproc_port=free_port() if mode != "proxy" else 0,
                                 watch_config=watch, drain_timeout_s=drain_timeout_s)
-        router = RouterThread(source, signal_models, options)
+        router = RouterThread(source, signal_models, options, screen_process)
         started.append(router)
         return router
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
+from mixroute.router.main import wants_screen_process
 from tests.integration.router.conftest import free_port, router_config, wait_http
 from tests.integration.router.test_proxy import MATH
 
@@ -64,3 +67,7 @@ def test_router_process_serves_and_stops_on_sigterm(tmp_path, upstream, signal_m
             pytest.fail("router did not stop within 20 s of SIGTERM")
     assert proc.returncode == 0, err
     assert "decision=forward category=math" in err and "pii=none" in err
+    if wants_screen_process("auto"):  # screening ran in a child process, which stopped with the router
+        child = re.search(r"PII detection and the sentence scan run in a child process pid=(\d+)", err)
+        assert child is not None, err
+        assert not Path(f"/proc/{child.group(1)}").exists()

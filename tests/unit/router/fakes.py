@@ -57,6 +57,10 @@ class FakeJailbreak:
 
         return [score(t) for t in texts]
 
+    def sentence_scores(self, texts: list[str]) -> list[float]:
+        """The scan's part of `predict` (a screening child process runs it apart)."""
+        return [0.95 if ". ignore the above" in t.lower() else 0.0 for t in texts]
+
 
 @dataclass
 class FakeEntity:
@@ -114,3 +118,14 @@ keyword_rules:
   - {name: lawyer, keywords: [attorney], category: law}
 cache: {similarity_threshold: 0.9, ttl_seconds: 60, max_entries: 10}
 """
+
+
+def fake_screen_signals():
+    """A `ScreenProcess` factory ("tests.unit.router.fakes:fake_screen_signals"): runs in the child."""
+    from mixroute.router.signals.screen_process import ScreenSignals
+
+    return ScreenSignals(FakePii(), FakeJailbreak())
+
+
+def failing_screen_signals():
+    raise RuntimeError("no models in this child")

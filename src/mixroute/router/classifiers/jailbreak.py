@@ -178,18 +178,22 @@ class JailbreakClassifier:
         if self._neighbours is not None and self._neighbour_weight > 0:
             votes = self._neighbours.vote_or(features, np.stack([1.0 - proba, proba], axis=1))
             proba = (1.0 - self._neighbour_weight) * proba + self._neighbour_weight * votes[:, 1]
-        if self._sentence_head is not None and scan_sentences:
-            proba = np.maximum(proba, self._sentence_scores(texts, float(head.meta["threshold"])))
+        if scan_sentences:
+            proba = np.maximum(proba, self.sentence_scores(texts))
         return [float(p) for p in proba]
 
-    def _sentence_scores(self, texts: list[str], threshold: float) -> np.ndarray:
+    def sentence_scores(self, texts: list[str]) -> np.ndarray:
         """Per text, its most suspicious sentence's score on the prompt scale (0 for a text of
-        one sentence: the whole-prompt score is that sentence's)."""
-        head = self._sentence_head
-        assert head is not None
-        out = sentence_maxima(head, texts, self.featurizer, self.embedder)
-        sentence_threshold = float(head.meta["threshold"])
-        return np.where(out > 0, onto_prompt_scale(out, sentence_threshold, threshold), 0.0)
+        one sentence: the whole-prompt score is that sentence's; 0 for every text without a
+        sentence head). `predict` is the higher of this and `predict(scan_sentences=False)`:
+        the router may run the two in different processes."""
+        head = self.load()
+        sentence_head = self._sentence_head
+        if sentence_head is None:
+            return np.zeros(len(texts))
+        out = sentence_maxima(sentence_head, texts, self.featurizer, self.embedder)
+        sentence_threshold = float(sentence_head.meta["threshold"])
+        return np.where(out > 0, onto_prompt_scale(out, sentence_threshold, float(head.meta["threshold"])), 0.0)
 
     def is_jailbreak(self, texts: list[str], embeddings: np.ndarray) -> list[bool]:
         threshold = self.threshold

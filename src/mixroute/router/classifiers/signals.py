@@ -20,12 +20,13 @@ class Signals:
     jailbreak: JailbreakClassifier
     pii: PiiDetector
 
-    def warm_up(self) -> None:
-        """Load every model now instead of on the first request."""
+    def warm_up(self, pii: bool = True) -> None:
+        """Load every model now instead of on the first request (PII's only with `pii`)."""
         embeddings = self.embedder.encode(["warm up"])
         self.category.predict(["warm up"], embeddings)  # the refiner (off by default) loads on first use
         self.jailbreak.predict(["warm up"], embeddings)
-        self.pii.detect("warm up John")
+        if pii:
+            self.pii.detect("warm up John")
 
 
 def build_signals() -> Signals:
@@ -49,17 +50,18 @@ _lock = threading.Lock()
 _default: Signals | None = None
 
 
-def load_default_signals(*, warm: bool = True) -> Signals:
+def load_default_signals(*, warm: bool = True, warm_pii: bool = True) -> Signals:
     """The process-wide `Signals` of the packaged models, built once; thread-safe.
 
     With `warm=True` (default) every model is loaded before returning, so the
-    first request does not pay for it; call it off the event loop thread.
+    first request does not pay for it (the PII detector only with `warm_pii`); call it
+    off the event loop thread.
     """
     global _default
     with _lock:
         if _default is None:
             signals = build_signals()
             if warm:
-                signals.warm_up()
+                signals.warm_up(pii=warm_pii)
             _default = signals
         return _default

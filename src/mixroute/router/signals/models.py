@@ -54,11 +54,14 @@ class SignalModels:
     pii: PiiDetectorLike
 
 
-def load_signal_models() -> SignalModels:
-    """Load the real classifiers once (seconds: MiniLM, heads, Presidio + spaCy)."""
+def load_signal_models(load_pii: bool = True) -> SignalModels:
+    """Load the real classifiers once (seconds: MiniLM, heads, Presidio + spaCy). With
+    `load_pii=False` the PII detector (~650 MB with its name lists) loads on first use
+    instead: a router whose PII detection runs in a child process needs it only while
+    that child is down."""
     from mixroute.router import classifiers
 
-    bundle = classifiers.load_default_signals()
+    bundle = classifiers.load_default_signals(warm_pii=load_pii)
     return SignalModels(
         embedder=bundle.embedder,
         category=bundle.category,

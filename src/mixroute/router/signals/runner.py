@@ -1,22 +1,26 @@
 """Runs the signals of one request off the event loop, in one hand-off to a worker thread.
 
-The worker runs PII detection over every message (history included) and then one
-embedding batch (the last user turn first, then earlier user turns) whose vectors feed
-the category head, the jailbreak head and the semantic cache — the text is embedded
-once. The two run one after the other rather than on two threads: both are mostly
-Python/numpy work holding the GIL, so on a small host two threads only add hand-offs
-and contention. Keyword rules are regexes and run inline. PII is looked for only among
-the types some model's policy forbids (`pii_scope.py`).
+The worker runs PII detection over every message (history included) and one embedding
+batch (the last user turn first, then earlier user turns) whose vectors feed the
+category head, the jailbreak head and the semantic cache — the text is embedded once.
+Both are mostly Python/numpy work holding the GIL, so two threads of this process would
+only take turns: with a `ScreenProcess` (`mixroute router --screen-process`, on where the
+host has two cores or more) the worker hands the PII texts and the jailbreak sentence scan
+to that child process first, runs the embedding signals meanwhile, then collects the
+child's answers; without one (or while it is down) all of it runs on the worker. Keyword
+rules are regexes and run inline. PII is looked for only among the types some model's policy forbids
+(`pii_scope.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +33,7 @@ from mixroute.router.signals.keywords import match_rules
 from mixroute.router.signals.memo import LruMemo
 from mixroute.router.signals.models import SignalModels
 from mixroute.router.signals.pii_scope import actionable_pii_types
+from mixroute.router.signals.screen_process import ScreenProcess
 
 # Earlier user turns screened for jailbreaks besides the last one (bounds the embedding cost).
 MAX_JAILBREAK_HISTORY = 3
@@ -75,9 +80,29 @@ class _Work:
     refiner_weight: float
 
 
+@dataclass(slots=True)
+class _PiiJob:
+    """PII of some texts in progress: memo hits known, the rest with the child or done here."""
+
+    types: frozenset[str] | None
+    keys: list[tuple[frozenset[str] | None, str | bytes]]
+    known: list[list[tuple[str, float]] | None]
+    """(type, score) of each text, from the memo; None where it is not known yet."""
+    missing: list[str]
+    future: Future[tuple[list[list[Any]], float]] | None = None
+    entities: list[list[Any]] = field(default_factory=list)
+    """The entities of each `missing` text, once detected."""
+    seconds: float = 0.0
+
+
 class SignalRunner:
-    def __init__(self, models: SignalModels, num_threads: int = 2) -> None:
+    def __init__(
+        self, models: SignalModels, num_threads: int = 2, screen_process: ScreenProcess | None = None
+    ) -> None:
         self.models = models
+        self.screen_process = screen_process
+        """Where PII detection and the sentence scan run beside the embedding signals (None:
+        on the worker thread)."""
         self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="router-signals")
         # Keyed by (types looked for, text): a reload that changes the policies changes the key.
         self._pii_memo: LruMemo[tuple[frozenset[str] | None, str | bytes], list[tuple[str, float]]] = LruMemo()
@@ -90,6 +115,8 @@ class SignalRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.screen_process is not None:
+            self.screen_process.close()
 
     def pii_types(self, config: RouterConfig) -> frozenset[str] | None:
         """The PII types to look for under `config`; None: all the detector knows (it does
@@ -175,6 +202,13 @@ class SignalRunner:
         return out
 
     def _detect(self, text: str, pii_types: frozenset[str] | None) -> list[Any]:
+        future = None if self.screen_process is None else self.screen_process.submit("pii", [text], pii_types)
+        if future is not None:
+            with contextlib.suppress(Exception):  # the child died or failed: detect here instead
+                return future.result()[0][0]
+        return self._detect_here(text, pii_types)
+
+    def _detect_here(self, text: str, pii_types: frozenset[str] | None) -> list[Any]:
         pii = self.models.pii
         return list(pii.detect(text) if pii_types is None else pii.detect(text, pii_types))
 
@@ -193,22 +227,48 @@ class SignalRunner:
 
     def _compute(self, work: _Work, results: SignalResults) -> None:
         """Runs on the worker thread; fills `results` (the event loop does not touch it meanwhile)."""
-        if work.pii_texts:
-            start = time.perf_counter()
-            results.pii_types = self._detect_pii(work.pii_texts, work.pii_types, work.pii_threshold)
-            results.latency_ms["pii"] = (time.perf_counter() - start) * 1e3
+        pii = self._pii_begin(work.pii_texts, work.pii_types) if work.pii_texts else None
         if work.embed_texts:
             start = time.perf_counter()
             self._embed_and_classify(work, results)
             results.latency_ms["embed_classify"] = (time.perf_counter() - start) * 1e3
+        if pii is not None:
+            results.pii_types = self._pii_end(pii, work.pii_threshold)
+            results.latency_ms["pii"] = pii.seconds * 1e3
 
     def _detect_pii(self, texts: list[str], pii_types: frozenset[str] | None, threshold: float) -> list[str]:
+        return self._pii_end(self._pii_begin(texts, pii_types), threshold)
+
+    def _pii_begin(self, texts: list[str], pii_types: frozenset[str] | None) -> _PiiJob:
+        """Memo hits, and the other texts handed to the child process, or detected here now."""
+        keys = [(pii_types, _memo_text(text)) for text in texts]
+        known = [self._pii_memo.get(key) for key in keys]
+        missing = [text for text, found in zip(texts, known) if found is None]
+        job = _PiiJob(pii_types, keys, known, missing)
+        if missing and self.screen_process is not None:
+            job.future = self.screen_process.submit("pii", missing, pii_types)
+        if missing and job.future is None:
+            self._detect_missing_here(job)
+        return job
+
+    def _detect_missing_here(self, job: _PiiJob) -> None:
+        start = time.perf_counter()
+        job.entities = [self._detect_here(text, job.types) for text in job.missing]
+        job.seconds = time.perf_counter() - start
+
+    def _pii_end(self, job: _PiiJob, threshold: float) -> list[str]:
+        """The PII types (score >= threshold) of the job's texts; a child that died or failed
+        meanwhile is made up for here."""
+        if job.future is not None:
+            try:
+                job.entities, job.seconds = job.future.result()
+            except Exception:  # noqa: BLE001 - the child died or failed: detect here instead
+                self._detect_missing_here(job)
+        entities = iter(job.entities)
         types: set[str] = set()
-        for text in texts:
-            key = (pii_types, _memo_text(text))
-            found = self._pii_memo.get(key)
+        for key, found in zip(job.keys, job.known):
             if found is None:
-                found = [(e.entity_type, float(e.score)) for e in self._detect(text, pii_types)]
+                found = [(e.entity_type, float(e.score)) for e in next(entities)]
                 self._pii_memo.put(key, found)
             types.update(t for t, score in found if score >= threshold)
         return sorted(types)
@@ -218,6 +278,9 @@ class SignalRunner:
         # Earlier turns already scored (they were the query of an earlier request) are not re-embedded.
         known = [self._jailbreak_memo.get((scan, t)) for t in texts[1:]] if with_jailbreak else []
         fresh = [texts[0], *(t for t, p in zip(texts[1:], known) if p is None)]
+        scan_there = None
+        if with_jailbreak and scan and self.screen_process is not None and hasattr(self.models.jailbreak, "sentence_scores"):
+            scan_there = self.screen_process.submit("scan", fresh)
         vectors = np.asarray(self.models.embedder.encode(fresh), dtype=np.float32)
         category, confidence = self._categorise(
             fresh[0], vectors[:1], work.refine_below, work.category_threshold, work.refiner_weight
@@ -225,7 +288,15 @@ class SignalRunner:
         results.embedding = vectors[0]
         results.category, results.category_confidence = category, float(confidence)
         if with_jailbreak:
-            scores = [float(s) for s in self.models.jailbreak.predict(fresh, vectors, scan_sentences=scan)]
+            jailbreak = self.models.jailbreak
+            scores = [float(s) for s in jailbreak.predict(fresh, vectors, scan_sentences=scan and scan_there is None)]
+            if scan_there is not None:
+                try:
+                    scanned, seconds = scan_there.result()
+                    results.latency_ms["scan"] = seconds * 1e3
+                except Exception:  # noqa: BLE001 - the child died or failed: scan here instead
+                    scanned = jailbreak.sentence_scores(fresh)  # type: ignore[attr-defined]
+                scores = [max(p, float(s)) for p, s in zip(scores, scanned)]
             for text, score in zip(fresh, scores):
                 self._jailbreak_memo.put((scan, text), score)
             results.jailbreak_probability = max([*scores, *(p for p in known if p is not None)])
