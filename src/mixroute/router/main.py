@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mixroute.errors import ConfigError
@@ -105,9 +106,22 @@ async def _start(args: argparse.Namespace, source: ConfigSource, screen_process:
 
 
 def wants_screen_process(choice: str) -> bool:
+    """`--screen-process`: auto is on where this process may use 2 CPUs or more."""
     if choice != "auto":
         return choice == "on"
-    return len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) >= 2
+    return usable_cpus() >= 2
+
+
+def usable_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
+    """CPUs this process may run on, capped by a cgroup v2 CPU quota (a Kubernetes limit)."""
+    cpus: float = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def _check_ports(args: argparse.Namespace) -> None:

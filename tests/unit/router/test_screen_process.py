@@ -150,3 +150,15 @@ async def test_a_scan_in_hand_when_the_child_dies_is_done_here():
         assert out.jailbreak_probability == 0.95 and jailbreak.scanned == [HIDDEN] and "scan" not in out.latency_ms
     finally:
         runner.close()
+
+
+def test_auto_counts_the_cgroup_cpu_quota(tmp_path):
+    from mixroute.router.main import usable_cpus, wants_screen_process
+
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("100000 100000\n")  # a 1-CPU limit
+    assert usable_cpus(cpu_max) <= 1.0
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path / "absent") == len(os.sched_getaffinity(0))
+    assert wants_screen_process("on") and not wants_screen_process("off")
