@@ -162,3 +162,19 @@ def test_auto_counts_the_cgroup_cpu_quota(tmp_path):
     assert usable_cpus(cpu_max) == len(os.sched_getaffinity(0))
     assert usable_cpus(tmp_path / "absent") == len(os.sched_getaffinity(0))
     assert wants_screen_process("on") and not wants_screen_process("off")
+
+
+def test_the_child_outlives_a_sigterm_to_the_group_and_ends_with_the_router():
+    """`mixroute up` stops the router's whole process group: the child must go on screening
+    the requests the router drains, and end when the router closes it."""
+    process = ScreenProcess(FACTORY)
+    process.start()
+    try:
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGTERM)
+        os.kill(process.pid, signal.SIGINT)
+        found, _ = process.submit("pii", ["ssn 123-45-6789"], None).result(timeout=10)
+        assert [e.entity_type for e in found[0]] == ["US_SSN"]
+    finally:
+        process.close()
+    assert not process.up

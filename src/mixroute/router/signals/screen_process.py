@@ -92,9 +92,11 @@ class ScreenProcessDown(RuntimeError):
 def _serve(conn: Connection) -> None:
     """The child's loop: (factory, sys.path) first, then (job, method, args) in and (job,
     result, error, seconds) out, until the parent sends None or is gone."""
-    # The parent stops the child; a Ctrl-C reaches the whole process group and must not
-    # end it first with a traceback.
+    # The parent stops the child (`close`, or its end of the socket closing when it dies).
+    # A Ctrl-C, or `mixroute up` stopping the router's process group, must not end it first:
+    # the router is still draining, and its requests in progress are screened here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     factory, path = conn.recv()
     sys.path[:0] = [p for p in path if p not in sys.path]
     try:
