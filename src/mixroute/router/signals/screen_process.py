@@ -236,7 +236,9 @@ class ScreenProcess:
                 future.set_exception(RuntimeError(f"screening child process: {error}"))
         with self._lock:
             if self._conn is conn:
-                self._conn, self._process = None, None
+                self._conn = None
+            if self._process is process:
+                self._process = None
             waiting, self._pending = self._pending, {}
             closed = self._closed
         for future in waiting.values():
