@@ -54,6 +54,9 @@ async def _serve(args: argparse.Namespace) -> int:
     source = ConfigSource(args.config)
     _check_ports(args)
     screen_process = ScreenProcess() if wants_screen_process(args.screen_process) else None
+    if screen_process is not None:
+        # Beside the child, the tokenizer's own thread pool would only compete with it.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         server = await _start(args, source, screen_process)
     except BaseException:

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +69,8 @@ def test_the_child_answers_what_the_models_find():
     process.start()
     try:
         assert process.up and process.pid != os.getpid()
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+        assert b"TOKENIZERS_PARALLELISM=false" in environ  # each process keeps to its own core
         texts = ["ssn 123-45-6789 and a@b.com", "nothing here"]
         future = process.submit("pii", texts, None)
         assert future is not None
