@@ -8,8 +8,8 @@ only take turns: with a `ScreenProcess` (`mixroute router --screen-process`, on 
 host has two cores or more) the worker hands the PII texts and the jailbreak sentence scan
 to that child process first, runs the embedding signals meanwhile, then collects the
 child's answers; without one (or while it is down) all of it runs on the worker. Keyword
-rules are regexes and run inline. PII is looked for only among the types some model's policy forbids
-(`pii_scope.py`).
+rules are regexes and run inline. PII is looked for only among the types some model's
+policy forbids (`pii_scope.py`).
 """
 
 from __future__ import annotations
