@@ -78,6 +78,17 @@ class FakePii:
                 for t, p in self.PATTERNS.items() for m in re.finditer(p, text)]
 
 
+class CountingPii(FakePii):
+    """Records the texts it was asked about."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def detect(self, text: str) -> list[FakeEntity]:
+        self.texts.append(text)
+        return super().detect(text)
+
+
 def fake_models() -> SignalModels:
     return SignalModels(embedder=FakeEmbedder(), category=FakeCategory(), jailbreak=FakeJailbreak(), pii=FakePii())
 

@@ -7,7 +7,14 @@ from mixroute.errors import ConfigError
 from mixroute.router.config import parse_config
 from mixroute.router.request import parse_chat_request
 from mixroute.router.signals import SignalModels, SignalRunner
-from tests.unit.router.fakes import CONFIG_YAML, FakeCategory, FakeEmbedder, FakeJailbreak, FakePii
+from tests.unit.router.fakes import (
+    CONFIG_YAML,
+    CountingPii,
+    FakeCategory,
+    FakeEmbedder,
+    FakeJailbreak,
+    FakePii,
+)
 
 
 class CountingEmbedder(FakeEmbedder):
@@ -17,15 +24,6 @@ class CountingEmbedder(FakeEmbedder):
     def encode(self, texts):
         self.texts += texts
         return super().encode(texts)
-
-
-class CountingPii(FakePii):
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-
-    def detect(self, text):
-        self.texts.append(text)
-        return super().detect(text)
 
 
 def _request(*turns: tuple[str, str]):
