@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import zlib
 from dataclasses import dataclass
 from typing import ClassVar
@@ -136,6 +137,19 @@ def fake_screen_signals():
     from mixroute.router.signals.screen_process import ScreenSignals
 
     return ScreenSignals(FakePii(), FakeJailbreak())
+
+
+class SlowPii(FakePii):
+    def detect(self, text: str) -> list[FakeEntity]:
+        time.sleep(0.5)
+        return super().detect(text)
+
+
+def slow_pii_screen_signals():
+    """A child whose PII takes 0.5 s a text: the scan queued behind it waits."""
+    from mixroute.router.signals.screen_process import ScreenSignals
+
+    return ScreenSignals(SlowPii(), FakeJailbreak())
 
 
 def failing_screen_signals():

@@ -7,7 +7,8 @@ Both are mostly Python/numpy work holding the GIL, so two threads of this proces
 only take turns: with a `ScreenProcess` (`mixroute router --screen-process`, on where the
 host has two cores or more) the worker hands the PII texts and the jailbreak sentence scan
 to that child process first, runs the embedding signals meanwhile, then collects the
-child's answers; without one (or while it is down) all of it runs on the worker. Keyword
+child's answers, taking the scan back if the child has not begun it yet (it is still on
+the PII); without a child (or while it is down) all of it runs on the worker. Keyword
 rules are regexes and run inline. PII is looked for only among the types some model's
 policy forbids (`pii_scope.py`).
 """
@@ -291,10 +292,14 @@ class SignalRunner:
             jailbreak = self.models.jailbreak
             scores = [float(s) for s in jailbreak.predict(fresh, vectors, scan_sentences=scan and scan_there is None)]
             if scan_there is not None:
+                if not scan_there.done():
+                    # Still queued behind PII (the longer share, with the name lists): this
+                    # thread is free now, so it takes the scan back and runs it itself.
+                    self.screen_process.withdraw(scan_there)  # type: ignore[union-attr]
                 try:
                     scanned, seconds = scan_there.result()
                     results.latency_ms["scan"] = seconds * 1e3
-                except Exception:  # noqa: BLE001 - the child died or failed: scan here instead
+                except Exception:  # noqa: BLE001 - withdrawn, or the child died or failed: scan here
                     scanned = jailbreak.sentence_scores(fresh)  # type: ignore[attr-defined]
                 scores = [max(p, float(s)) for p, s in zip(scores, scanned)]
             for text, score in zip(fresh, scores):

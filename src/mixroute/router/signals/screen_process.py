@@ -11,7 +11,9 @@ The child is a fresh interpreter (`python -c ... serve_fd(N)`: nothing of the ro
 threads or sockets, and unlike multiprocessing's `spawn` it does not run the parent's
 main script again). It talks over a socket pair, builds its models
 with `factory` ("module:function", returning an object with the methods of
-`ScreenSignals`) and answers one job at a time, in order. The router process keeps its
+`ScreenSignals`) and answers one job at a time, in order. A job it has not begun can be
+taken back (`withdraw`): the router's worker does so with the sentence scan when it has
+finished its own share first, rather than wait for the child's turn. The router process keeps its
 own models too: while the child is not up (still loading, or died) a request is screened
 there, so a crash of the child loses no request, and a new child is started in the
 background.
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Collection
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
@@ -97,9 +100,65 @@ class ScreenProcessDown(RuntimeError):
     """The child died (or was closed) before answering: screen in-process instead."""
 
 
+class ScreenJobWithdrawn(RuntimeError):
+    """The parent took the job back before the child began it (`ScreenProcess.withdraw`)."""
+
+
+WITHDRAWN = "withdrawn"
+
+
+class _Inbox:
+    """The child's queue of jobs: a reader thread fills it from the socket, so a withdrawal
+    is seen (and answered) while the job before it still runs."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.jobs: deque[tuple[int, str, tuple[Any, ...]]] = deque()
+        self.ended = False
+        self.changed = threading.Condition()
+        self.send_lock = threading.Lock()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    def read(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                message = None  # the parent is gone
+            with self.changed:
+                if message is None:  # or the parent's close()
+                    self.ended = True
+                    self.changed.notify()
+                    return
+                if message[0] == WITHDRAWN:
+                    self._withdraw(message[1])
+                else:
+                    self.jobs.append(message)
+                    self.changed.notify()
+
+    def _withdraw(self, job: int) -> None:
+        for queued in self.jobs:
+            if queued[0] == job:
+                self.jobs.remove(queued)
+                with contextlib.suppress(OSError):
+                    self.send((job, None, WITHDRAWN, 0.0))
+                return
+        # Begun or done already: its answer comes as usual.
+
+    def next(self) -> tuple[int, str, tuple[Any, ...]] | None:
+        with self.changed:
+            while not self.jobs and not self.ended:
+                self.changed.wait()
+            return None if self.ended else self.jobs.popleft()
+
+
 def _serve(conn: Connection) -> None:
     """The child's loop: (factory, sys.path) first, then (job, method, args) in and (job,
-    result, error, seconds) out, until the parent sends None or is gone."""
+    result, error, seconds) out, until the parent sends None or is gone; (WITHDRAWN, job)
+    takes a job back that has not begun."""
     # The parent stops the child (`close`, or its end of the socket closing when it dies).
     # A Ctrl-C, or `mixroute up` stopping the router's process group, must not end it first:
     # the router is still draining, and its requests in progress are screened here.
@@ -114,13 +173,9 @@ def _serve(conn: Connection) -> None:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", None))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if message is None:
-            return  # the parent's close()
+    inbox = _Inbox(conn)
+    threading.Thread(target=inbox.read, name="screen-inbox", daemon=True).start()
+    while (message := inbox.next()) is not None:
         job, method, args = message
         start = time.perf_counter()
         result: Any = None
@@ -132,7 +187,7 @@ def _serve(conn: Connection) -> None:
         except Exception as exc:  # noqa: BLE001 - one bad job must not end the child
             error = f"{type(exc).__name__}: {exc}"
         try:
-            conn.send((job, result, error, time.perf_counter() - start))
+            inbox.send((job, result, error, time.perf_counter() - start))
         except OSError:
             return  # the parent is gone
 
@@ -226,6 +281,17 @@ class ScreenProcess:
             return None  # the reader sees the pipe close and replaces the child
         return future
 
+    def withdraw(self, future: Future[tuple[Any, float]]) -> None:
+        """Take a job back if the child has not begun it: its future then fails with
+        `ScreenJobWithdrawn` (do the work here instead); otherwise it resolves as usual."""
+        with self._lock:
+            conn = self._conn
+            job = next((j for j, f in self._pending.items() if f is future), None)
+        if conn is None or job is None:
+            return
+        with contextlib.suppress(OSError, ValueError), self._send_lock:
+            conn.send((WITHDRAWN, job))
+
     def _read(self, conn: Connection, process: subprocess.Popen[bytes]) -> None:
         """Resolves the futures from the child's replies; when the child is gone, fails the
         ones still waiting (their requests are screened in-process) and starts another."""
@@ -240,6 +306,8 @@ class ScreenProcess:
                 continue
             if error is None:
                 future.set_result((result, seconds))
+            elif error == WITHDRAWN:
+                future.set_exception(ScreenJobWithdrawn("withdrawn before the child began it"))
             else:
                 future.set_exception(RuntimeError(f"screening child process: {error}"))
         with self._lock:
