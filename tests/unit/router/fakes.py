@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import zlib
@@ -10,6 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from mixroute.router.request import ChatRequest, parse_chat_request
 from mixroute.router.signals import SignalModels
 
 DIM = 384
@@ -88,6 +90,12 @@ class CountingPii(FakePii):
     def detect(self, text: str) -> list[FakeEntity]:
         self.texts.append(text)
         return super().detect(text)
+
+
+def chat_request(*turns: tuple[str, str]) -> ChatRequest:
+    """A parsed auto-routed chat request of (role, content) turns."""
+    body = {"model": "MoM", "messages": [{"role": r, "content": c} for r, c in turns]}
+    return parse_chat_request(json.dumps(body).encode())
 
 
 def fake_models() -> SignalModels:
