@@ -92,7 +92,7 @@ def default_screen_signals() -> ScreenSignals:
 def child_environment() -> dict[str, str]:
     """The router's environment, with the HF tokenizer's thread pool off: each process
     should keep to its own core (a pool per process only makes the two compete; scratch
-    timing at 500 tokens: p50 1-18% lower in four alternating pairs of runs)."""
+    timing at 500 tokens: p50 3-18% lower in four alternating pairs of runs)."""
     return {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
 
 
