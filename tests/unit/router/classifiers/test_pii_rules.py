@@ -6,7 +6,7 @@ import pytest
 
 from mixroute.router.classifiers.pii import PiiDetector, PiiEntity, resolve_overlaps
 from mixroute.router.classifiers.pii_nlp import budgeted, is_name_like, ner_candidates, windows
-from mixroute.router.classifiers.pii_recognizers import luhn_ok
+from mixroute.router.classifiers.pii_recognizers import email_windows, luhn_ok
 from mixroute.router.config import parse_config
 from mixroute.router.signals.pii_scope import actionable_pii_types
 
@@ -127,3 +127,35 @@ def test_published_sample_ssns_are_still_ssns(detector: PiiDetector) -> None:
     for number in ("123-45-6789", "987-65-4320", "078-05-1120"):
         found = detector.detect(f"My SSN is {number}, can you check my tax return?", {"US_SSN"})
         assert [e.entity_type for e in found] == ["US_SSN"], number
+
+
+def test_email_windows_reach_as_far_as_an_address_around_each_at() -> None:
+    assert email_windows("no address here") == []
+    text = "x" * 500 + "a@b.co" + "y" * 1000
+    at = text.index("@")
+    assert email_windows(text) == [(at - 65, at + 257)]
+    near = "mail a@b.co or c@d.co"
+    assert email_windows(near) == [(0, len(near))]  # overlapping stretches merged, clipped
+    far = "a@b.co" + " " * 400 + "c@d.co"
+    assert email_windows(far) == [(0, 258), (far.rindex("@") - 65, len(far))]
+
+
+@pytest.mark.slow
+def test_emails_are_matched_around_each_at_only(detector: PiiDetector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same addresses as Presidio's pattern over the whole text, reading at most an
+    address's reach around each "@" (the whole-text pattern is quadratic on dotted runs)."""
+    from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+    read: list[int] = []
+    analyze = EmailRecognizer.analyze
+    monkeypatch.setattr(EmailRecognizer, "analyze", lambda self, text, *a: read.append(len(text)) or analyze(self, text, *a))
+    text = "Write to jane.doe@example.com, " + "x" * 90 + "@example.org (a long local part) or a@b."
+    found = [text[e.start : e.end] for e in detector.detect(text, {"EMAIL_ADDRESS"})]
+    assert found == ["jane.doe@example.com", "x" * 90 + "@example.org"]
+    alone = "y" * 90 + "@example.org"
+    found = [alone[e.start : e.end] for e in detector.detect(alone, {"EMAIL_ADDRESS"})]
+    assert found == ["y" * 65 + "@example.org"]  # an address's reach: its type is what the policy reads
+    read.clear()
+    hostile = "a." * 3000 + "@" + "b." * 900
+    assert detector.detect(hostile, {"EMAIL_ADDRESS"}) == []
+    assert read == [65 + 257]
