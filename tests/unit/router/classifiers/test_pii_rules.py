@@ -6,7 +6,7 @@ import pytest
 
 from mixroute.router.classifiers.pii import PiiDetector, PiiEntity, resolve_overlaps
 from mixroute.router.classifiers.pii_nlp import budgeted, is_name_like, ner_candidates, windows
-from mixroute.router.classifiers.pii_recognizers import email_windows, luhn_ok
+from mixroute.router.classifiers.pii_recognizers import PHONE_MATCHER_CHARS, email_windows, luhn_ok
 from mixroute.router.config import parse_config
 from mixroute.router.signals.pii_scope import actionable_pii_types
 
@@ -107,6 +107,29 @@ def test_a_phone_deep_in_a_long_text_is_found(detector: PiiDetector) -> None:
     text = filler + "If anything is unclear, call me at 212-555-0187 tomorrow. " + filler
     found = [(e.entity_type, text[e.start : e.end]) for e in detector.detect(text)]
     assert found == [("PHONE_NUMBER", "212-555-0187")]
+
+
+@pytest.mark.slow
+def test_phonenumbers_reads_a_bounded_share_of_digit_dense_text(
+    detector: PiiDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """phonenumbers' matcher costs up to ~200 us per character of digit runs: it reads at
+    most PHONE_MATCHER_CHARS of a text, and a number that one region matches whole is not
+    tried in the others; every number of a long list is still found (by the regex shapes)."""
+    import phonenumbers
+
+    read: list[str] = []
+    matcher = phonenumbers.PhoneNumberMatcher
+    monkeypatch.setattr(phonenumbers, "PhoneNumberMatcher", lambda text, *a, **kw: read.append(text) or matcher(text, *a, **kw))
+    text = "Call me at 212-555-0187 tomorrow."
+    assert [e.entity_type for e in detector.detect(text, {"PHONE_NUMBER"})] == ["PHONE_NUMBER"]
+    assert len(read) == 1  # the first region (US) matched it whole
+    read.clear()
+    numbers = [f"(212) 555-{i:04d}" for i in range(300)]
+    text = "Our office lines: " + ", ".join(numbers) + "."
+    found = [text[e.start : e.end] for e in detector.detect(text, {"PHONE_NUMBER"})]
+    assert found == numbers
+    assert sum(len(piece) for piece in dict.fromkeys(read)) <= PHONE_MATCHER_CHARS
 
 
 @pytest.mark.slow
