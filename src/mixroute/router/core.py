@@ -123,7 +123,10 @@ class RouterCore:
             repeat = self.cache.exact.get(key, time.time())  # type: ignore[union-attr]
             if repeat is not None:
                 return self._exact_hit(repeat, request, start)
-        signals = await self.classify(request, config)
+        try:
+            signals = await self.classify(request, config)
+        except ApiError as exc:  # more text than screening reads
+            return Reply(exc.status_code, responses.error_json(exc), responses.JSON_MEDIA_TYPE)
         decision = decide(config, request, signals)
         if isinstance(decision, Block):
             return self._block(decision, request, signals, start)

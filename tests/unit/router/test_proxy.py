@@ -214,3 +214,25 @@ async def test_server_timing_header_reports_router_time(client):
     assert name == "router" and 0.0 < float(dur) < 5000
     blocked = await client.post("/v1/chat/completions", json=_chat("ssn 123-45-6789"))
     assert blocked.headers["server-timing"].startswith("router;dur=")
+
+
+async def test_more_text_than_pii_screening_reads_is_413_and_not_forwarded(upstream):
+    config = parse_config(CONFIG_YAML)
+    config = config.model_copy(update={"pii": config.pii.model_copy(update={"max_chars": 100})})
+    core = build_core(ConfigSource(None, config), fake_models())
+    app = build_app(core, Proxy(core, httpx.MockTransport(upstream)))
+    history = [{"role": "user", "content": "x " * 30}, {"role": "assistant", "content": "y " * 15}]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
+        r = await c.post("/v1/chat/completions", json={"model": "MoM", "messages": [
+            *history, {"role": "user", "content": "z " * 6}]})  # 60 + 30 + 12 characters in all
+        assert r.status_code == 413
+        error = r.json()["error"]
+        assert error["param"] == "messages" and "102 characters" in error["message"] and "pii.max_chars" in error["message"]
+        r = await c.post("/v1/chat/completions", json={"model": "MoM", "messages": [*history, {"role": "user", "content": "ok"}]})
+        assert r.status_code == 200
+        assert len(upstream.received) == 1
+        # Without PII screening nothing reads the whole text: no limit.
+        core.source.current = config.model_copy(update={"pii": config.pii.model_copy(update={"enabled": False})})
+        r = await c.post("/v1/chat/completions", json={"model": "MoM", "messages": [*history, {"role": "user", "content": "z " * 6}]})
+        assert r.status_code == 200
+    core.runner.close()

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mixroute.errors import ConfigError
+from mixroute.errors import ConfigError, PayloadTooLargeError
 from mixroute.router.config import KeywordRule, RouterConfig
 from mixroute.router.request import ChatRequest
 from mixroute.router.signals.keywords import match_rules
@@ -137,6 +137,8 @@ class SignalRunner:
             jailbreak_threshold=self.jailbreak_threshold(config),
         )
         pii_types = self.pii_types(config) if config.pii.enabled else frozenset()
+        if pii_types is None or pii_types:
+            check_screened_size(request, config)
         needs_embedding = bool(config.categories) or config.jailbreak.enabled or config.cache.enabled
         history = request.texts("user")[:-1][-MAX_JAILBREAK_HISTORY:] if query else []
         work = _Work(
@@ -343,6 +345,18 @@ class SignalRunner:
     async def detect_pii(self, text: str) -> list[Any]:
         """Every PII type in `text`, piece by piece like a request's (see PII_PIECE_CHARS)."""
         return (await self._pieces_pii([text], None))[0]
+
+
+def check_screened_size(request: ChatRequest, config: RouterConfig) -> None:
+    """PayloadTooLargeError where the request's messages hold more text than PII screening
+    reads (`pii.max_chars`): its cost grows with the text, the other signals' does not."""
+    size = sum(len(text) for text in request.texts())
+    if size > config.pii.max_chars:
+        raise PayloadTooLargeError(
+            f"messages hold {size} characters of text; PII screening reads at most "
+            f"{config.pii.max_chars} per request (pii.max_chars in the router config)",
+            param="messages",
+        )
 
 
 def pii_pieces(
