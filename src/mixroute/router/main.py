@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from mixroute.errors import ConfigError
 from mixroute.logs import kv, setup_logging
-from mixroute.router.config import DEFAULT_CONFIG_PATH
+from mixroute.router.config import DEFAULT_CONFIG_PATH, RouterConfig
 
 if TYPE_CHECKING:
     from mixroute.router.reload import ConfigSource
@@ -87,8 +87,14 @@ async def _start(args: argparse.Namespace, source: ConfigSource, screen_process:
     from mixroute.router.server import RouterServer, ServerOptions, build_core
     from mixroute.router.signals import load_signal_models
 
-    # The child loads its own models meanwhile (a fresh interpreter: ~10 s).
-    child = asyncio.create_task(asyncio.to_thread(screen_process.start)) if screen_process else None
+    # The child loads its own models meanwhile (a fresh interpreter: ~10 s). A config that
+    # screens nothing (PII and the sentence scan off) does without it (~750 MB) until a
+    # reload turns screening on.
+    child = None
+    if screen_process is not None and needs_screening(source.current):
+        child = asyncio.create_task(asyncio.to_thread(screen_process.start))
+    elif screen_process is not None:
+        log.info("no screening in the config: the screening child process starts when a reload asks for it")
     log.info("loading router signals (embedder, category, jailbreak, PII)")
     models = await asyncio.to_thread(load_signal_models, screen_process is None)
     if child is not None:
@@ -106,6 +112,11 @@ async def _start(args: argparse.Namespace, source: ConfigSource, screen_process:
     server = RouterServer(build_core(source, models, screen_process=screen_process), options)
     await server.start()
     return server
+
+
+def needs_screening(config: RouterConfig) -> bool:
+    """Whether `config` asks for what the screening child runs: PII, the sentence scan."""
+    return config.pii.enabled or (config.jailbreak.enabled and config.jailbreak.scan_sentences)
 
 
 def wants_screen_process(choice: str) -> bool:

@@ -183,6 +183,35 @@ async def test_a_scan_the_child_has_not_begun_is_taken_back(slow_child):
     assert found == [0.95]
 
 
+async def test_the_child_starts_when_the_config_first_asks_for_screening():
+    """A router whose config screens nothing does without the child (~750 MB) until a
+    reload turns PII or the sentence scan on; meanwhile requests are screened here."""
+    from mixroute.router.main import needs_screening
+
+    process = ScreenProcess(FACTORY)
+    here = CountingPii()
+    runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), CountingJailbreak(), here), screen_process=process)
+    config = parse_config(CONFIG_YAML)
+    quiet = config.model_copy(update={
+        "pii": config.pii.model_copy(update={"enabled": False}),
+        "jailbreak": config.jailbreak.model_copy(update={"scan_sentences": False}),
+    })
+    assert needs_screening(config) and not needs_screening(quiet)
+    try:
+        out = await runner.run(chat_request(("user", "my ssn is 123-45-6789")), quiet)
+        assert out.pii_types == []
+        assert process.pid is None and "router-screen-start" not in {t.name for t in threading.enumerate()}
+        out = await runner.run(chat_request(("user", "my ssn is 123-45-6789")), config)
+        assert out.pii_types == ["US_SSN"] and here.texts == ["my ssn is 123-45-6789"]  # here, while it starts
+        _wait(lambda: process.up)
+        here.texts.clear()
+        out = await runner.run(chat_request(("user", "ssn 987-65-4321")), config)
+        assert out.pii_types == ["US_SSN"] and here.texts == []  # the child's
+    finally:
+        runner.close()
+    _wait(lambda: not process.up)
+
+
 def test_auto_counts_the_cgroup_cpu_quota(tmp_path):
     from mixroute.router.main import usable_cpus, wants_screen_process
 

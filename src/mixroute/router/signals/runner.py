@@ -152,6 +152,8 @@ class SignalRunner:
             category_threshold=config.classifier.category_threshold,
             refiner_weight=config.classifier.category_refiner_weight,
         )
+        if self.screen_process is not None and (work.pii_texts or (work.jailbreak_scan and work.with_jailbreak)):
+            self.screen_process.start_soon()  # where the config at start needed no screening
         if sum(len(t) for t in work.pii_texts) > PII_PIECE_CHARS:
             start = time.perf_counter()
             results.pii_types = await self._pii_in_turns(work)

@@ -230,6 +230,22 @@ class ScreenProcess:
             with self._lock:
                 self._starting = False
 
+    def start_soon(self) -> None:
+        """Start the child in the background if it was never started: a router whose config
+        needed no screening at start (PII and the sentence scan off) starts it when a
+        reload turns one on. After that, a child that dies is replaced (`_read`)."""
+        with self._lock:
+            if self._closed or self._starting or self._last_start:
+                return
+            self._last_start = time.monotonic()  # one start only, however many requests ask
+        threading.Thread(target=self._start_logged, name="router-screen-start", daemon=True).start()
+
+    def _start_logged(self) -> None:
+        try:
+            self.start()
+        except ConfigError as exc:
+            log.error("%s; screening stays in the router process", exc)
+
     def _spawn(self) -> None:
         self._last_start = time.monotonic()
         ours, theirs = socket.socketpair()
@@ -330,10 +346,7 @@ class ScreenProcess:
 
     def _respawn(self) -> None:
         time.sleep(max(0.0, self._last_start + RESPAWN_INTERVAL_S - time.monotonic()))
-        try:
-            self.start()
-        except ConfigError as exc:
-            log.error("%s; screening stays in the router process", exc)
+        self._start_logged()
 
     def close(self) -> None:
         """Stop the child (it ends after the job in hand); the reader thread then fails
