@@ -3,6 +3,7 @@ real child process running the fake models; the runner's fallback when it dies."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -156,6 +157,22 @@ async def test_jobs_in_hand_when_the_child_dies_are_done_here(screened):
     _wait(lambda: not process.up)
     out = await runner.run(chat_request(("user", HIDDEN)), parse_config(CONFIG_YAML))  # the child is not back yet
     assert out.jailbreak_probability == 0.95 and screened.jailbreak.scanned == [HIDDEN]
+
+
+async def test_a_stuck_child_is_killed_and_its_jobs_done_here(monkeypatch, screened):
+    """A child that answers nothing while jobs wait (stopped here) would hold its requests
+    for ever: after STALL_S it is killed, and the jobs are done in the router process."""
+    monkeypatch.setattr(screen_process_module, "STALL_S", 0.5)
+    monkeypatch.setattr(screen_process_module, "STALL_CHECK_S", 0.05)
+    pid = screened.process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    out = await asyncio.wait_for(
+        screened.runner.run(chat_request(("user", "ssn 123-45-6789. " + HIDDEN)), parse_config(CONFIG_YAML)), 20
+    )
+    assert out.pii_types == ["US_SSN"] and screened.here.texts == ["ssn 123-45-6789. " + HIDDEN]
+    assert out.jailbreak_probability == 0.95
+    _wait(lambda: not Path(f"/proc/{pid}").exists())
 
 
 async def test_a_scan_in_hand_when_the_child_dies_is_done_here(screened):

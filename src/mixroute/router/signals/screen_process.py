@@ -16,7 +16,8 @@ taken back (`withdraw`): the router's worker does so with the sentence scan when
 finished its own share first, rather than wait for the child's turn. The router process keeps its
 own models too: while the child is not up (still loading, or died) a request is screened
 there, so a crash of the child loses no request, and a new child is started in the
-background.
+background. A child that answers nothing for STALL_S while jobs wait is killed and
+handled the same way, so a stuck child holds no request for ever.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ START_TIMEOUT_S = 180.0
 # A child that died is replaced at most this often (a child that cannot start, or dies on
 # every job, would otherwise be respawned in a loop while the router screens in-process).
 RESPAWN_INTERVAL_S = 10.0
+# A child with jobs waiting that answers nothing for this long is stuck (a job costs well
+# under a second: a PII job reads at most 8,000 characters, a scan at most 8,000 per
+# message) and is killed; its jobs are then done in the router process, as when it dies.
+# Checked this often.
+STALL_S = 30.0
+STALL_CHECK_S = 1.0
 
 DEFAULT_FACTORY = "mixroute.router.signals.screen_process:default_screen_signals"
 _CHILD = "import sys; from mixroute.router.signals.screen_process import serve_fd; serve_fd(int(sys.argv[1]))"
@@ -208,6 +215,8 @@ class ScreenProcess:
         self._closed = False
         self._starting = False
         self._last_start = 0.0
+        self._progress = 0.0
+        """When the child last answered, or was handed a job while it had none waiting."""
 
     @property
     def up(self) -> bool:
@@ -287,6 +296,8 @@ class ScreenProcess:
                 return None
             job = next(self._jobs)
             future: Future[tuple[Any, float]] = Future()
+            if not self._pending:
+                self._progress = time.monotonic()
             self._pending[job] = future
         try:
             with self._send_lock:
@@ -313,10 +324,14 @@ class ScreenProcess:
         ones still waiting (their requests are screened in-process) and starts another."""
         while True:
             try:
+                if not conn.poll(STALL_CHECK_S):
+                    self._kill_if_stuck(process)
+                    continue
                 job, result, error, seconds = conn.recv()
             except (EOFError, OSError, ValueError):
                 break
             with self._lock:
+                self._progress = time.monotonic()
                 future = self._pending.pop(job, None)
             if future is None:
                 continue
@@ -343,6 +358,15 @@ class ScreenProcess:
         log.error("the screening child process died; screening in the router process until another is up %s",
                   kv(exitcode=process.returncode))
         threading.Thread(target=self._respawn, name="router-screen-respawn", daemon=True).start()
+
+    def _kill_if_stuck(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            waiting = len(self._pending)
+            silent = time.monotonic() - self._progress
+        if waiting and silent > STALL_S:
+            log.error("the screening child process answered nothing for %.0f s with jobs waiting; "
+                      "killing it %s", silent, kv(pid=process.pid, jobs=waiting))
+            process.kill()  # the reader then sees the socket close, as when it dies
 
     def _respawn(self) -> None:
         time.sleep(max(0.0, self._last_start + RESPAWN_INTERVAL_S - time.monotonic()))
