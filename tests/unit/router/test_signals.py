@@ -44,6 +44,28 @@ async def test_history_is_screened_once_and_remembered():
     runner.close()
 
 
+async def test_a_request_s_new_messages_are_detected_as_one_batch():
+    """One `detect_many` call per request (the detector's shared budget for the batch:
+    `pii_budget`), for the messages not remembered from an earlier turn."""
+
+    class BatchPii(FakePii):
+        def __init__(self) -> None:
+            self.batches: list[list[str]] = []
+
+        def detect_many(self, texts, entities=None):
+            self.batches.append(list(texts))
+            return [self.detect(text) for text in texts]
+
+    pii = BatchPii()
+    runner = SignalRunner(SignalModels(FakeEmbedder(), FakeCategory(), FakeJailbreak(), pii))
+    config = parse_config(CONFIG_YAML)
+    out = await runner.run(chat_request(("user", "ssn 123-45-6789"), ("assistant", "ok"), ("user", "hi")), config)
+    assert out.pii_types == ["US_SSN"] and pii.batches == [["ssn 123-45-6789", "ok", "hi"]]
+    out = await runner.run(chat_request(("user", "hi"), ("assistant", "hello"), ("user", "mail a@b.co")), config)
+    assert out.pii_types == ["EMAIL_ADDRESS"] and pii.batches[1:] == [["hello", "mail a@b.co"]]
+    runner.close()
+
+
 async def test_embedding_skipped_when_nothing_needs_it_and_pii_threshold_applies():
     embedder = CountingEmbedder()
     runner = SignalRunner(SignalModels(embedder, FakeCategory(), FakeJailbreak(), FakePii()))

@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mixroute.router.classifiers.pii_budget import spend, take
+
 # An address's local part has at most 64 characters and its domain at most 255 (RFC 5321).
 _EMAIL_BEFORE_AT = 64
 _EMAIL_AFTER_AT = 255
@@ -135,7 +137,8 @@ _PHONE_WORDS_AFTER = re.compile(r"^\W{0,3}(?:office|fax|mobile|home|work|cell)\b
 # whole text once per region: most prompts have no such stretch at all.
 _DIGIT_RUN = re.compile(r"\d[\d \t().\-/]{5,}\d")
 _MATCHER_MARGIN = 3
-# At most this many characters of each text go through phonenumbers' matcher. Where a
+# At most this many characters of each text (or batch: `pii_budget`) go through
+# phonenumbers' matcher. Where a
 # candidate is not a valid number in a region it tries every inner grouping, so digit-dense
 # text costs up to ~200 us per character (8,000 characters of "1234 5678 ..." took 1.7 s
 # here): past this budget (about a dozen numbers with their margins) the regex shapes
@@ -154,8 +157,10 @@ def phone_recognizers() -> list[Any]:
 
         def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> Any:
             results = []
-            budget = PHONE_MATCHER_CHARS
+            budget = limit = take("phone_chars", PHONE_MATCHER_CHARS)
             for run in _DIGIT_RUN.finditer(text):
+                if budget <= 0:
+                    break
                 if sum(c.isdigit() for c in run.group()) < 7:
                     continue
                 start = max(0, run.start() - _MATCHER_MARGIN)
@@ -171,8 +176,7 @@ def phone_recognizers() -> list[Any]:
                         spans = spans or (result.start <= run.start() and result.end >= run.end())
                     if spans:  # the other regions could only find this number or a part of it
                         break
-                if budget <= 0:
-                    break
+            spend("phone_chars", limit, limit - budget)
             return EntityRecognizer.remove_duplicates(results)
 
     class DigitCountPhoneRecognizer(PatternRecognizer):  # type: ignore[misc]

@@ -34,7 +34,7 @@ from mixroute.router.signals.keywords import match_rules
 from mixroute.router.signals.memo import LruMemo
 from mixroute.router.signals.models import SignalModels
 from mixroute.router.signals.pii_scope import actionable_pii_types
-from mixroute.router.signals.screen_process import ScreenProcess
+from mixroute.router.signals.screen_process import ScreenProcess, detect_texts
 
 # Earlier user turns screened for jailbreaks besides the last one (bounds the embedding cost).
 MAX_JAILBREAK_HISTORY = 3
@@ -258,7 +258,7 @@ class SignalRunner:
 
     def _detect_missing_here(self, job: _PiiJob) -> None:
         start = time.perf_counter()
-        job.entities = [self._detect_here(text, job.types) for text in job.missing]
+        job.entities = detect_texts(self.models.pii, job.missing, job.types)
         job.seconds = time.perf_counter() - start
 
     def _pii_end(self, job: _PiiJob, threshold: float) -> list[str]:

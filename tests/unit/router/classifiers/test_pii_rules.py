@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from mixroute.router.classifiers.pii import PiiDetector, PiiEntity, resolve_overlaps
-from mixroute.router.classifiers.pii_nlp import budgeted, is_name_like, ner_candidates, windows
+from mixroute.router.classifiers.pii_nlp import (
+    DEFAULT_NER_BUDGET,
+    budgeted,
+    is_name_like,
+    ner_candidates,
+    windows,
+)
 from mixroute.router.classifiers.pii_recognizers import PHONE_MATCHER_CHARS, email_windows, luhn_ok
 from mixroute.router.config import parse_config
 from mixroute.router.signals.pii_scope import actionable_pii_types
@@ -130,6 +136,31 @@ def test_phonenumbers_reads_a_bounded_share_of_digit_dense_text(
     found = [text[e.start : e.end] for e in detector.detect(text, {"PHONE_NUMBER"})]
     assert found == numbers
     assert sum(len(piece) for piece in dict.fromkeys(read)) <= PHONE_MATCHER_CHARS
+
+
+@pytest.mark.slow
+def test_a_batch_of_messages_reads_no_more_than_one_text(detector: PiiDetector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many short messages must not each pay phonenumbers' matcher and NER in full:
+    `detect_many` gives the batch one text's budget. Alone, each message is read whole."""
+    import phonenumbers
+
+    read: list[str] = []
+    matcher = phonenumbers.PhoneNumberMatcher
+    monkeypatch.setattr(phonenumbers, "PhoneNumberMatcher", lambda text, *a, **kw: read.append(text) or matcher(text, *a, **kw))
+    nlp = detector._analyzer.nlp_engine.nlp["en"]
+    windows: list[str] = []
+    pipe = nlp.pipe
+    monkeypatch.setattr(nlp, "pipe", lambda texts, *a, **kw: pipe(windows.extend(texts) or texts, *a, **kw))
+    messages = [f"We flew in from Oslo on flight {4_900_000 + 37 * i}" for i in range(60)]
+    alone = [detector.detect(m) for m in messages[:3]]
+    assert len(dict.fromkeys(read)) == 3 and len(windows) == 3  # each message: its number, its place
+    read.clear()
+    windows.clear()
+    found = detector.detect_many(messages)
+    assert found[:3] == alone  # the first messages as before
+    assert sum(len(piece) for piece in dict.fromkeys(read)) <= PHONE_MATCHER_CHARS
+    assert sum(len(w.split()) for w in windows) <= 2 * DEFAULT_NER_BUDGET  # tokens, roughly: words and punctuation
+    assert len(windows) < len(messages) // 2
 
 
 @pytest.mark.slow
