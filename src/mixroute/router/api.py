@@ -135,7 +135,14 @@ def _build_api(core: RouterCore, proxy: Proxy) -> FastAPI:
     @app.post("/api/v1/classify/pii")
     async def classify_pii(request: Request) -> dict[str, Any]:
         text = await _text_field(request)
-        threshold = core.config.pii.threshold
+        config = core.config
+        if len(text) > config.pii.max_chars:  # what screening reads of a chat request
+            raise PayloadTooLargeError(
+                f"`text` holds {len(text)} characters; PII screening reads at most {config.pii.max_chars} "
+                "(pii.max_chars in the router config)",
+                param="text",
+            )
+        threshold = config.pii.threshold
         entities = [e for e in await core.runner.detect_pii(text) if e.score >= threshold]  # type: ignore[attr-defined]
         return {
             "has_pii": bool(entities),

@@ -231,6 +231,10 @@ async def test_more_text_than_pii_screening_reads_is_413_and_not_forwarded(upstr
         r = await c.post("/v1/chat/completions", json={"model": "MoM", "messages": [*history, {"role": "user", "content": "ok"}]})
         assert r.status_code == 200
         assert len(upstream.received) == 1
+        r = await c.post("/api/v1/classify/pii", json={"text": "a" * 101})
+        assert r.status_code == 413 and r.json()["error"]["param"] == "text"
+        r = await c.post("/api/v1/classify/pii", json={"text": "ssn 123-45-6789"})
+        assert r.status_code == 200 and r.json()["types"] == ["US_SSN"]
         # Without PII screening nothing reads the whole text: no limit.
         core.source.current = config.model_copy(update={"pii": config.pii.model_copy(update={"enabled": False})})
         r = await c.post("/v1/chat/completions", json={"model": "MoM", "messages": [*history, {"role": "user", "content": "z " * 6}]})
