@@ -126,6 +126,10 @@ def test_envoy_models_bad_input_and_streaming_relay(envoy_and_router, upstream):
     r = httpx.post(f"{envoy_url}/v1/chat/completions", content=b"{nope", timeout=10,
                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    sent = len(upstream.received())
+    r = _post(envoy_url, "a " * 250_001, "big")  # more text than PII screening reads (pii.max_chars)
+    assert r.status_code == 413 and r.json()["error"]["param"] == "messages"
+    assert len(upstream.received()) == sent
     body = {"model": "small", "stream": True, "user": "relay",
             "messages": [{"role": "user", "content": "one two three four"}]}
     arrivals, text = [], ""
