@@ -5,7 +5,7 @@ one 7-digit candidate that is valid in none of the eight regions: it tries each 
 every inner grouping) and spaCy's NER (~3 ms per call however short the text). Each has a
 limit per text (`PHONE_MATCHER_CHARS`, the engine's `ner_budget`). A request of many short
 messages would pay them once per message (400 messages of "in Paris 12" took 1.6 s here,
-~30x the cost per character of one long text), so `PiiDetector.detect_many` detects a
+~20x the worst cost per character of one long text), so `PiiDetector.detect_many` detects a
 batch under one `shared_budget()`: the batch then reads no more than one text would.
 """
 

@@ -17,9 +17,8 @@ most of the router's budget at 500 tokens. So this engine:
   acronym, not a lone sentence opener) that `undecided` accepts (with the name lists: a
   word after a place preposition, see `pii_names.ner_undecided`), at most `ner_budget`
   tokens of windows per text, or per batch of texts under `pii_budget.shared_budget`;
-  text without any is not run through NER at all. spaCy's
-  tok2vec looks four tokens to each side, so a short window keeps most of the context NER
-  has in the whole text. A call costs ~3 ms on this CPU however short the text, so the
+  text without any is not run through NER at all. spaCy's tok2vec looks four tokens to
+  each side, so a short window keeps most of the context NER has in the whole text. A call costs ~3 ms on this CPU however short the text, so the
   fewer texts reach it the better;
 - cuts NER's PERSON spans at lower-case words that are no name particle (`person_parts`).
 """

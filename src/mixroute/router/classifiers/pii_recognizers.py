@@ -137,12 +137,11 @@ _PHONE_WORDS_AFTER = re.compile(r"^\W{0,3}(?:office|fax|mobile|home|work|cell)\b
 # whole text once per region: most prompts have no such stretch at all.
 _DIGIT_RUN = re.compile(r"\d[\d \t().\-/]{5,}\d")
 _MATCHER_MARGIN = 3
-# At most this many characters of each text (or batch: `pii_budget`) go through
-# phonenumbers' matcher. Where a
-# candidate is not a valid number in a region it tries every inner grouping, so digit-dense
-# text costs up to ~200 us per character (8,000 characters of "1234 5678 ..." took 1.7 s
-# here): past this budget (about a dozen numbers with their margins) the regex shapes
-# below still find phone numbers, and screening needs one to block.
+# At most this many characters of each text (or batch of texts: `pii_budget`) go through
+# phonenumbers' matcher. Where a candidate is not a valid number in a region it tries every
+# inner grouping, so digit-dense text costs up to ~200 us per character (8,000 characters
+# of "1234 5678 ..." took 1.7 s here): past this budget (about a dozen numbers with their
+# margins) the regex shapes below still find phone numbers, and screening needs one to block.
 PHONE_MATCHER_CHARS = 256
 
 
