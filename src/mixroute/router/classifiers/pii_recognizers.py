@@ -157,6 +157,7 @@ def phone_recognizers() -> list[Any]:
         def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> Any:
             results = []
             budget = limit = take("phone_chars", PHONE_MATCHER_CHARS)
+            leniency = 1 if self.leniency is None else self.leniency  # 1 (VALID): Presidio's default
             for run in _DIGIT_RUN.finditer(text):
                 if budget <= 0:
                     break
@@ -167,7 +168,7 @@ def phone_recognizers() -> list[Any]:
                 budget -= len(piece)
                 for region in self.supported_regions:
                     spans = False
-                    for match in phonenumbers.PhoneNumberMatcher(piece, region, leniency=self.leniency):
+                    for match in phonenumbers.PhoneNumberMatcher(piece, region, leniency=leniency):
                         result = self._get_recognizer_result(match, piece, region, nlp_artifacts)
                         result.start += start
                         result.end += start
