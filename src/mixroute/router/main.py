@@ -115,8 +115,13 @@ async def _start(args: argparse.Namespace, source: ConfigSource, screen_process:
 
 
 def needs_screening(config: RouterConfig) -> bool:
-    """Whether `config` asks for what the screening child runs: PII, the sentence scan."""
-    return config.pii.enabled or (config.jailbreak.enabled and config.jailbreak.scan_sentences)
+    """Whether `config` asks for what the screening child runs: PII detection (on, and some
+    model's policy forbids a type the detector knows), the sentence scan."""
+    from mixroute.router.classifiers.pii import DEFAULT_ENTITIES
+    from mixroute.router.signals.pii_scope import actionable_pii_types
+
+    pii = config.pii.enabled and bool(actionable_pii_types(config, DEFAULT_ENTITIES))
+    return pii or (config.jailbreak.enabled and config.jailbreak.scan_sentences)
 
 
 def wants_screen_process(choice: str) -> bool:

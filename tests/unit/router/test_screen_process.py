@@ -214,6 +214,9 @@ async def test_the_child_starts_when_the_config_first_asks_for_screening():
         "jailbreak": config.jailbreak.model_copy(update={"scan_sentences": False}),
     })
     assert needs_screening(config) and not needs_screening(quiet)
+    open_models = {name: entry.model_copy(update={"pii_policy": entry.pii_policy.model_copy(update={"allow_by_default": True})})
+                   for name, entry in quiet.models.items()}
+    assert not needs_screening(quiet.model_copy(update={"pii": config.pii, "models": open_models}))  # nothing forbidden
     try:
         out = await runner.run(chat_request(("user", "my ssn is 123-45-6789")), quiet)
         assert out.pii_types == []
