@@ -107,7 +107,7 @@ class PiiConfig(_Strict):
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     max_chars: int = Field(default=500_000, ge=1)
     """The most message text (all messages, in characters) one request may ask PII screening
-    to read; more gets 413. Screening costs ~0.5-5 us per character of prose and up to ~30 us
+    to read; more gets 413. Screening costs ~0.5-5 us per character of prose and up to ~40 us
     per character of hostile text (digit runs, thousands of tiny messages) on one core here
     (bench/results/pii-cost.md), so the default, about a 128k-token context, bounds one
     request to under ~20 s of screening, taken in turns with other requests' signals."""

@@ -229,7 +229,7 @@ class PiiDetector:
 
     def detect_many(self, texts: list[str], entities: Collection[str] | None = None) -> list[list[PiiEntity]]:
         """`detect` of each text, the batch reading no more with phonenumbers' matcher and
-        NER than one text may (`pii_budget`): meant for batches of at most about 8,000
+        NER than a few texts may (`pii_budget`): meant for batches of at most about 8,000
         characters, such as a request's messages (the router's `PII_PIECE_CHARS`)."""
         with shared_budget():
             return [self.detect(text, entities) for text in texts]

@@ -16,7 +16,8 @@ most of the router's budget at 500 tokens. So this engine:
   `window` tokens each way around name-like tokens (capitalised, not a stop word, not an
   acronym, not a lone sentence opener) that `undecided` accepts (with the name lists: a
   word after a place preposition, see `pii_names.ner_undecided`), at most `ner_budget`
-  tokens of windows per text, or per batch of texts under `pii_budget.shared_budget`;
+  tokens of windows per text, and a few texts' worth per batch under
+  `pii_budget.shared_budget`;
   text without any is not run through NER at all. spaCy's tok2vec looks four tokens to
   each side, so a short window keeps most of the context NER has in the whole text. A call costs ~3 ms on this CPU however short the text, so the
   fewer texts reach it the better;
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
 
-from mixroute.router.classifiers.pii_budget import spend, take
+from mixroute.router.classifiers.pii_budget import NER_CALL_TOKENS, spend, take
 
 # spaCy labels with no Presidio type in DEFAULT_ENTITIES: dropped here, or Presidio logs a
 # warning for each one in every analysed text.
@@ -339,7 +340,7 @@ def build_nlp_engine(
         def _entities(self, nlp: Any, text: str, tokens: Tokens) -> list[NerSpan]:
             limit = take("ner_tokens", ner_budget)
             ranges = budgeted(windows(ner_candidates(tokens, undecided), window), limit)
-            spend("ner_tokens", limit, sum(end - start for start, end in ranges))
+            spend("ner_tokens", limit, sum(end - start for start, end in ranges) + (NER_CALL_TOKENS if ranges else 0))
             if not ranges:
                 return []
             covered = sum(end - start for start, end in ranges)

@@ -78,7 +78,7 @@ class ScreenSignals:
 
 
 def detect_texts(detector: Any, texts: list[str], types: Collection[str] | None) -> list[list[Any]]:
-    """The entities of each text: with one budget for the batch where the detector has
+    """The entities of each text: with a budget shared by the batch where the detector has
     `detect_many` (`PiiDetector`; test fakes have `detect` only)."""
     many = getattr(detector, "detect_many", None)
     if many is not None:

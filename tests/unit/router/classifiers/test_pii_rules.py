@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixroute.router.classifiers.pii import PiiDetector, PiiEntity, resolve_overlaps
+from mixroute.router.classifiers.pii_budget import BATCH_SHARE, NER_CALL_TOKENS
 from mixroute.router.classifiers.pii_nlp import (
     DEFAULT_NER_BUDGET,
     budgeted,
@@ -141,7 +142,8 @@ def test_phonenumbers_reads_a_bounded_share_of_digit_dense_text(
 @pytest.mark.slow
 def test_a_batch_of_messages_reads_no_more_than_one_text(detector: PiiDetector, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many short messages must not each pay phonenumbers' matcher and NER in full:
-    `detect_many` gives the batch one text's budget. Alone, each message is read whole."""
+    `detect_many` gives the batch a few texts' budget (BATCH_SHARE), each NER call charged
+    NER_CALL_TOKENS besides its own. Alone, each message is read whole."""
     import phonenumbers
 
     read: list[str] = []
@@ -151,16 +153,20 @@ def test_a_batch_of_messages_reads_no_more_than_one_text(detector: PiiDetector, 
     windows: list[str] = []
     pipe = nlp.pipe
     monkeypatch.setattr(nlp, "pipe", lambda texts, *a, **kw: pipe(windows.extend(texts) or texts, *a, **kw))
-    messages = [f"We flew in from Oslo on flight {4_900_000 + 37 * i}" for i in range(60)]
+    messages = [f"We flew in from Oslo on flight {4_900_000 + 37 * i}" for i in range(150)]
     alone = [detector.detect(m) for m in messages[:3]]
     assert len(dict.fromkeys(read)) == 3 and len(windows) == 3  # each message: its number, its place
     read.clear()
     windows.clear()
     found = detector.detect_many(messages)
     assert found[:3] == alone  # the first messages as before
-    assert sum(len(piece) for piece in dict.fromkeys(read)) <= PHONE_MATCHER_CHARS
-    assert sum(len(w.split()) for w in windows) <= 2 * DEFAULT_NER_BUDGET  # tokens, roughly: words and punctuation
-    assert len(windows) < len(messages) // 2
+    assert sum(len(piece) for piece in dict.fromkeys(read)) <= BATCH_SHARE["phone_chars"] * PHONE_MATCHER_CHARS
+    assert len(windows) <= BATCH_SHARE["ner_tokens"] * DEFAULT_NER_BUDGET // NER_CALL_TOKENS  # one window each
+    # A request's few new messages are read as they would be alone, a long answer first.
+    answer = " ".join(f"Day {i}: we drove from Bergen to Oslo and stayed in Lillehammer." for i in range(12))
+    pair = [answer, "Next year I will live in Paris with Anna."]
+    assert detector.detect_many(pair) == [detector.detect(text) for text in pair]
+    assert "LOCATION" in {e.entity_type for e in detector.detect_many(pair)[1]}
 
 
 @pytest.mark.slow
