@@ -140,7 +140,7 @@ def test_phonenumbers_reads_a_bounded_share_of_digit_dense_text(
 
 
 @pytest.mark.slow
-def test_a_batch_of_messages_reads_no_more_than_one_text(detector: PiiDetector, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_of_messages_reads_no_more_than_a_few_texts(detector: PiiDetector, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many short messages must not each pay phonenumbers' matcher and NER in full:
     `detect_many` gives the batch a few texts' budget (BATCH_SHARE), each NER call charged
     NER_CALL_TOKENS besides its own. Alone, each message is read whole."""
