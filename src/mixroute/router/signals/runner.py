@@ -211,11 +211,7 @@ class SignalRunner:
         if future is not None:
             with contextlib.suppress(Exception):  # the child died or failed: detect here instead
                 return future.result()[0][0]
-        return self._detect_here(text, pii_types)
-
-    def _detect_here(self, text: str, pii_types: frozenset[str] | None) -> list[Any]:
-        pii = self.models.pii
-        return list(pii.detect(text) if pii_types is None else pii.detect(text, pii_types))
+        return detect_texts(self.models.pii, [text], pii_types)[0]
 
     @staticmethod
     def refine_below(request: ChatRequest, config: RouterConfig, results: SignalResults) -> float | None:
