@@ -12,7 +12,8 @@ Chosen on presidio-evaluator sentences of dev seeds (7, 11), never the test seed
 - CREDIT_CARD also covers Luhn-valid 12-19 digit numbers outside Presidio's prefix
   list (Mastercard 2-series, Maestro), at a medium score that card context raises;
 - PHONE_NUMBER is matched for more shapes than Presidio's eight regions, plus North
-  American and "+country" shapes that phonenumbers rejects as unassigned.
+  American and "+country" shapes that phonenumbers rejects as unassigned, and local
+  numbers in any grouping ("(82) 871-235", "449 9694", "1070757098") next to a phone word.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ PHONE_REGIONS = ("US", "GB", "DE", "FR", "IL", "IN", "CA", "BR")
 # line ("...Estonia\\nMobile: 22 782310").
 _PHONE_WORDS_BEFORE = re.compile(
     r"(?:call|calling|phone|mobile|cell|tel|telephone|fax|reach|answering|registered|"
-    r"desk|contact|whatsapp|text|dial)\b\W+(?:\w+\W+){0,3}$",
+    r"desk|contact|whatsapp|text|messages?|sms|dial)\b\W+(?:\w+\W+){0,3}$",
     re.IGNORECASE,
 )
 
@@ -224,12 +225,17 @@ def phone_recognizers() -> list[Any]:
             # every result), ~90 ms for 8,000 characters of numbers.
             return results
 
-    # Local numbers in any grouping ("9175 3554", "69 589 41 52"): too common a shape
-    # to report alone (score 0.1 < threshold), reported once a phone word precedes it.
+    # Local numbers in any grouping ("9175 3554", "69 589 41 52", "(82) 871-235"): too
+    # common a shape to report alone (score 0.1 < threshold), reported once a phone word
+    # precedes it.
     context_only = ContextPhoneRecognizer(
         supported_entity="PHONE_NUMBER",
         name="PhoneContextRecognizer",
-        patterns=[Pattern("digit groups", r"(?<![\d.:])\d{2,4}(?:[ .-]\d{2,7}){1,4}(?![\d])", 0.1)],
+        patterns=[Pattern(
+            "digit groups",
+            r"(?<![\d.:])(?:(?:\(\d{1,4}\)[ .-]?\d{2,7}|\d{2,4})(?:[ .-]\d{2,7}){1,4}|\d{9,12})(?![\d])",
+            0.1,
+        )],
         context=[],
     )
     return [

@@ -14,7 +14,7 @@ from mixroute.router.classifiers.pii_nlp import (
     windows,
 )
 from mixroute.router.classifiers.pii_recognizers import PHONE_MATCHER_CHARS, email_windows, luhn_ok
-from mixroute.router.config import parse_config
+from mixroute.router.config import PiiConfig, parse_config
 from mixroute.router.signals.pii_scope import actionable_pii_types
 
 
@@ -114,6 +114,24 @@ def test_a_phone_deep_in_a_long_text_is_found(detector: PiiDetector) -> None:
     text = filler + "If anything is unclear, call me at 212-555-0187 tomorrow. " + filler
     found = [(e.entity_type, text[e.start : e.end]) for e in detector.detect(text)]
     assert found == [("PHONE_NUMBER", "212-555-0187")]
+
+
+@pytest.mark.slow
+def test_local_phone_shapes_count_next_to_a_phone_word(detector: PiiDetector) -> None:
+    """As the router counts them (from `pii.threshold`): a local number with its area code
+    in parentheses, or in one run of digits, is a phone next to a phone word; the same
+    shapes without one, and rows of numbers, are not."""
+    threshold = PiiConfig().threshold
+
+    def phones(text: str) -> list[str]:
+        found = detector.detect(text, {"PHONE_NUMBER"})
+        return [text[e.start : e.end] for e in found if e.score >= threshold]
+
+    assert phones("Can someone call me on (29) 914-756? I have a question.") == ["(29) 914-756"]
+    assert phones("I would like to stop receiving messages to 449 9694") == ["449 9694"]
+    assert phones("Name: Carola\nDesk: 1070757098\nHours: 9-5") == ["1070757098"]
+    assert phones("Ship (29) 914-756 units and 1070757098 more.") == []
+    assert phones("Confusion matrix:\n[[1741 878 1152 807 1107 819]\n [ 892 1285 1072 1024 701 581]]") == []
 
 
 @pytest.mark.slow
