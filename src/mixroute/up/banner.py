@@ -12,7 +12,8 @@ def ready_banner(
     options: UpOptions, model: ModelChoice, elapsed_s: float, extra_lines: list[str]
 ) -> str:
     workers = ", ".join(f"{g.count} {g.worker_type}" for g in worker_groups(options))
-    body = json.dumps({"model": "MoM", "messages": [{"role": "user", "content": "What is 2+2?"}]})
+    # max_tokens: the mocker has no end-of-text and would write until the context is full.
+    body = json.dumps({"model": "MoM", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 32})
     lines = [
         "",
         f"mixroute is ready ({elapsed_s:.1f}s): model {model.served_name!r} on {workers} worker(s), engine {options.engine}",
